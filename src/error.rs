@@ -1,0 +1,163 @@
+//! The one error type of podfs, with an exhaustive errno mapping.
+//!
+//! Every failure that can reach the kernel or the command line goes through [`Error`], so
+//! the errno a shell user sees and the log level it is reported at are decided in one place.
+
+use std::io;
+use std::path::PathBuf;
+
+use tracing::Level;
+
+/// Convenience alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No such pod, child or file.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A name that the runtime would refuse (empty, `.`, `..`, `/` or NUL inside).
+    #[error("invalid pod name {0:?}")]
+    InvalidName(String),
+    /// A value written to a control file did not parse; nothing changed.
+    #[error("invalid value: {0}")]
+    InvalidValue(String),
+    /// A write to a read-only control file.
+    #[error("read-only file")]
+    ReadOnly,
+    /// An operation podfs refuses by design (mkdir, rename, ...).
+    #[error("operation not permitted: {0}")]
+    NotPermitted(String),
+    /// The child is running a turn, or did not stop in time.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The pod's socket did not answer (connect failed or no Snapshot in time).
+    #[error("pod unreachable: {0}")]
+    Unreachable(String),
+    /// A write larger than the documented limit.
+    #[error("message too large: {size} bytes, limit {limit}")]
+    TooBig { size: usize, limit: usize },
+    /// The child still has children of its own.
+    #[error("{0}")]
+    NotEmpty(String),
+    /// Directory operation on a file, or the other way round.
+    #[error("is a directory")]
+    IsDir,
+    #[error("not a directory")]
+    NotDir,
+    /// A runtime file exists but does not parse.
+    #[error("{path}: corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    /// The peer broke the protocol (bad JSON, unexpected EOF, oversized line).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The pod refused the request with an `error` event.
+    #[error("rejected by pod: {0}")]
+    Rejected(String),
+    /// A bounded wait ran out.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// `pods.json` stayed locked for longer than the bounded wait.
+    #[error("{0}: lock not acquired in time (another process holds it)")]
+    LockTimeout(PathBuf),
+    /// A live parent did not confirm a reclaim; nothing was edited behind its back.
+    #[error("not confirmed: {0}")]
+    NotConfirmed(String),
+    /// A registry entry names a socket outside the runtime dir; podfs never connects there.
+    #[error("{0}: socket path outside the runtime dir, refusing to connect")]
+    OutsideRuntimeDir(PathBuf),
+    /// Command-line level problems (bad mount point, missing /dev/fuse, ...).
+    #[error("{0}")]
+    Usage(String),
+    /// Any other I/O failure, with what podfs was doing.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn corrupt(path: impl Into<PathBuf>, detail: impl ToString) -> Self {
+        Error::Corrupt {
+            path: path.into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The errno the kernel hands to the caller.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::NotFound(_) => libc::ENOENT,
+            Error::InvalidName(_) | Error::InvalidValue(_) => libc::EINVAL,
+            Error::ReadOnly => libc::EACCES,
+            Error::NotPermitted(_) => libc::EPERM,
+            Error::Busy(_) => libc::EBUSY,
+            Error::Unreachable(_) => libc::EHOSTDOWN,
+            Error::TooBig { .. } => libc::EFBIG,
+            Error::NotEmpty(_) => libc::ENOTEMPTY,
+            Error::IsDir => libc::EISDIR,
+            Error::NotDir => libc::ENOTDIR,
+            Error::Corrupt { .. } => libc::EIO,
+            Error::Protocol(_) => libc::EPROTO,
+            Error::Rejected(_) => libc::EIO,
+            Error::Timeout(_) => libc::ETIMEDOUT,
+            Error::LockTimeout(_) => libc::EAGAIN,
+            Error::NotConfirmed(_) => libc::EIO,
+            Error::OutsideRuntimeDir(_) => libc::EACCES,
+            Error::Usage(_) => libc::EINVAL,
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+
+    /// How loudly to log it: expected outcomes of user actions are not warnings.
+    pub fn level(&self) -> Level {
+        match self {
+            Error::NotFound(_)
+            | Error::InvalidName(_)
+            | Error::InvalidValue(_)
+            | Error::ReadOnly
+            | Error::NotPermitted(_)
+            | Error::IsDir
+            | Error::NotDir
+            | Error::TooBig { .. }
+            | Error::NotEmpty(_)
+            | Error::Busy(_)
+            | Error::Unreachable(_) => Level::DEBUG,
+            Error::Usage(_) => Level::INFO,
+            Error::Protocol(_)
+            | Error::Rejected(_)
+            | Error::Timeout(_)
+            | Error::LockTimeout(_)
+            | Error::OutsideRuntimeDir(_) => Level::WARN,
+            Error::Corrupt { .. } | Error::NotConfirmed(_) | Error::Io { .. } => Level::ERROR,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_mapping_matches_the_contract() {
+        assert_eq!(Error::InvalidValue("x".into()).errno(), libc::EINVAL);
+        assert_eq!(Error::Busy("x".into()).errno(), libc::EBUSY);
+        assert_eq!(Error::Unreachable("x".into()).errno(), libc::EHOSTDOWN);
+        assert_eq!(Error::TooBig { size: 2, limit: 1 }.errno(), libc::EFBIG);
+        assert_eq!(Error::NotPermitted("mkdir".into()).errno(), libc::EPERM);
+        assert_eq!(Error::corrupt("/x", "bad").errno(), libc::EIO);
+        let raw = Error::io("open", io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(raw.errno(), libc::ENOSPC);
+        let kindless = Error::io("x", io::Error::other("no errno"));
+        assert_eq!(kindless.errno(), libc::EIO);
+    }
+}

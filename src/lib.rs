@@ -1,0 +1,6 @@
+//! podfs: the spawned-pod registry of the insomnia runtime, as a filesystem.
+
+pub mod error;
+pub mod paths;
+pub mod scope;
+pub mod store;
