@@ -2,5 +2,6 @@
 
 pub mod error;
 pub mod paths;
+pub mod protocol;
 pub mod scope;
 pub mod store;
