@@ -1,0 +1,457 @@
+//! The filesystem logic: the tree, attributes, open handles, and what each read, write,
+//! unlink and rmdir means. Free of `fuser` types so it can be driven without a mount; the
+//! adapter in [`adapter`] only translates.
+
+pub mod adapter;
+pub mod files;
+pub mod inode;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use tracing::warn;
+
+use crate::error::{Error, Result};
+use crate::follow::{Feed, Followers};
+use crate::paths::validate_pod_name;
+use crate::protocol::history::{self, as_file_text};
+use crate::protocol::ops;
+use crate::reclaim;
+use crate::registry::{ParentView, Registry};
+use crate::scope::render_scope;
+use crate::store::metadata::SpawnedChild;
+
+use files::FileKind;
+use inode::{Inodes, Node};
+
+/// Attributes in a form the adapter can translate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attr {
+    pub ino: u64,
+    pub is_dir: bool,
+    pub size: u64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub mtime: SystemTime,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub is_dir: bool,
+    pub name: String,
+}
+
+/// What an open file handle holds.
+enum Content {
+    /// A value fixed at open (sysfs-like): re-reading the descriptor gives the same bytes.
+    Bytes(Arc<Vec<u8>>),
+    /// A live feed: `log` grows while it is open.
+    Log(PathBuf, Arc<Feed>),
+    /// Write-only handles (`input`).
+    Nothing,
+}
+
+/// What an open directory handle holds: the listing as of `opendir`, so that a listing
+/// split over several `readdir` calls is consistent.
+type Listing = Arc<Vec<DirEntry>>;
+
+pub struct PodFs {
+    pub reg: Arc<Registry>,
+    inodes: Inodes,
+    files: Mutex<HashMap<u64, Content>>,
+    dirs: Mutex<HashMap<u64, Listing>>,
+    next_fh: AtomicU64,
+    followers: Followers,
+    started: SystemTime,
+}
+
+impl PodFs {
+    pub fn new(reg: Arc<Registry>) -> Self {
+        PodFs {
+            reg,
+            inodes: Inodes::default(),
+            files: Mutex::default(),
+            dirs: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+            followers: Followers::default(),
+            started: SystemTime::now(),
+        }
+    }
+
+    fn node(&self, ino: u64) -> Result<Node> {
+        self.inodes
+            .resolve(ino)
+            .ok_or_else(|| Error::NotFound(format!("inode {ino}")))
+    }
+
+    fn dir_attr(&self, ino: u64, perm: u16, subdirs: usize, mtime: SystemTime) -> Attr {
+        Attr {
+            ino,
+            is_dir: true,
+            size: 0,
+            perm,
+            nlink: 2 + u32::try_from(subdirs).unwrap_or(u32::MAX - 2),
+            mtime,
+        }
+    }
+
+    fn root_attr(&self) -> Result<Attr> {
+        let pods = self.reg.pods()?;
+        Ok(self.dir_attr(inode::ROOT, 0o555, pods.len(), self.started))
+    }
+
+    fn pod_attr(&self, pod: &str) -> Result<Attr> {
+        let view = self.reg.parent(pod)?;
+        Ok(self.dir_attr(self.inodes.pod(pod), 0o755, view.len(), view.mtime))
+    }
+
+    fn child_attr(&self, pod: &str, child: &str) -> Result<Attr> {
+        let (view, _) = self.reg.child(pod, child)?;
+        Ok(self.dir_attr(self.inodes.child(pod, child), 0o755, 0, view.mtime))
+    }
+
+    fn file_attr(&self, pod: &str, child: &str, kind: FileKind) -> Result<Attr> {
+        let (view, record) = self.reg.child(pod, child)?;
+        let mut mtime = view.mtime;
+        let size = match kind {
+            FileKind::Socket | FileKind::Scope | FileKind::Callback | FileKind::Cursor => {
+                self.value(pod, &record, kind).len() as u64
+            }
+            FileKind::Status => self
+                .reg
+                .child_socket(&record)
+                .ok()
+                .and_then(|s| self.reg.cached_status(&s))
+                .map_or(0, |s| s.as_str().len() as u64 + 1),
+            FileKind::Log => match self.reg.child_socket(&record) {
+                Ok(socket) => match self.followers.peek(&socket) {
+                    Some(log) => {
+                        mtime = log.mtime;
+                        log.text.len() as u64
+                    }
+                    None => 0,
+                },
+                Err(_) => 0,
+            },
+            // Depends on the child's history at the moment of open; direct I/O lets every
+            // reader see the whole text whatever size stat shows.
+            FileKind::Output | FileKind::Input => 0,
+        };
+        Ok(Attr {
+            ino: self.inodes.file(pod, child, kind),
+            is_dir: false,
+            size,
+            perm: kind.perm(),
+            nlink: 1,
+            mtime,
+        })
+    }
+
+    /// The bytes of a cheap value file (no socket I/O).
+    fn value(&self, pod: &str, record: &SpawnedChild, kind: FileKind) -> Vec<u8> {
+        let text = match kind {
+            FileKind::Socket => format!("{}\n", record.socket_path),
+            FileKind::Scope => render_scope(&record.scope_delegated),
+            FileKind::Callback if record.callback_address.is_empty() => String::new(),
+            FileKind::Callback => format!("{}\n", record.callback_address),
+            FileKind::Cursor => format!("{}\n", self.reg.cursor(pod, &record.pod_name)),
+            _ => unreachable!("not a value file: {kind:?}"),
+        };
+        text.into_bytes()
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        match self.node(ino)? {
+            Node::Root => self.root_attr(),
+            Node::Pod(pod) => self.pod_attr(&pod),
+            Node::Child(pod, child) => self.child_attr(&pod, &child),
+            Node::File(pod, child, kind) => self.file_attr(&pod, &child, kind),
+        }
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
+        match self.node(parent)? {
+            Node::Root => {
+                validate_pod_name(name)?;
+                self.pod_attr(name)
+            }
+            Node::Pod(pod) => {
+                validate_pod_name(name)?;
+                self.child_attr(&pod, name)
+            }
+            Node::Child(pod, child) => {
+                let kind = FileKind::from_name(name)
+                    .ok_or_else(|| Error::NotFound(format!("{pod}/{child}/{name}")))?;
+                self.file_attr(&pod, &child, kind)
+            }
+            Node::File(..) => Err(Error::NotDir),
+        }
+    }
+
+    /// The entries of a directory, `.` and `..` first.
+    pub fn list(&self, ino: u64) -> Result<Vec<DirEntry>> {
+        let entry = |ino, is_dir, name: &str| DirEntry {
+            ino,
+            is_dir,
+            name: name.to_string(),
+        };
+        let (parent_ino, mut out) = match self.node(ino)? {
+            Node::Root => (inode::ROOT, Vec::new()),
+            Node::Pod(pod) => {
+                let view: Arc<ParentView> = self.reg.parent(&pod)?;
+                let mut out = Vec::with_capacity(view.len() + 2);
+                for child in view.children() {
+                    out.push(entry(
+                        self.inodes.child(&pod, &child.pod_name),
+                        true,
+                        &child.pod_name,
+                    ));
+                }
+                (inode::ROOT, out)
+            }
+            Node::Child(pod, child) => {
+                self.reg.child(&pod, &child)?;
+                let out = FileKind::ALL
+                    .iter()
+                    .map(|&k| entry(self.inodes.file(&pod, &child, k), false, k.name()))
+                    .collect();
+                (self.inodes.pod(&pod), out)
+            }
+            Node::File(..) => return Err(Error::NotDir),
+        };
+        if ino == inode::ROOT {
+            for pod in self.reg.pods()?.iter() {
+                out.push(entry(self.inodes.pod(pod), true, pod));
+            }
+        }
+        let mut all = Vec::with_capacity(out.len() + 2);
+        all.push(entry(ino, true, "."));
+        all.push(entry(parent_ino, true, ".."));
+        all.extend(out);
+        Ok(all)
+    }
+
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let listing = Arc::new(self.list(ino)?);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().insert(fh, listing);
+        Ok(fh)
+    }
+
+    /// The listing taken at `opendir`; the adapter serves it from the kernel's offset.
+    pub fn listing(&self, fh: u64) -> Result<Listing> {
+        self.dirs
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("directory handle {fh}")))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().remove(&fh);
+    }
+
+    /// Whether opening `ino` may talk to a socket, so the adapter must run it on a worker.
+    pub fn open_blocks(&self, ino: u64) -> bool {
+        match self.inodes.resolve(ino) {
+            Some(Node::File(pod, child, FileKind::Status)) => self
+                .reg
+                .child(&pod, &child)
+                .ok()
+                .and_then(|(_, r)| self.reg.child_socket(&r).ok())
+                .is_some_and(|s| self.reg.cached_status(&s).is_none()),
+            Some(Node::File(_, _, kind)) => matches!(kind, FileKind::Output | FileKind::Log),
+            _ => false,
+        }
+    }
+
+    /// Open a file. `read`/`write` say which access the caller asked for.
+    pub fn open(&self, ino: u64, read: bool, write: bool) -> Result<u64> {
+        let Node::File(pod, child, kind) = self.node(ino)? else {
+            return Err(Error::IsDir);
+        };
+        if (read && !kind.readable()) || (write && !kind.writable()) {
+            return Err(Error::ReadOnly);
+        }
+        let (_, record) = self.reg.child(&pod, &child)?;
+        let content = match kind {
+            FileKind::Input => Content::Nothing,
+            FileKind::Cursor if !read => Content::Nothing,
+            FileKind::Socket | FileKind::Scope | FileKind::Callback | FileKind::Cursor => {
+                Content::Bytes(Arc::new(self.value(&pod, &record, kind)))
+            }
+            FileKind::Status => {
+                let word = self.reg.status(&record);
+                Content::Bytes(Arc::new(format!("{word}\n").into_bytes()))
+            }
+            FileKind::Output => Content::Bytes(Arc::new(self.take_output(&pod, &record))),
+            FileKind::Log => self.open_log(&record),
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().insert(fh, content);
+        Ok(fh)
+    }
+
+    /// ReadPodOutput with the mount's cursor: one snapshot of the new text per open.
+    fn take_output(&self, pod: &str, record: &SpawnedChild) -> Vec<u8> {
+        let child = record.pod_name.as_str();
+        let Ok(socket) = self.reg.child_socket(record) else {
+            return Vec::new();
+        };
+        let snapshot = match ops::snapshot(&socket, &self.reg.timeouts) {
+            Ok(s) => s,
+            // Unreachable: an empty read, and the cursor stays where it was.
+            Err(_) => return Vec::new(),
+        };
+        let cursor = self.reg.cursor(pod, child);
+        let len = snapshot.entries.len();
+        let range = history::window(len, cursor);
+        if range.start == 0 && cursor > len as u64 {
+            warn!(
+                pod,
+                child, cursor, len, "history shrank below the cursor; starting over"
+            );
+        }
+        let extraction = history::extract(&snapshot.entries[range]);
+        if extraction.malformed > 0 {
+            warn!(
+                pod,
+                child,
+                malformed = extraction.malformed,
+                "history entries did not parse; output may be incomplete"
+            );
+        }
+        self.reg.set_cursor(pod, child, len as u64);
+        as_file_text(extraction.text).into_bytes()
+    }
+
+    fn open_log(&self, record: &SpawnedChild) -> Content {
+        let Ok(socket) = self.reg.child_socket(record) else {
+            return Content::Bytes(Arc::new(Vec::new()));
+        };
+        let first = ops::snapshot(&socket, &self.reg.timeouts).ok();
+        let feed = self
+            .followers
+            .subscribe(&socket, first.as_ref(), &self.reg.timeouts);
+        Content::Log(socket, feed)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let slice = |bytes: &[u8]| {
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            let end = start.saturating_add(size as usize).min(bytes.len());
+            bytes[start..end].to_vec()
+        };
+        match self.files.lock().get(&fh) {
+            Some(Content::Bytes(bytes)) => Ok(slice(bytes)),
+            Some(Content::Log(_, feed)) => Ok(slice(feed.current().text.as_bytes())),
+            Some(Content::Nothing) => Err(Error::ReadOnly),
+            None => Err(Error::NotFound(format!("file handle {fh}"))),
+        }
+    }
+
+    /// Whether a write to `ino` talks to a socket (input does).
+    pub fn write_blocks(&self, ino: u64) -> bool {
+        matches!(
+            self.inodes.resolve(ino),
+            Some(Node::File(_, _, FileKind::Input))
+        )
+    }
+
+    pub fn write(&self, ino: u64, data: &[u8]) -> Result<usize> {
+        let Node::File(pod, child, kind) = self.node(ino)? else {
+            return Err(Error::IsDir);
+        };
+        match kind {
+            FileKind::Cursor => {
+                let value = files::parse_cursor(data)?;
+                self.reg.child(&pod, &child)?;
+                self.reg.set_cursor(&pod, &child, value);
+                Ok(data.len())
+            }
+            FileKind::Input => {
+                let text = files::parse_input(data)?;
+                let (_, record) = self.reg.child(&pod, &child)?;
+                let socket = self.reg.child_socket(&record).map_err(|_| {
+                    Error::Unreachable(format!("{child}: socket outside the runtime dir"))
+                })?;
+                ops::send_run(&socket, &text, &self.reg.timeouts)?;
+                Ok(data.len())
+            }
+            _ => Err(Error::ReadOnly),
+        }
+    }
+
+    /// `O_TRUNC` on the writable files is accepted; every other attribute change is not.
+    pub fn truncate(&self, ino: u64, size: u64) -> Result<Attr> {
+        match self.node(ino)? {
+            Node::File(_, _, kind) if kind.writable() && size == 0 => self.getattr(ino),
+            Node::File(..) => Err(Error::ReadOnly),
+            _ => Err(Error::IsDir),
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        if let Some(Content::Log(socket, feed)) = self.files.lock().remove(&fh) {
+            self.followers.unsubscribe(&socket, &feed);
+        }
+    }
+
+    /// Unlinking a control file succeeds and changes nothing: `rm -r` removes the files
+    /// before the directory, and only `rmdir` stops and reclaims.
+    pub fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+        match self.node(parent)? {
+            Node::Child(pod, child) => {
+                FileKind::from_name(name)
+                    .ok_or_else(|| Error::NotFound(format!("{pod}/{child}/{name}")))?;
+                self.reg.child(&pod, &child)?;
+                Ok(())
+            }
+            Node::Pod(_) | Node::Root => {
+                validate_pod_name(name)?;
+                Err(Error::IsDir)
+            }
+            Node::File(..) => Err(Error::NotDir),
+        }
+    }
+
+    /// `rmdir <parent>/<child>`: stop and reclaim. Blocking; run it on a worker.
+    pub fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
+        match self.node(parent)? {
+            Node::Pod(pod) => {
+                validate_pod_name(name)?;
+                reclaim::remove_child(&self.reg, &pod, name).map(|_| ())
+            }
+            Node::Root => {
+                validate_pod_name(name)?;
+                Err(Error::NotPermitted(
+                    "pods themselves cannot be removed".into(),
+                ))
+            }
+            Node::Child(..) => Err(Error::NotDir),
+            Node::File(..) => Err(Error::NotDir),
+        }
+    }
+}
+
+impl PodFs {
+    /// `access(2)` against the honest modes, so `test -w socket` is false even on a private
+    /// mount where the kernel does not check modes itself.
+    pub fn access(&self, ino: u64, read: bool, write: bool) -> Result<()> {
+        let attr = self.getattr(ino)?;
+        let denied = (read && attr.perm & 0o444 == 0) || (write && attr.perm & 0o222 == 0);
+        if denied {
+            Err(Error::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Mounting: pre-flight checks with messages that say what to do, the fuser session, and a
+//! clean unmount on SIGINT, SIGTERM or SIGHUP.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fuser::{Config, MountOption, SessionACL};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+use crate::fs::adapter::Adapter;
+use crate::fs::PodFs;
+
+/// How the filesystem is mounted.
+#[derive(Debug, Clone)]
+pub struct MountSettings {
+    /// Let other users in; the kernel then checks the honest file modes.
+    pub allow_other: bool,
+    /// Extra `-o` options, passed through as the kernel or fusermount understand them.
+    pub options: Vec<String>,
+    /// Request threads; blocking work runs on threads of its own regardless.
+    pub threads: usize,
+    /// Shown as the source in /proc/mounts.
+    pub fsname: String,
+}
+
+impl Default for MountSettings {
+    fn default() -> Self {
+        MountSettings {
+            allow_other: false,
+            options: Vec::new(),
+            threads: 2,
+            fsname: "podfs".into(),
+        }
+    }
+}
+
+/// Check everything that would otherwise fail with an obscure error deep in the mount.
+/// A stale FUSE mount (its server died) is detached so the mount can go ahead.
+pub fn preflight(mountpoint: &Path) -> Result<()> {
+    if !Path::new("/dev/fuse").exists() {
+        return Err(Error::Usage(
+            "/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a container, \
+             pass the device through (--device /dev/fuse)"
+                .into(),
+        ));
+    }
+    match std::fs::metadata(mountpoint) {
+        Ok(meta) if !meta.is_dir() => Err(Error::Usage(format!(
+            "mount point {} is not a directory",
+            mountpoint.display()
+        ))),
+        Ok(_) => {
+            let mut entries = std::fs::read_dir(mountpoint)
+                .map_err(|e| Error::io(format!("read mount point {}", mountpoint.display()), e))?;
+            if entries.next().is_some() {
+                return Err(Error::Usage(format!(
+                    "mount point {} is not empty; choose an empty directory",
+                    mountpoint.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => recover_stale(mountpoint),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Usage(format!(
+            "mount point {} does not exist; create it first: mkdir -p {}",
+            mountpoint.display(),
+            mountpoint.display()
+        ))),
+        Err(e) => Err(Error::io(
+            format!("stat mount point {}", mountpoint.display()),
+            e,
+        )),
+    }
+}
+
+/// "Transport endpoint is not connected": a FUSE server died without unmounting.
+fn recover_stale(mountpoint: &Path) -> Result<()> {
+    warn!(mountpoint = %mountpoint.display(), "stale FUSE mount found; detaching it");
+    let detached = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).is_ok()
+        || std::process::Command::new("fusermount3")
+            .args(["-u", "-z", "--"])
+            .arg(mountpoint)
+            .status()
+            .is_ok_and(|s| s.success());
+    if detached && std::fs::metadata(mountpoint).is_ok() {
+        return preflight(mountpoint);
+    }
+    Err(Error::Usage(format!(
+        "mount point {m} is a stale FUSE mount (Transport endpoint is not connected) and could \
+         not be detached; run: fusermount3 -u -z {m}   (or as root: umount -l {m})",
+        m = mountpoint.display()
+    )))
+}
+
+fn config(settings: &MountSettings) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(settings.fsname.clone()),
+        MountOption::Subtype("podfs".into()),
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::NoExec,
+        MountOption::NoAtime,
+    ];
+    if settings.allow_other {
+        config.acl = SessionACL::All;
+        config.mount_options.push(MountOption::DefaultPermissions);
+    }
+    for opt in &settings.options {
+        let opt = opt.trim();
+        match opt {
+            "" | "allow_other" | "rw" => {}
+            "default_permissions" => config.mount_options.push(MountOption::DefaultPermissions),
+            "ro" => config.mount_options.push(MountOption::RO),
+            other => config
+                .mount_options
+                .push(MountOption::CUSTOM(other.to_string())),
+        }
+    }
+    config.n_threads = Some(settings.threads.max(1));
+    config
+}
+
+/// A mounted podfs; dropping it unmounts.
+pub struct Mounted {
+    session: Option<fuser::BackgroundSession>,
+    mountpoint: PathBuf,
+}
+
+impl Mounted {
+    /// Whether the kernel side went away (someone ran `umount` or `fusermount -u`).
+    pub fn finished(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmount and wait (bounded) for the session to end. A busy mount (a process still
+    /// has a file open) is detached lazily instead of failing.
+    pub fn unmount(mut self) {
+        self.unmount_inner();
+    }
+
+    fn unmount_inner(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        if session.guard.is_finished() {
+            let _ = session.join();
+            return;
+        }
+        // Plain unmount first; if busy, detach, then give the session a moment to end.
+        let plain = nix::mount::umount(&self.mountpoint);
+        if plain.is_err() {
+            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::process::Command::new("fusermount3")
+                .args(["-u", "-z", "-q", "--"])
+                .arg(&self.mountpoint)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !session.guard.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if session.guard.is_finished() {
+            let _ = session.join();
+        } else {
+            warn!("session still busy after unmount; exiting anyway");
+            std::mem::forget(session);
+        }
+        info!(mountpoint = %self.mountpoint.display(), "unmounted");
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.unmount_inner();
+    }
+}
+
+/// Mount `fs` at `mountpoint` and return once the kernel has completed the handshake.
+pub fn mount(fs: Arc<PodFs>, mountpoint: &Path, settings: &MountSettings) -> Result<Mounted> {
+    preflight(mountpoint)?;
+    let session = fuser::Session::new(Adapter::new(fs), mountpoint, &config(settings))
+        .map_err(|e| mount_error(mountpoint, e))?;
+    let session = session
+        .spawn()
+        .map_err(|e| Error::io("start the FUSE session", e))?;
+    Ok(Mounted {
+        session: Some(session),
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+fn mount_error(mountpoint: &Path, e: std::io::Error) -> Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            "; mounting needs root, or fusermount3 (apt-get install fuse3), and for \
+             --allow-other 'user_allow_other' in /etc/fuse.conf"
+        }
+        Some(libc::ENODEV) => "; the fuse kernel module is not loaded (modprobe fuse)",
+        _ if e.kind() == std::io::ErrorKind::NotFound => {
+            "; fusermount3 was not found: install fuse3 or run as root"
+        }
+        _ => "",
+    };
+    Error::Usage(format!("cannot mount {}: {e}{hint}", mountpoint.display()))
+}
+
+/// Block until SIGINT/SIGTERM/SIGHUP or until the mount disappears, then unmount.
+pub fn serve_until_signalled(mounted: Mounted) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| Error::io("install signal handler", e))?;
+    }
+    while !stop.load(Ordering::SeqCst) && !mounted.finished() {
+        thread::sleep(Duration::from_millis(50));
+    }
+    if stop.load(Ordering::SeqCst) {
+        info!("signal received; unmounting");
+    } else {
+        info!("unmounted from outside");
+    }
+    mounted.unmount();
+    Ok(())
+}
+
+/// `podfs unmount MNT`: unmount as root directly, otherwise through fusermount3.
+pub fn unmount_path(mountpoint: &Path) -> Result<()> {
+    let fuse = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let mut f = l.split(' ');
+            let (_, target, fstype) = (f.next(), f.next(), f.next());
+            target.map(unescape_mounts) == Some(mountpoint.display().to_string())
+                && fstype.is_some_and(|t| t.starts_with("fuse"))
+        });
+    if !fuse {
+        return Err(Error::Usage(format!(
+            "{} is not a FUSE mount; nothing to unmount",
+            mountpoint.display()
+        )));
+    }
+    if nix::mount::umount(mountpoint).is_ok() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("fusermount3")
+        .args(["-u", "--"])
+        .arg(mountpoint)
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(Error::Usage(format!(
+            "could not unmount {m}: it may be busy (a shell inside it, an open file); \
+             close those, or detach it lazily: fusermount3 -u -z {m}",
+            m = mountpoint.display()
+        ))),
+    }
+}
+
+/// /proc/mounts escapes space, tab, newline and backslash as octal.
+fn unescape_mounts(field: &str) -> String {
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preflight_explains_bad_mount_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = preflight(&missing).unwrap_err().to_string();
+        if Path::new("/dev/fuse").exists() {
+            assert!(err.contains("does not exist"), "{err}");
+            std::fs::write(dir.path().join("f"), b"").unwrap();
+            let err = preflight(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("not empty"), "{err}");
+            let err = preflight(&dir.path().join("f")).unwrap_err().to_string();
+            assert!(err.contains("not a directory"), "{err}");
+        } else {
+            assert!(err.contains("/dev/fuse"), "{err}");
+        }
+    }
+
+    #[test]
+    fn mounts_escapes() {
+        assert_eq!(unescape_mounts("/a\\040b"), "/a b");
+    }
+
+    #[test]
+    fn options_pass_through() {
+        let s = MountSettings {
+            allow_other: true,
+            options: vec!["ro".into(), "max_read=65536".into()],
+            ..Default::default()
+        };
+        let c = config(&s);
+        assert_eq!(c.acl, SessionACL::All);
+        assert!(c.mount_options.contains(&MountOption::DefaultPermissions));
+        assert!(c.mount_options.contains(&MountOption::RO));
+        assert!(c
+            .mount_options
+            .contains(&MountOption::CUSTOM("max_read=65536".into())));
+    }
+}
