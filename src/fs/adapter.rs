@@ -287,9 +287,9 @@ impl Filesystem for Adapter {
         };
         if self.fs.write_blocks(ino.0) {
             let (fs, data) = (self.fs.clone(), data.to_vec());
-            offload(move || done(fs.write(ino.0, &data), reply));
+            offload(move || done(fs.write(ino.0, fh.0, &data), reply));
         } else {
-            done(self.fs.write(ino.0, data), reply);
+            done(self.fs.write(ino.0, fh.0, data), reply);
         }
     }
 
@@ -297,11 +297,14 @@ impl Filesystem for Adapter {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        match self.fs.flush(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("flush", &e)),
+        }
     }
 
     fn release(

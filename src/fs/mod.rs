@@ -55,6 +55,9 @@ enum Content {
     Log(PathBuf, Arc<Feed>),
     /// Write-only handles (`input`).
     Nothing,
+    /// A write-only `cursor` handle: closing it without a write is an empty write, refused
+    /// at close, because the kernel never forwards a zero-length write.
+    CursorWrite(std::sync::atomic::AtomicBool),
 }
 
 /// What an open directory handle holds: the listing as of `opendir`, so that a listing
@@ -282,7 +285,7 @@ impl PodFs {
         let (_, record) = self.reg.child(&pod, &child)?;
         let content = match kind {
             FileKind::Input => Content::Nothing,
-            FileKind::Cursor if !read => Content::Nothing,
+            FileKind::Cursor if !read => Content::CursorWrite(Default::default()),
             FileKind::Socket | FileKind::Scope | FileKind::Callback | FileKind::Cursor => {
                 Content::Bytes(Arc::new(self.value(&pod, &record, kind)))
             }
@@ -353,7 +356,7 @@ impl PodFs {
         match self.files.lock().get(&fh) {
             Some(Content::Bytes(bytes)) => Ok(slice(bytes)),
             Some(Content::Log(_, feed)) => Ok(slice(feed.current().text.as_bytes())),
-            Some(Content::Nothing) => Err(Error::ReadOnly),
+            Some(Content::Nothing) | Some(Content::CursorWrite(_)) => Err(Error::ReadOnly),
             None => Err(Error::NotFound(format!("file handle {fh}"))),
         }
     }
@@ -366,7 +369,7 @@ impl PodFs {
         )
     }
 
-    pub fn write(&self, ino: u64, data: &[u8]) -> Result<usize> {
+    pub fn write(&self, ino: u64, fh: u64, data: &[u8]) -> Result<usize> {
         let Node::File(pod, child, kind) = self.node(ino)? else {
             return Err(Error::IsDir);
         };
@@ -375,6 +378,9 @@ impl PodFs {
                 let value = files::parse_cursor(data)?;
                 self.reg.child(&pod, &child)?;
                 self.reg.set_cursor(&pod, &child, value);
+                if let Some(Content::CursorWrite(wrote)) = self.files.lock().get(&fh) {
+                    wrote.store(true, Ordering::Relaxed);
+                }
                 Ok(data.len())
             }
             FileKind::Input => {
@@ -396,6 +402,16 @@ impl PodFs {
             Node::File(_, _, kind) if kind.writable() && size == 0 => self.getattr(ino),
             Node::File(..) => Err(Error::ReadOnly),
             _ => Err(Error::IsDir),
+        }
+    }
+
+    /// `close()`: a write-only `cursor` handle that received no write was an empty write.
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        match self.files.lock().get(&fh) {
+            Some(Content::CursorWrite(wrote)) if !wrote.load(Ordering::Relaxed) => Err(
+                Error::InvalidValue("empty write to cursor; the cursor is unchanged".into()),
+            ),
+            _ => Ok(()),
         }
     }
 
