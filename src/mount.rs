@@ -54,8 +54,20 @@ pub fn preflight(mountpoint: &Path) -> Result<()> {
             mountpoint.display()
         ))),
         Ok(_) => {
-            let mut entries = std::fs::read_dir(mountpoint)
-                .map_err(|e| Error::io(format!("read mount point {}", mountpoint.display()), e))?;
+            // stat may be answered from the kernel's attribute cache; reading the directory
+            // always reaches the (possibly dead) server.
+            let mut entries = match std::fs::read_dir(mountpoint) {
+                Ok(entries) => entries,
+                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                    return recover_stale(mountpoint)
+                }
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("read mount point {}", mountpoint.display()),
+                        e,
+                    ))
+                }
+            };
             if entries.next().is_some() {
                 return Err(Error::Usage(format!(
                     "mount point {} is not empty; choose an empty directory",
