@@ -328,6 +328,13 @@ impl Registry {
         value
     }
 
+    /// Record a status podfs learned first-hand (a run it just started).
+    pub fn note_status(&self, socket: &Path, value: PodStatus) {
+        self.status
+            .lock()
+            .insert(socket.to_path_buf(), (value, Instant::now()));
+    }
+
     /// Status of a child: cached, or probed (blocking).
     pub fn status(&self, child: &SpawnedChild) -> PodStatus {
         let Ok(socket) = self.child_socket(child) else {

@@ -212,6 +212,7 @@ impl Pod {
                     _ => {}
                 }
             }
+            "compact" => self.compact(),
             "shutdown" | "pod_event" => debug!("ignored by configuration"),
             other => {
                 let _ = send_line(
@@ -278,6 +279,20 @@ impl Pod {
         entries.push(
             json!({"kind": "run_completed", "ts": ts, "interrupted": false, "result": "finished"}),
         );
+    }
+
+    /// Compaction replaces the history with a new segment whose `history` carries a summary,
+    /// so the entry list becomes shorter than any cursor that was at its end.
+    fn compact(&self) {
+        let summary = {
+            let mut entries = self.entries.lock();
+            let summary = format!("summary of {} entries", entries.len());
+            *entries = vec![json!({"kind": "segment_start", "ts": now_ms(), "session_id": "demo",
+                "system_prompt": null, "config": {}, "compacted_from": "demo",
+                "history": [{"kind": "message", "role": "assistant", "content": [{"kind": "text", "text": summary}]}]})];
+            summary
+        };
+        self.broadcast(json!({"event": "compact_done", "data": {"summary": summary}}));
     }
 
     /// A pod event is shown to the "LLM": an idle pod starts a short turn about it.

@@ -296,14 +296,21 @@ impl Filesystem for Adapter {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.fs.flush(fh.0) {
+        let _s = debug_span!("flush", ino = ino.0, fh = fh.0).entered();
+        let flush = move |fs: &PodFs, reply: ReplyEmpty| match fs.flush(ino.0, fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("flush", &e)),
+        };
+        if self.fs.flush_blocks(fh.0) {
+            let fs = self.fs.clone();
+            offload(move || flush(&fs, reply));
+        } else {
+            flush(&self.fs, reply);
         }
     }
 

@@ -20,6 +20,7 @@ use crate::follow::{Feed, Followers};
 use crate::paths::validate_pod_name;
 use crate::protocol::history::{self, as_file_text};
 use crate::protocol::ops;
+use crate::protocol::wire::PodStatus;
 use crate::reclaim;
 use crate::registry::{ParentView, Registry};
 use crate::scope::render_scope;
@@ -53,8 +54,8 @@ enum Content {
     Bytes(Arc<Vec<u8>>),
     /// A live feed: `log` grows while it is open.
     Log(PathBuf, Arc<Feed>),
-    /// Write-only handles (`input`).
-    Nothing,
+    /// An `input` handle: the writes up to `close()` form one message.
+    Input(Arc<Mutex<Vec<u8>>>),
     /// A write-only `cursor` handle: closing it without a write is an empty write, refused
     /// at close, because the kernel never forwards a zero-length write.
     CursorWrite(std::sync::atomic::AtomicBool),
@@ -284,7 +285,7 @@ impl PodFs {
         }
         let (_, record) = self.reg.child(&pod, &child)?;
         let content = match kind {
-            FileKind::Input => Content::Nothing,
+            FileKind::Input => Content::Input(Arc::default()),
             FileKind::Cursor if !read => Content::CursorWrite(Default::default()),
             FileKind::Socket | FileKind::Scope | FileKind::Callback | FileKind::Cursor => {
                 Content::Bytes(Arc::new(self.value(&pod, &record, kind)))
@@ -356,7 +357,7 @@ impl PodFs {
         match self.files.lock().get(&fh) {
             Some(Content::Bytes(bytes)) => Ok(slice(bytes)),
             Some(Content::Log(_, feed)) => Ok(slice(feed.current().text.as_bytes())),
-            Some(Content::Nothing) | Some(Content::CursorWrite(_)) => Err(Error::ReadOnly),
+            Some(Content::Input(_)) | Some(Content::CursorWrite(_)) => Err(Error::ReadOnly),
             None => Err(Error::NotFound(format!("file handle {fh}"))),
         }
     }
@@ -384,12 +385,25 @@ impl PodFs {
                 Ok(data.len())
             }
             FileKind::Input => {
-                let text = files::parse_input(data)?;
-                let (_, record) = self.reg.child(&pod, &child)?;
-                let socket = self.reg.child_socket(&record).map_err(|_| {
-                    Error::Unreachable(format!("{child}: socket outside the runtime dir"))
-                })?;
-                ops::send_run(&socket, &text, &self.reg.timeouts)?;
+                let buf = match self.files.lock().get(&fh) {
+                    Some(Content::Input(buf)) => buf.clone(),
+                    _ => return Err(Error::ReadOnly),
+                };
+                let pending = buf.lock().len();
+                if pending + data.len() > files::INPUT_LIMIT {
+                    return Err(Error::TooBig {
+                        size: pending + data.len(),
+                        limit: files::INPUT_LIMIT,
+                    });
+                }
+                // The message is sent at close, but shells ignore errors from close(), so
+                // a child that cannot take it is refused here, where `printf` sees it.
+                let socket = self.input_socket(&pod, &child)?;
+                let snapshot = ops::probe(&socket, &self.reg.timeouts)?;
+                if snapshot.status() == PodStatus::Running {
+                    return Err(Error::Busy(format!("{child} is already running a turn")));
+                }
+                buf.lock().extend_from_slice(data);
                 Ok(data.len())
             }
             _ => Err(Error::ReadOnly),
@@ -405,14 +419,43 @@ impl PodFs {
         }
     }
 
-    /// `close()`: a write-only `cursor` handle that received no write was an empty write.
-    pub fn flush(&self, fh: u64) -> Result<()> {
-        match self.files.lock().get(&fh) {
-            Some(Content::CursorWrite(wrote)) if !wrote.load(Ordering::Relaxed) => Err(
-                Error::InvalidValue("empty write to cursor; the cursor is unchanged".into()),
-            ),
-            _ => Ok(()),
+    fn input_socket(&self, pod: &str, child: &str) -> Result<PathBuf> {
+        let (_, record) = self.reg.child(pod, child)?;
+        self.reg
+            .child_socket(&record)
+            .map_err(|_| Error::Unreachable(format!("{child}: socket outside the runtime dir")))
+    }
+
+    /// Whether `flush(fh)` talks to a socket (closing an `input` handle sends the message).
+    pub fn flush_blocks(&self, fh: u64) -> bool {
+        matches!(self.files.lock().get(&fh), Some(Content::Input(_)))
+    }
+
+    /// `close()`: an `input` handle sends what was written as one run; a write-only
+    /// `cursor` handle that received no write was an empty write.
+    pub fn flush(&self, ino: u64, fh: u64) -> Result<()> {
+        let buf = match self.files.lock().get(&fh) {
+            Some(Content::CursorWrite(wrote)) if !wrote.load(Ordering::Relaxed) => {
+                return Err(Error::InvalidValue(
+                    "empty write to cursor; the cursor is unchanged".into(),
+                ))
+            }
+            Some(Content::Input(buf)) => buf.clone(),
+            _ => return Ok(()),
+        };
+        // Taken, not copied: a descriptor closed twice (dup) sends the message once.
+        let data = std::mem::take(&mut *buf.lock());
+        if data.is_empty() {
+            return Ok(());
         }
+        let Node::File(pod, child, _) = self.node(ino)? else {
+            return Err(Error::IsDir);
+        };
+        let text = files::parse_input(&data)?;
+        let socket = self.input_socket(&pod, &child)?;
+        ops::send_run(&socket, &text, &self.reg.timeouts)?;
+        self.reg.note_status(&socket, PodStatus::Running);
+        Ok(())
     }
 
     pub fn release(&self, fh: u64) {
