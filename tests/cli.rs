@@ -20,7 +20,10 @@ fn missing_mount_point_is_explained() {
     let (code, err) = podfs(&["mount", "/nonexistent/podfs-mnt", "--home", &home.s()]);
     assert_ne!(code, 0);
     if fuse_available() {
-        assert!(err.contains("does not exist") && err.contains("mkdir -p"), "{err}");
+        assert!(
+            err.contains("does not exist") && err.contains("mkdir -p"),
+            "{err}"
+        );
     }
 }
 
@@ -40,9 +43,17 @@ fn non_empty_mount_point_is_refused() {
 #[test]
 fn missing_home_is_explained() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, err) = podfs(&["mount", dir.path().to_str().unwrap(), "--home", "/nonexistent/home"]);
+    let (code, err) = podfs(&[
+        "mount",
+        dir.path().to_str().unwrap(),
+        "--home",
+        "/nonexistent/home",
+    ]);
     assert_eq!(code, 2);
-    assert!(err.contains("does not exist") && err.contains("--home"), "{err}");
+    assert!(
+        err.contains("does not exist") && err.contains("--home"),
+        "{err}"
+    );
 }
 
 #[test]

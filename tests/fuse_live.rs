@@ -19,7 +19,9 @@ macro_rules! need_fuse {
 /// Wait until `child`'s first task has finished (its reply is in the history).
 fn settle(m: &Mount, child: &str) {
     let status = format!("{}/parent/{child}/status", m.s());
-    wait_for(Duration::from_secs(10), || sh(&format!("cat {status}")).1 == "idle\n");
+    wait_for(Duration::from_secs(10), || {
+        sh(&format!("cat {status}")).1 == "idle\n"
+    });
 }
 
 #[test]
@@ -30,7 +32,10 @@ fn output_is_a_snapshot_per_open_and_moves_the_cursor() {
     let m = Mount::quick(&home, &[]);
     settle(&m, "child1");
     let c = format!("{}/parent/child1", m.s());
-    assert_eq!(ok(&format!("cat {c}/output")), "echo: child1 task: describe your work directory\n");
+    assert_eq!(
+        ok(&format!("cat {c}/output")),
+        "echo: child1 task: describe your work directory\n"
+    );
     assert_eq!(ok(&format!("cat {c}/cursor")), "7\n");
     assert_eq!(ok(&format!("cat {c}/output")), "", "nothing new");
     ok(&format!("echo hello > {c}/input"));
@@ -97,7 +102,9 @@ fn input_sends_everything_written_before_close_as_one_run() {
     assert_eq!(ok(&format!("cat {c}/output")), "echo: ab\n");
     // An empty message is refused at close, and nothing is sent.
     assert_eq!(
-        py_errno(&format!("fd = os.open('{c}/input', os.O_WRONLY); os.write(fd, b'\\n'); os.close(fd)")),
+        py_errno(&format!(
+            "fd = os.open('{c}/input', os.O_WRONLY); os.write(fd, b'\\n'); os.close(fd)"
+        )),
         "EINVAL"
     );
     assert_eq!(ok(&format!("cat {c}/status")), "idle\n");
@@ -117,10 +124,17 @@ fn input_errors() {
     // Busy: the write fails, and so does the shell command.
     let err = fails(&format!("printf 'second' > {c}/input"));
     assert!(err.contains("Device or resource busy"), "{err}");
-    assert_eq!(py_errno(&format!("f = open('{c}/input', 'w'); f.write('x'); f.close()")), "EBUSY");
+    assert_eq!(
+        py_errno(&format!(
+            "f = open('{c}/input', 'w'); f.write('x'); f.close()"
+        )),
+        "EBUSY"
+    );
     // Too big: nothing is sent.
     assert_eq!(
-        py_errno(&format!("fd = os.open('{c}/input', os.O_WRONLY); os.write(fd, b'a' * 70000)")),
+        py_errno(&format!(
+            "fd = os.open('{c}/input', os.O_WRONLY); os.write(fd, b'a' * 70000)"
+        )),
         "EFBIG"
     );
 }
@@ -133,7 +147,12 @@ fn unreachable_children_refuse_input_and_give_empty_output() {
     let c = format!("{}/parent/child1", m.s());
     let err = fails(&format!("printf 'x' > {c}/input"));
     assert!(err.contains("Host is down"), "{err}");
-    assert_eq!(py_errno(&format!("f = open('{c}/input', 'w'); f.write('hi'); f.close()")), "EHOSTDOWN");
+    assert_eq!(
+        py_errno(&format!(
+            "f = open('{c}/input', 'w'); f.write('hi'); f.close()"
+        )),
+        "EHOSTDOWN"
+    );
     assert_eq!(ok(&format!("cat {c}/output")), "");
     assert_eq!(ok(&format!("cat {c}/cursor")), "0\n");
     assert_eq!(ok(&format!("cat {c}/log")), "");
@@ -151,7 +170,9 @@ fn status_tells_idle_running_and_unreachable() {
     assert_eq!(ok(&format!("cat {p}/gone/status")), "unreachable\n");
     ok(&format!("echo go > {p}/slow/input"));
     // The status cache lasts one second.
-    wait_for(Duration::from_secs(3), || sh(&format!("cat {p}/slow/status")).1 == "running\n");
+    wait_for(Duration::from_secs(3), || {
+        sh(&format!("cat {p}/slow/status")).1 == "running\n"
+    });
 }
 
 #[test]
@@ -172,7 +193,9 @@ fn log_follows_the_child_live() {
         .stdout(out.reopen().unwrap())
         .spawn()
         .unwrap();
-    wait_for(Duration::from_secs(5), || std::fs::read_to_string(out.path()).unwrap() == first);
+    wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(out.path()).unwrap() == first
+    });
     ok(&format!("echo followed > {c}/input"));
     let grown = format!("{first}\necho: followed\n");
     let seen = (|| {
@@ -187,7 +210,11 @@ fn log_follows_the_child_live() {
     })();
     let _ = tail.kill();
     let _ = tail.wait();
-    assert!(seen, "tail -f saw {:?}", std::fs::read_to_string(out.path()).unwrap());
+    assert!(
+        seen,
+        "tail -f saw {:?}",
+        std::fs::read_to_string(out.path()).unwrap()
+    );
     // Reading log never moves the cursor.
     assert_eq!(ok(&format!("cat {c}/cursor")), "0\n");
 }
@@ -195,7 +222,8 @@ fn log_follows_the_child_live() {
 /// A child whose socket accepts connections and never answers.
 fn hung_child(home: &Home) -> (UnixListener, std::thread::JoinHandle<()>) {
     let path = home.path().join("pods/parent/metadata.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let mut hung = v["spawned_children"][0].clone();
     let sock = home.path().join("run/hung/sock");
     hung["pod_name"] = "hung".into();
@@ -227,7 +255,10 @@ fn a_hung_child_does_not_slow_anything_else() {
     let home = Home::fixture("live");
     let (_listener, _holder) = hung_child(&home);
     // Generous per-step bounds, so the hung conversations outlast the checks below.
-    let m = Mount::with_args(&home, &["--io-timeout-ms", "6000", "--probe-timeout-ms", "6000"]);
+    let m = Mount::with_args(
+        &home,
+        &["--io-timeout-ms", "6000", "--probe-timeout-ms", "6000"],
+    );
     let p = format!("{}/parent", m.s());
     // Start conversations with the hung child in the background.
     let mut hung = Vec::new();
@@ -240,27 +271,39 @@ fn a_hung_child_does_not_slow_anything_else() {
                 .unwrap(),
         );
     }
-    let _input = std::process::Command::new("bash")
+    let mut input = std::process::Command::new("bash")
         .arg("-c")
         .arg(format!("echo hi > {p}/hung/input"))
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(hung.iter_mut().all(|c| c.try_wait().unwrap().is_none()), "hung reads should still wait");
+    assert!(
+        hung.iter_mut().all(|c| c.try_wait().unwrap().is_none()),
+        "hung reads should still wait"
+    );
     // Meanwhile everything else answers at once.
     let started = Instant::now();
     for _ in 0..5 {
         assert_eq!(ok(&format!("ls {p}")), "child1\nchild2\nchild3\nhung\n");
-        ok(&format!("cat {p}/child1/scope {p}/child2/cursor {p}/hung/socket {p}/hung/scope"));
+        ok(&format!(
+            "cat {p}/child1/scope {p}/child2/cursor {p}/hung/socket {p}/hung/scope"
+        ));
         ok(&format!("stat {p}/hung/status {p}/hung/output"));
         assert_eq!(ok(&format!("cat {p}/child3/status")), "unreachable\n");
     }
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(3), "other requests were slowed down: {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "other requests were slowed down: {took:?}"
+    );
     // And the hung conversations end with a bounded, clear answer.
     for mut c in hung {
         let status = c.wait().unwrap();
         assert!(status.success());
     }
     assert_eq!(ok(&format!("cat {p}/hung/status")), "unreachable\n");
+    assert!(
+        !input.wait().unwrap().success(),
+        "input to a hung child must fail"
+    );
 }

@@ -287,9 +287,11 @@ impl Pod {
         let summary = {
             let mut entries = self.entries.lock();
             let summary = format!("summary of {} entries", entries.len());
-            *entries = vec![json!({"kind": "segment_start", "ts": now_ms(), "session_id": "demo",
+            *entries = vec![
+                json!({"kind": "segment_start", "ts": now_ms(), "session_id": "demo",
                 "system_prompt": null, "config": {}, "compacted_from": "demo",
-                "history": [{"kind": "message", "role": "assistant", "content": [{"kind": "text", "text": summary}]}]})];
+                "history": [{"kind": "message", "role": "assistant", "content": [{"kind": "text", "text": summary}]}]}),
+            ];
             summary
         };
         self.broadcast(json!({"event": "compact_done", "data": {"summary": summary}}));
