@@ -264,6 +264,15 @@ impl Registry {
         }
     }
 
+    /// The parent's view, after checking that it lists `child` (no copy of the record).
+    pub fn child_view(&self, parent: &str, child: &str) -> Result<Arc<ParentView>> {
+        let view = self.parent(parent)?;
+        if view.child(child).is_none() {
+            return Err(Error::NotFound(format!("{parent}/{child}")));
+        }
+        Ok(view)
+    }
+
     /// A child of a parent, or `NotFound`.
     pub fn child(&self, parent: &str, child: &str) -> Result<(Arc<ParentView>, SpawnedChild)> {
         let view = self.parent(parent)?;

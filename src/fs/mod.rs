@@ -116,24 +116,25 @@ impl PodFs {
     }
 
     fn child_attr(&self, pod: &str, child: &str) -> Result<Attr> {
-        let (view, _) = self.reg.child(pod, child)?;
+        let view = self.reg.child_view(pod, child)?;
         Ok(self.dir_attr(self.inodes.child(pod, child), 0o755, 0, view.mtime))
     }
 
     fn file_attr(&self, pod: &str, child: &str, kind: FileKind) -> Result<Attr> {
-        let (view, record) = self.reg.child(pod, child)?;
+        let view = self.reg.child_view(pod, child)?;
+        let record = view.child(child).expect("checked by child_view");
         let mut mtime = view.mtime;
         let size = match kind {
             FileKind::Socket | FileKind::Scope | FileKind::Callback | FileKind::Cursor => {
-                self.value(pod, &record, kind).len() as u64
+                self.value(pod, record, kind).len() as u64
             }
             FileKind::Status => self
                 .reg
-                .child_socket(&record)
+                .child_socket(record)
                 .ok()
                 .and_then(|s| self.reg.cached_status(&s))
                 .map_or(0, |s| s.as_str().len() as u64 + 1),
-            FileKind::Log => match self.reg.child_socket(&record) {
+            FileKind::Log => match self.reg.child_socket(record) {
                 Ok(socket) => match self.followers.peek(&socket) {
                     Some(log) => {
                         mtime = log.mtime;
@@ -220,7 +221,7 @@ impl PodFs {
                 (inode::ROOT, out)
             }
             Node::Child(pod, child) => {
-                self.reg.child(&pod, &child)?;
+                self.reg.child_view(&pod, &child)?;
                 let out = FileKind::ALL
                     .iter()
                     .map(|&k| entry(self.inodes.file(&pod, &child, k), false, k.name()))
@@ -283,19 +284,20 @@ impl PodFs {
         if (read && !kind.readable()) || (write && !kind.writable()) {
             return Err(Error::ReadOnly);
         }
-        let (_, record) = self.reg.child(&pod, &child)?;
+        let view = self.reg.child_view(&pod, &child)?;
+        let record = view.child(&child).expect("checked by child_view");
         let content = match kind {
             FileKind::Input => Content::Input(Arc::default()),
             FileKind::Cursor if !read => Content::CursorWrite(Default::default()),
             FileKind::Socket | FileKind::Scope | FileKind::Callback | FileKind::Cursor => {
-                Content::Bytes(Arc::new(self.value(&pod, &record, kind)))
+                Content::Bytes(Arc::new(self.value(&pod, record, kind)))
             }
             FileKind::Status => {
-                let word = self.reg.status(&record);
+                let word = self.reg.status(record);
                 Content::Bytes(Arc::new(format!("{word}\n").into_bytes()))
             }
-            FileKind::Output => Content::Bytes(Arc::new(self.take_output(&pod, &record))),
-            FileKind::Log => self.open_log(&record),
+            FileKind::Output => Content::Bytes(Arc::new(self.take_output(&pod, record))),
+            FileKind::Log => self.open_log(record),
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files.lock().insert(fh, content);
@@ -377,7 +379,7 @@ impl PodFs {
         match kind {
             FileKind::Cursor => {
                 let value = files::parse_cursor(data)?;
-                self.reg.child(&pod, &child)?;
+                self.reg.child_view(&pod, &child)?;
                 self.reg.set_cursor(&pod, &child, value);
                 if let Some(Content::CursorWrite(wrote)) = self.files.lock().get(&fh) {
                     wrote.store(true, Ordering::Relaxed);
@@ -471,7 +473,7 @@ impl PodFs {
             Node::Child(pod, child) => {
                 FileKind::from_name(name)
                     .ok_or_else(|| Error::NotFound(format!("{pod}/{child}/{name}")))?;
-                self.reg.child(&pod, &child)?;
+                self.reg.child_view(&pod, &child)?;
                 Ok(())
             }
             Node::Pod(_) | Node::Root => {
