@@ -552,23 +552,38 @@ impl Drop for Tmpfs {
 // ---------------------------------------------------------------------------------------
 // Measurement.
 
-/// Median time per operation over `rounds` rounds of `iters` operations.
-fn per_op(rounds: usize, iters: usize, mut op: impl FnMut(usize)) -> Duration {
+/// Median time per operation over `rounds` rounds of `iters` operations, for each root.
+/// Rounds are interleaved across the roots (tmpfs, floor, podfs, tmpfs, ...) so that drift
+/// in the machine's speed during the run affects every figure alike.
+fn per_op(
+    roots: &[&Path],
+    rounds: usize,
+    iters: usize,
+    op: impl Fn(&Path, usize),
+) -> Vec<Duration> {
     // One full warm-up round: every path looked up once, so rounds compare like with like.
-    for i in 0..iters {
-        op(i);
+    for root in roots {
+        for i in 0..iters {
+            op(root, i);
+        }
     }
-    let mut samples: Vec<Duration> = (0..rounds)
-        .map(|_| {
+    let mut samples = vec![Vec::with_capacity(rounds); roots.len()];
+    for _ in 0..rounds {
+        for (k, root) in roots.iter().enumerate() {
             let t = Instant::now();
             for i in 0..iters {
-                op(i);
+                op(root, i);
             }
-            t.elapsed() / iters as u32
+            samples[k].push(t.elapsed() / iters as u32);
+        }
+    }
+    samples
+        .into_iter()
+        .map(|mut v| {
+            v.sort();
+            v[v.len() / 2]
         })
-        .collect();
-    samples.sort();
-    samples[samples.len() / 2]
+        .collect()
 }
 
 fn read_file(path: &Path) {
@@ -610,8 +625,8 @@ struct Row {
 
 fn print_rows(rows: &[Row]) {
     println!(
-        "| {:<44} | {:>10} | {:>10} | {:>10} | {:>8} | {:>8} | {} |",
-        "operation", "tmpfs", "FUSE floor", "podfs", "÷floor", "÷tmpfs", "target"
+        "| {:<44} | {:>10} | {:>10} | {:>10} | {:>8} | {:>8} | target |",
+        "operation", "tmpfs", "FUSE floor", "podfs", "÷floor", "÷tmpfs"
     );
     println!(
         "|{}|{}|{}|{}|{}|{}|---|",
@@ -660,7 +675,7 @@ fn main() {
         std::process::exit(1);
     }
     let quick = std::env::var_os("PODFS_BENCH_QUICK").is_some();
-    let (rounds, iters) = if quick { (3, 500) } else { (7, 5000) };
+    let (rounds, iters) = if quick { (3, 500) } else { (11, 3000) };
     let mut rows = Vec::new();
 
     let shape: Vec<(String, usize)> = vec![
@@ -673,17 +688,10 @@ fn main() {
     make_tree(tmp.0.path(), &shape);
     let (floor, _) = Server::floor(&shape);
     let (pod, _) = Server::podfs(home.path());
-    let roots: [(&str, &Path); 3] = [
-        ("tmpfs", tmp.0.path()),
-        ("floor", floor.path()),
-        ("podfs", pod.path()),
-    ];
+    let roots: [&Path; 3] = [tmp.0.path(), floor.path(), pod.path()];
 
     let mut measure = |op: &str, target: Option<(&str, f64)>, f: &dyn Fn(&Path, usize)| {
-        let t: Vec<Duration> = roots
-            .iter()
-            .map(|(_, root)| per_op(rounds, iters, |i| f(root, i)))
-            .collect();
+        let t = per_op(&roots, rounds, iters, f);
         let met = target.map(|(name, max)| {
             (
                 name.to_string(),
@@ -721,20 +729,14 @@ fn main() {
             .unwrap();
         f.write_all(format!("{}\n", i % 7).as_bytes()).unwrap();
     });
-    drop(measure);
     for (parent, n, iters) in [
         ("p10", 10, iters / 10),
         ("p1000", 1000, 20),
         ("p10000", 10000, 3),
     ] {
-        let t: Vec<Duration> = roots
-            .iter()
-            .map(|(_, root)| {
-                per_op(rounds, iters.max(2), |_| {
-                    assert_eq!(std::fs::read_dir(root.join(parent)).unwrap().count(), n)
-                })
-            })
-            .collect();
+        let t = per_op(&roots, rounds, iters.max(2), |root, _| {
+            assert_eq!(std::fs::read_dir(root.join(parent)).unwrap().count(), n)
+        });
         rows.push(Row {
             op: format!("readdir, {n} children"),
             tmpfs: Some(t[0]),
@@ -743,10 +745,9 @@ fn main() {
             target: None,
         });
     }
-    let t: Vec<Duration> = roots
-        .iter()
-        .map(|(_, root)| per_op(rounds, 2, |_| assert_eq!(ls_l(&root.join("p10000")), 10000)))
-        .collect();
+    let t = per_op(&roots, rounds, 2, |root, _| {
+        assert_eq!(ls_l(&root.join("p10000")), 10000)
+    });
     rows.push(Row {
         op: "ls -l (readdir + stat each), 10,000 children".into(),
         tmpfs: Some(t[0]),

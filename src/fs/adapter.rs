@@ -392,8 +392,12 @@ impl Filesystem for Adapter {
             .min(listing.len());
         for (i, entry) in listing[start..].iter().enumerate() {
             // An entry that vanished since opendir is skipped rather than failing the listing.
-            let Ok(attr) = self.fs.getattr(entry.ino) else {
-                continue;
+            let attr = match &entry.attr {
+                Some(attr) => attr.clone(),
+                None => match self.fs.getattr(entry.ino) {
+                    Ok(attr) => attr,
+                    Err(_) => continue,
+                },
             };
             if reply.add(
                 INodeNo(entry.ino),

@@ -61,7 +61,13 @@ impl Inodes {
     }
 
     pub fn child(&self, pod: &str, child: &str) -> u64 {
-        let pod_slot = ((self.pod(pod) >> SHIFT) - 1) as u32;
+        self.child_of(self.pod(pod), child)
+    }
+
+    /// The child's number given its pod's directory inode (saves a lookup per entry when
+    /// listing a pod with thousands of children).
+    pub fn child_of(&self, pod_ino: u64, child: &str) -> u64 {
+        let pod_slot = ((pod_ino >> SHIFT) - 1) as u32;
         if let Some(&slot) = self
             .table
             .read()

@@ -46,6 +46,8 @@ pub struct DirEntry {
     pub ino: u64,
     pub is_dir: bool,
     pub name: String,
+    /// Attributes known when listing (so readdirplus needs no second lookup per entry).
+    pub attr: Option<Attr>,
 }
 
 /// What an open file handle holds.
@@ -201,22 +203,28 @@ impl PodFs {
 
     /// The entries of a directory, `.` and `..` first.
     pub fn list(&self, ino: u64) -> Result<Vec<DirEntry>> {
-        let entry = |ino, is_dir, name: &str| DirEntry {
+        let entry = |ino, is_dir, name: &str, attr| DirEntry {
             ino,
             is_dir,
             name: name.to_string(),
+            attr,
         };
         let (parent_ino, mut out) = match self.node(ino)? {
-            Node::Root => (inode::ROOT, Vec::new()),
+            Node::Root => {
+                let pods = self.reg.pods()?;
+                let out = pods
+                    .iter()
+                    .map(|pod| entry(self.inodes.pod(pod), true, pod, None))
+                    .collect();
+                (inode::ROOT, out)
+            }
             Node::Pod(pod) => {
                 let view: Arc<ParentView> = self.reg.parent(&pod)?;
                 let mut out = Vec::with_capacity(view.len() + 2);
                 for child in view.children() {
-                    out.push(entry(
-                        self.inodes.child(&pod, &child.pod_name),
-                        true,
-                        &child.pod_name,
-                    ));
+                    let child_ino = self.inodes.child_of(ino, &child.pod_name);
+                    let attr = self.dir_attr(child_ino, 0o755, 0, view.mtime);
+                    out.push(entry(child_ino, true, &child.pod_name, Some(attr)));
                 }
                 (inode::ROOT, out)
             }
@@ -224,21 +232,19 @@ impl PodFs {
                 self.reg.child_view(&pod, &child)?;
                 let out = FileKind::ALL
                     .iter()
-                    .map(|&k| entry(self.inodes.file(&pod, &child, k), false, k.name()))
+                    .map(|&k| {
+                        let attr = self.file_attr(&pod, &child, k).ok();
+                        entry(self.inodes.file(&pod, &child, k), false, k.name(), attr)
+                    })
                     .collect();
                 (self.inodes.pod(&pod), out)
             }
             Node::File(..) => return Err(Error::NotDir),
         };
-        if ino == inode::ROOT {
-            for pod in self.reg.pods()?.iter() {
-                out.push(entry(self.inodes.pod(pod), true, pod));
-            }
-        }
         let mut all = Vec::with_capacity(out.len() + 2);
-        all.push(entry(ino, true, "."));
-        all.push(entry(parent_ino, true, ".."));
-        all.extend(out);
+        all.push(entry(ino, true, ".", None));
+        all.push(entry(parent_ino, true, "..", None));
+        all.append(&mut out);
         Ok(all)
     }
 
