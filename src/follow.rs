@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use crate::error::Error;
 use crate::protocol::client::Connection;
 use crate::protocol::history::{self, as_file_text};
-use crate::protocol::wire::Snapshot;
+use crate::protocol::wire::{Snapshot, Want};
 use crate::protocol::Timeouts;
 
 /// Events after which the history has (or may have) new entries.
@@ -120,14 +120,14 @@ impl Followers {
 fn follow(socket: &Path, t: &Timeouts, feed: &Feed) {
     debug!(socket = %socket.display(), "log follower started");
     while feed.readers.load(Ordering::SeqCst) > 0 {
-        let (mut conn, snapshot) = match Connection::open(socket, t.connect, t.prelude, t.max_line)
-        {
-            Ok(open) => open,
-            Err(_) => {
-                thread::sleep(RETRY);
-                continue;
-            }
-        };
+        let (mut conn, snapshot) =
+            match Connection::open(socket, t.connect, t.prelude, t.max_line, Want::History) {
+                Ok(open) => open,
+                Err(_) => {
+                    thread::sleep(RETRY);
+                    continue;
+                }
+            };
         feed.publish(&snapshot);
         loop {
             if feed.readers.load(Ordering::SeqCst) == 0 {

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use crate::error::{Error, Result};
 use crate::paths::Paths;
 use crate::protocol::client::Connection;
+use crate::protocol::wire::Want;
 use crate::store::metadata::{self, Metadata, SpawnedChild};
 use crate::store::{pods_table, spawned, to_runtime_json};
 
@@ -377,6 +378,7 @@ fn report(socket: &Path, method: &Value) -> Result<()> {
         Duration::from_secs(5),
         Duration::from_secs(5),
         256 << 20,
+        Want::Status,
     )?;
     conn.send(method, Duration::from_secs(5))?;
     let deadline = std::time::Instant::now() + Duration::from_millis(300);

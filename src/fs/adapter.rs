@@ -239,6 +239,11 @@ impl Filesystem for Adapter {
         // Direct I/O: every read reaches podfs, so values are never stale and readers see
         // the whole content whatever size `stat` reported.
         let open = move |fs: &PodFs, reply: ReplyOpen| match fs.open(ino.0, read, write) {
+            // A read-only descriptor has nothing to flush: skip that round trip on close.
+            Ok(fh) if !write => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
+            ),
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
             Err(e) => reply.error(errno("open", &e)),
         };

@@ -17,7 +17,7 @@ use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::protocol::wire::{Event, Snapshot};
+use crate::protocol::wire::{Event, Snapshot, Want};
 
 /// An open conversation whose prelude has been read.
 pub struct Connection {
@@ -104,6 +104,7 @@ impl Connection {
         connect_timeout: Duration,
         prelude_timeout: Duration,
         max_line: usize,
+        want: Want,
     ) -> Result<(Connection, Snapshot)> {
         let label = path.display().to_string();
         let stream = connect(path, connect_timeout)
@@ -132,15 +133,15 @@ impl Connection {
             };
             match event.name.as_str() {
                 "snapshot" => {
-                    let snapshot = Snapshot::from_event(&event)?;
+                    let snapshot = Snapshot::from_event(&event, want)?;
                     return Ok((conn, snapshot));
                 }
-                "alert" => tracing::debug!(pod = %conn.label, alert = %event.data, "alert"),
+                "alert" => tracing::debug!(pod = %conn.label, alert = %event.data(), "alert"),
                 // An `error` before the Snapshot means the pod refused the connection.
                 "error" => {
-                    let (code, message) = event.error().unwrap_or(("", ""));
-                    return Err(match code {
-                        "already_running" => Error::Busy(message.to_string()),
+                    let (code, message) = event.error().unwrap_or_default();
+                    return Err(match code.as_str() {
+                        "already_running" => Error::Busy(message),
                         _ => Error::Rejected(format!("{code}: {message}")),
                     });
                 }
@@ -268,6 +269,7 @@ mod tests {
             Duration::from_millis(500),
             Duration::from_millis(500),
             1 << 20,
+            Want::History,
         )
     }
 
@@ -329,6 +331,7 @@ mod tests {
             Duration::from_millis(500),
             Duration::from_secs(2),
             1 << 20,
+            Want::History,
         )
         .err()
         .unwrap();

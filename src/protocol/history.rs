@@ -95,14 +95,14 @@ pub fn as_file_text(mut text: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::wire::{Event, Snapshot};
+    use crate::protocol::wire::{Event, Snapshot, Want};
     use crate::store::fixtures;
     use serde_json::json;
 
     fn snapshot(rel: &str) -> Snapshot {
         let text = fixtures::read(rel, "/h");
         let line = text.lines().next().unwrap();
-        Snapshot::from_event(&Event::parse(line.as_bytes()).unwrap()).unwrap()
+        Snapshot::from_event(&Event::parse(line.as_bytes()).unwrap(), Want::History).unwrap()
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tracing::{debug, info_span};
 
 use crate::error::{Error, Result};
 use crate::protocol::client::{refuses_connections, Connection};
-use crate::protocol::wire::{self, PodStatus, Snapshot};
+use crate::protocol::wire::{self, PodStatus, Snapshot, Want};
 use crate::protocol::Timeouts;
 
 /// Longest podfs keeps reading after a fire-and-forget method, so that the server has read
@@ -21,7 +21,8 @@ const LINGER: Duration = Duration::from_secs(1);
 pub fn probe(socket: &Path, t: &Timeouts) -> Result<Snapshot> {
     let _span = info_span!("probe", socket = %socket.display()).entered();
     let started = Instant::now();
-    let result = Connection::open(socket, t.connect, t.probe, t.max_line).map(|(_, s)| s);
+    let result =
+        Connection::open(socket, t.connect, t.probe, t.max_line, Want::Status).map(|(_, s)| s);
     debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         ok = result.is_ok(),
@@ -32,7 +33,7 @@ pub fn probe(socket: &Path, t: &Timeouts) -> Result<Snapshot> {
 
 /// The full history, for `output` and `log`.
 pub fn snapshot(socket: &Path, t: &Timeouts) -> Result<Snapshot> {
-    Connection::open(socket, t.connect, t.prelude, t.max_line).map(|(_, s)| s)
+    Connection::open(socket, t.connect, t.prelude, t.max_line, Want::History).map(|(_, s)| s)
 }
 
 /// The pod's status word, `unreachable` when the probe failed.
@@ -49,7 +50,8 @@ pub fn status(socket: &Path, t: &Timeouts) -> PodStatus {
 /// ids, so another client's `user_message` must not be taken for ours).
 pub fn send_run(socket: &Path, text: &str, t: &Timeouts) -> Result<()> {
     let _span = info_span!("send_run", socket = %socket.display(), bytes = text.len()).entered();
-    let (mut conn, snapshot) = Connection::open(socket, t.connect, t.prelude, t.max_line)?;
+    let (mut conn, snapshot) =
+        Connection::open(socket, t.connect, t.prelude, t.max_line, Want::Status)?;
     debug!(status = %snapshot.status(), "prelude read");
     if snapshot.status() == PodStatus::Running {
         return Err(Error::Busy(format!(
@@ -69,13 +71,13 @@ pub fn send_run(socket: &Path, text: &str, t: &Timeouts) -> Result<()> {
             )));
         };
         match event.name.as_str() {
-            "user_message" if event.data.get("segments") == Some(&ours) => {
+            "user_message" if event.data().get("segments") == Some(&ours) => {
                 debug!("run accepted");
                 return Ok(());
             }
             "error" => {
-                let (code, message) = event.error().unwrap_or(("", ""));
-                return Err(match code {
+                let (code, message) = event.error().unwrap_or_default();
+                return Err(match code.as_str() {
                     "already_running" => Error::Busy(format!(
                         "{}: already running a turn; wait for it to finish and retry",
                         socket.display()
@@ -92,7 +94,7 @@ pub fn send_run(socket: &Path, text: &str, t: &Timeouts) -> Result<()> {
 /// deadline passes. Errors are returned, but the caller decides by `wait_gone` alone.
 pub fn request_shutdown(socket: &Path, t: &Timeouts) -> Result<()> {
     let _span = info_span!("request_shutdown", socket = %socket.display()).entered();
-    let (mut conn, _) = Connection::open(socket, t.connect, t.prelude, t.max_line)?;
+    let (mut conn, _) = Connection::open(socket, t.connect, t.prelude, t.max_line, Want::Status)?;
     conn.send(&wire::shutdown_method(), t.answer)?;
     let deadline = Instant::now() + LINGER.min(t.answer);
     loop {
@@ -123,12 +125,18 @@ pub fn wait_gone(socket: &Path, wait: Duration) -> bool {
 /// Reads until the parent starts handling the event or a short deadline passes.
 pub fn send_shut_down(parent_socket: &Path, child: &str, t: &Timeouts) -> Result<()> {
     let _span = info_span!("send_shut_down", parent = %parent_socket.display(), child).entered();
-    let (mut conn, _) = Connection::open(parent_socket, t.connect, t.prelude, t.max_line)?;
+    let (mut conn, _) = Connection::open(
+        parent_socket,
+        t.connect,
+        t.prelude,
+        t.max_line,
+        Want::Status,
+    )?;
     conn.send(&wire::shut_down_event(child), t.answer)?;
     let deadline = Instant::now() + LINGER.min(t.answer);
     loop {
         match conn.next_event(deadline) {
-            Ok(Some(e)) if e.name == "invoke_start" && e.kind() == Some("pod_event") => {
+            Ok(Some(e)) if e.name == "invoke_start" && e.kind().as_deref() == Some("pod_event") => {
                 return Ok(())
             }
             Ok(Some(_)) => {}

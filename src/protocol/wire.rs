@@ -5,45 +5,77 @@
 
 use std::fmt;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 
-/// One event line.
-#[derive(Debug, Clone, PartialEq)]
+/// One event line. `data` stays raw JSON until someone asks for it: a Snapshot can be tens
+/// of MiB, and a status probe needs one word of it.
+#[derive(Debug, Clone)]
 pub struct Event {
     pub name: String,
-    pub data: Value,
+    data: Box<RawValue>,
 }
 
 impl Event {
     pub fn parse(line: &[u8]) -> Result<Event> {
-        let value: Value = serde_json::from_slice(line)
-            .map_err(|e| Error::Protocol(format!("event line is not JSON: {e}")))?;
-        let Value::Object(mut map) = value else {
-            return Err(Error::Protocol("event line is not a JSON object".into()));
+        #[derive(Deserialize)]
+        struct Line {
+            event: String,
+            #[serde(default)]
+            data: Option<Box<RawValue>>,
+        }
+        let line: Line = serde_json::from_slice(line)
+            .map_err(|e| Error::Protocol(format!("event line does not parse: {e}")))?;
+        let data = match line.data {
+            Some(data) => data,
+            None => RawValue::from_string("null".into()).expect("null is JSON"),
         };
-        let name = match map.remove("event") {
-            Some(Value::String(name)) => name,
-            _ => return Err(Error::Protocol("event line has no \"event\" name".into())),
-        };
-        let data = map.remove("data").unwrap_or(Value::Null);
-        Ok(Event { name, data })
-    }
-
-    /// `error` events: (code, message).
-    pub fn error(&self) -> Option<(&str, &str)> {
-        (self.name == "error").then(|| {
-            (
-                self.data["code"].as_str().unwrap_or(""),
-                self.data["message"].as_str().unwrap_or(""),
-            )
+        Ok(Event {
+            name: line.event,
+            data,
         })
     }
 
-    pub fn kind(&self) -> Option<&str> {
-        self.data["kind"].as_str()
+    /// The `data` object as a generic value.
+    pub fn data(&self) -> Value {
+        serde_json::from_str(self.data.get()).unwrap_or(Value::Null)
+    }
+
+    /// The `data` object as `T`, or `None` when it does not have that shape.
+    pub fn data_as<T: DeserializeOwned>(&self) -> Option<T> {
+        serde_json::from_str(self.data.get()).ok()
+    }
+
+    /// `error` events: (code, message).
+    pub fn error(&self) -> Option<(String, String)> {
+        #[derive(Deserialize)]
+        struct ErrorData {
+            #[serde(default)]
+            code: String,
+            #[serde(default)]
+            message: String,
+        }
+        if self.name != "error" {
+            return None;
+        }
+        let e: ErrorData = self.data_as().unwrap_or(ErrorData {
+            code: String::new(),
+            message: String::new(),
+        });
+        Some((e.code, e.message))
+    }
+
+    /// `data.kind`, for `invoke_start` and friends.
+    pub fn kind(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Kind {
+            kind: String,
+        }
+        self.data_as::<Kind>().map(|k| k.kind)
     }
 }
 
@@ -91,20 +123,46 @@ pub struct Snapshot {
     pub status: Option<String>,
 }
 
+/// How much of a Snapshot to decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Only the status word (a probe): the history is scanned, not built.
+    Status,
+    /// The status and every history entry (output, log).
+    History,
+}
+
 impl Snapshot {
-    pub fn from_event(event: &Event) -> Result<Snapshot> {
+    pub fn from_event(event: &Event, want: Want) -> Result<Snapshot> {
         #[derive(Deserialize)]
-        struct Raw {
+        struct Full {
             #[serde(default)]
             entries: Vec<Value>,
             #[serde(default)]
             status: Option<String>,
         }
-        let raw = Raw::deserialize(&event.data)
-            .map_err(|e| Error::Protocol(format!("snapshot does not parse: {e}")))?;
-        Ok(Snapshot {
-            entries: raw.entries,
-            status: raw.status,
+        #[derive(Deserialize)]
+        struct StatusOnly {
+            #[serde(default)]
+            status: Option<String>,
+        }
+        let bad = |e: serde_json::Error| Error::Protocol(format!("snapshot does not parse: {e}"));
+        let raw = event.data.get();
+        Ok(match want {
+            Want::History => {
+                let f: Full = serde_json::from_str(raw).map_err(bad)?;
+                Snapshot {
+                    entries: f.entries,
+                    status: f.status,
+                }
+            }
+            Want::Status => {
+                let s: StatusOnly = serde_json::from_str(raw).map_err(bad)?;
+                Snapshot {
+                    entries: Vec::new(),
+                    status: s.status,
+                }
+            }
         })
     }
 
@@ -153,11 +211,11 @@ mod tests {
     fn events_parse_and_unit_events_have_null_data() {
         let e = Event::parse(br#"{"event":"shutdown"}"#).unwrap();
         assert_eq!(e.name, "shutdown");
-        assert!(e.data.is_null());
+        assert!(e.data().is_null());
         let e =
             Event::parse(br#"{"event":"error","data":{"code":"already_running","message":"m"}}"#)
                 .unwrap();
-        assert_eq!(e.error(), Some(("already_running", "m")));
+        assert_eq!(e.error(), Some(("already_running".into(), "m".into())));
         assert!(Event::parse(b"{\"event\":").is_err());
         assert!(Event::parse(b"[1]").is_err());
         assert!(Event::parse(br#"{"data":{}}"#).is_err());
