@@ -552,15 +552,18 @@ impl Drop for Tmpfs {
 // ---------------------------------------------------------------------------------------
 // Measurement.
 
-/// Median time per operation over `rounds` rounds of `iters` operations, for each root.
-/// Rounds are interleaved across the roots (tmpfs, floor, podfs, tmpfs, ...) so that drift
-/// in the machine's speed during the run affects every figure alike.
-fn per_op(
-    roots: &[&Path],
-    rounds: usize,
-    iters: usize,
-    op: impl Fn(&Path, usize),
-) -> Vec<Duration> {
+/// Time per operation for each root, over `rounds` rounds of `iters` operations.
+/// Rounds are interleaved across the roots (tmpfs, floor, podfs, tmpfs, ...) and ratios are
+/// taken round by round, so drift in the machine's speed affects both sides of a ratio.
+struct Timing {
+    /// Median per root.
+    median: Vec<Duration>,
+    /// Median over rounds of podfs ÷ floor and podfs ÷ tmpfs.
+    vs_floor: f64,
+    vs_tmpfs: f64,
+}
+
+fn per_op(roots: &[&Path; 3], rounds: usize, iters: usize, op: impl Fn(&Path, usize)) -> Timing {
     // One full warm-up round: every path looked up once, so rounds compare like with like.
     for root in roots {
         for i in 0..iters {
@@ -574,16 +577,29 @@ fn per_op(
             for i in 0..iters {
                 op(root, i);
             }
-            samples[k].push(t.elapsed() / iters as u32);
+            samples[k].push((t.elapsed() / iters as u32).max(Duration::from_nanos(1)));
         }
     }
-    samples
+    let median_ratio = |base: usize| {
+        let mut r: Vec<f64> = (0..rounds)
+            .map(|i| samples[2][i].as_secs_f64() / samples[base][i].as_secs_f64())
+            .collect();
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    };
+    let (vs_floor, vs_tmpfs) = (median_ratio(1), median_ratio(0));
+    let median = samples
         .into_iter()
         .map(|mut v| {
             v.sort();
             v[v.len() / 2]
         })
-        .collect()
+        .collect();
+    Timing {
+        median,
+        vs_floor,
+        vs_tmpfs,
+    }
 }
 
 fn read_file(path: &Path) {
@@ -620,7 +636,40 @@ struct Row {
     tmpfs: Option<Duration>,
     floor: Duration,
     podfs: Duration,
+    /// podfs ÷ floor and podfs ÷ tmpfs (paired by round where measured in rounds).
+    ratios: (f64, Option<f64>),
     target: Option<(String, bool)>,
+}
+
+impl Row {
+    fn timed(op: &str, t: &Timing, target: Option<(&str, f64)>) -> Row {
+        Row {
+            op: op.into(),
+            tmpfs: Some(t.median[0]),
+            floor: t.median[1],
+            podfs: t.median[2],
+            ratios: (t.vs_floor, Some(t.vs_tmpfs)),
+            target: target.map(|(name, max)| (name.to_string(), t.vs_floor <= max)),
+        }
+    }
+
+    fn single(
+        op: &str,
+        tmpfs: Option<Duration>,
+        floor: Duration,
+        podfs: Duration,
+        target: Option<(&str, bool)>,
+    ) -> Row {
+        let r = |base: Duration| podfs.as_secs_f64() / base.as_secs_f64().max(1e-12);
+        Row {
+            op: op.into(),
+            tmpfs,
+            floor,
+            podfs,
+            ratios: (r(floor), tmpfs.map(r)),
+            target: target.map(|(name, met)| (name.to_string(), met)),
+        }
+    }
 }
 
 fn print_rows(rows: &[Row]) {
@@ -638,20 +687,17 @@ fn print_rows(rows: &[Row]) {
         "-".repeat(10)
     );
     for r in rows {
-        let ratio = |base: Duration| {
-            format!(
-                "{:.2}×",
-                r.podfs.as_secs_f64() / base.as_secs_f64().max(1e-12)
-            )
-        };
         println!(
             "| {:<44} | {:>10} | {:>10} | {:>10} | {:>8} | {:>8} | {} |",
             r.op,
             r.tmpfs.map(fmt).unwrap_or_else(|| "–".into()),
             fmt(r.floor),
             fmt(r.podfs),
-            ratio(r.floor),
-            r.tmpfs.map(ratio).unwrap_or_else(|| "–".into()),
+            format!("{:.2}×", r.ratios.0),
+            r.ratios
+                .1
+                .map(|x| format!("{x:.2}×"))
+                .unwrap_or_else(|| "–".into()),
             r.target
                 .as_ref()
                 .map(|(t, met)| format!("{t}: {}", if *met { "MET" } else { "MISSED" }))
@@ -692,19 +738,7 @@ fn main() {
 
     let mut measure = |op: &str, target: Option<(&str, f64)>, f: &dyn Fn(&Path, usize)| {
         let t = per_op(&roots, rounds, iters, f);
-        let met = target.map(|(name, max)| {
-            (
-                name.to_string(),
-                t[2].as_secs_f64() / t[1].as_secs_f64() <= max,
-            )
-        });
-        rows.push(Row {
-            op: op.into(),
-            tmpfs: Some(t[0]),
-            floor: t[1],
-            podfs: t[2],
-            target: met,
-        });
+        rows.push(Row::timed(op, &t, target));
     };
     for file in ["cursor", "socket", "scope"] {
         measure(
@@ -737,27 +771,16 @@ fn main() {
         let t = per_op(&roots, rounds, iters.max(2), |root, _| {
             assert_eq!(std::fs::read_dir(root.join(parent)).unwrap().count(), n)
         });
-        rows.push(Row {
-            op: format!("readdir, {n} children"),
-            tmpfs: Some(t[0]),
-            floor: t[1],
-            podfs: t[2],
-            target: None,
-        });
+        rows.push(Row::timed(&format!("readdir, {n} children"), &t, None));
     }
     let t = per_op(&roots, rounds, 2, |root, _| {
         assert_eq!(ls_l(&root.join("p10000")), 10000)
     });
-    rows.push(Row {
-        op: "ls -l (readdir + stat each), 10,000 children".into(),
-        tmpfs: Some(t[0]),
-        floor: t[1],
-        podfs: t[2],
-        target: Some((
-            "≤1.5× floor".into(),
-            t[2].as_secs_f64() / t[1].as_secs_f64() <= 1.5,
-        )),
-    });
+    rows.push(Row::timed(
+        "ls -l (readdir + stat each), 10,000 children",
+        &t,
+        Some(("≤1.5× floor", 1.5)),
+    ));
     drop((floor, pod));
 
     // Durable reclaim, parent not live: rm -r of 1,000 children, one at a time.
@@ -789,13 +812,13 @@ fn main() {
         !left.contains("\"spawned_children\""),
         "every child must have been reclaimed"
     );
-    rows.push(Row {
-        op: format!("rm -r child, parent not live (median of {n})"),
-        tmpfs: Some(t_tmp),
-        floor: t_floor,
-        podfs: t_pod,
-        target: Some(("≤10 ms".into(), t_pod <= Duration::from_millis(10))),
-    });
+    rows.push(Row::single(
+        &format!("rm -r child, parent not live (median of {n})"),
+        Some(t_tmp),
+        t_floor,
+        t_pod,
+        Some(("≤10 ms", t_pod <= Duration::from_millis(10))),
+    ));
     drop((rfloor, rpod, rtmp));
 
     // Start-up: from starting the server to the first successful ls of 1,000 unreachable children.
@@ -821,13 +844,13 @@ fn main() {
     };
     let t_floor = median(&|| first_ls(&|| Server::floor(&mshape)));
     let t_pod = median(&|| first_ls(&|| Server::podfs(mhome.path())));
-    rows.push(Row {
-        op: "start to first ls, 1,000 unreachable children".into(),
-        tmpfs: None,
-        floor: t_floor,
-        podfs: t_pod,
-        target: Some(("≤1 s".into(), t_pod <= Duration::from_secs(1))),
-    });
+    rows.push(Row::single(
+        "start to first ls, 1,000 unreachable children",
+        None,
+        t_floor,
+        t_pod,
+        Some(("≤1 s", t_pod <= Duration::from_secs(1))),
+    ));
 
     // Memory: 100,000 children across 100 parents, every child directory and one file looked up.
     let per = if quick { 100 } else { 1000 };

@@ -18,8 +18,11 @@ use crate::error::{Error, Result};
 use crate::paths::validate_pod_name;
 use crate::protocol::{client, ops};
 use crate::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::scope::ScopeRule;
 use crate::store::metadata::{self, SpawnedChild};
-use crate::store::{pods_table, spawned};
+use crate::store::{atomic, pods_table, spawned};
 
 /// How a removal ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,7 +188,40 @@ fn reclaim_through_live_parent(
     )))
 }
 
-/// The runtime's `remove` effects, applied to the files of a parent that is not running.
+/// podfs's own journal of a reclaim in progress, next to the parent's `metadata.json`
+/// (the runtime lists pods by `metadata.json` and never reads this file).
+///
+/// Removing a deny layer from `pods.json` is the one step that is not idempotent: a restored
+/// parent may hold two identical layers, and a repeat after a crash would remove both. So
+/// before `pods.json` is rewritten with a layer removed, the journal records what the
+/// parent's deny list becomes; a repeat that finds the list already in that state skips the
+/// removal. Written only when a layer is removed, so the common case costs nothing.
+const JOURNAL: &str = "podfs-reclaim.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Journal {
+    child: String,
+    parent_deny_after: Vec<ScopeRule>,
+}
+
+fn journal_path(reg: &Registry, parent: &str) -> PathBuf {
+    reg.paths.pods_dir().join(parent).join(JOURNAL)
+}
+
+fn read_journal(path: &std::path::Path) -> Option<Journal> {
+    let bytes = std::fs::read(path).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(j) => Some(j),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "ignoring unreadable reclaim journal");
+            None
+        }
+    }
+}
+
+/// The runtime's `remove` effects, applied to the files of a parent that is not running:
+/// `pods.json` first (so a crash leaves the child listed and a repeat finishes the job),
+/// then `metadata.json`, then `spawned_pods.json`.
 fn reclaim_offline(reg: &Registry, parent: &str, record: &SpawnedChild) -> Result<()> {
     let child = record.pod_name.as_str();
     // The parent could have been restored since the probe; a live owner rewrites its
@@ -195,18 +231,41 @@ fn reclaim_offline(reg: &Registry, parent: &str, record: &SpawnedChild) -> Resul
             "{parent} came up during the removal; retry"
         )));
     }
-    let report = pods_table::update(&reg.paths.pods_json(), reg.timeouts.lock_wait, |table| {
+    let journal = journal_path(reg, parent);
+    let pending = read_journal(&journal).filter(|j| j.child == child);
+    let outcome = pods_table::update(&reg.paths.pods_json(), reg.timeouts.lock_wait, |table| {
+        if let Some(j) = &pending {
+            if table.get(parent).map(|a| &a.scope_deny) == Some(&j.parent_deny_after) {
+                info!("resuming a reclaim interrupted after its pods.json step");
+                let (removed, _) = table.remove_child_allocation(child);
+                return (removed, Ok(None));
+            }
+        }
         let report = table.reclaim_delegated_scope(parent, child, &record.scope_delegated);
-        (true, report)
-    })?;
-    let parent_has_denies = pods_table::read(&reg.paths.pods_json())
-        .ok()
-        .and_then(|t| t.get(parent).map(|a| !a.scope_deny.is_empty()))
-        .unwrap_or(false);
-    if parent_has_denies && !report.denies_not_found.is_empty() {
-        warn!(rules = ?report.denies_not_found, "no exactly-equal deny layer for these rules; a layer may remain");
+        let denies_left = table.get(parent).is_some_and(|a| !a.scope_deny.is_empty());
+        if report.denies_removed > 0 {
+            let entry = Journal {
+                child: child.to_string(),
+                parent_deny_after: table
+                    .get(parent)
+                    .map(|a| a.scope_deny.clone())
+                    .unwrap_or_default(),
+            };
+            let bytes = serde_json::to_vec(&entry).expect("journal serialises");
+            if let Err(e) = atomic::replace_file(&journal, &bytes, 0o600) {
+                return (false, Err(e));
+            }
+        }
+        (true, Ok(Some((report, denies_left))))
+    })??;
+    if let Some((report, denies_left)) = &outcome {
+        debug!(?report, "pods.json reclaimed");
+        // The runtime compares deny layers as raw strings while a restored parent's are
+        // canonical: a rule that found no equal layer may have left one behind.
+        if *denies_left && !report.denies_not_found.is_empty() {
+            warn!(rules = ?report.denies_not_found, "no exactly-equal deny layer for these rules; a layer may remain");
+        }
     }
-    debug!(?report, "pods.json reclaimed");
 
     let path = reg.paths.metadata(parent);
     let mut meta = metadata::read(&path)?;
@@ -214,5 +273,10 @@ fn reclaim_offline(reg: &Registry, parent: &str, record: &SpawnedChild) -> Resul
         metadata::write(&path, &meta)?;
     }
     spawned::remove_child(&reg.paths.spawned_pods(parent), child)?;
+    if let Err(e) = std::fs::remove_file(&journal) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!(error = %e, "cannot remove the reclaim journal");
+        }
+    }
     Ok(())
 }

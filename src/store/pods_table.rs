@@ -81,7 +81,6 @@ impl PodsTable {
         rules: &[StoredRule],
     ) -> ReclaimReport {
         let mut report = ReclaimReport::default();
-        let child_from = self.get(child).map(|a| a.delegated_from.clone());
         if let Some(p) = self.allocations.iter_mut().find(|a| a.pod_name == parent) {
             for rule in rules.iter().filter(|r| r.is_write()) {
                 match p.scope_deny.iter().position(|d| rule.same_rule(d)) {
@@ -93,22 +92,24 @@ impl PodsTable {
                 }
             }
         }
-        if let Some(from) = child_from {
-            report.reparented = self.remove_and_reparent(child, from);
-            report.child_allocation_removed = true;
-        }
+        let (removed, reparented) = self.remove_child_allocation(child);
+        report.child_allocation_removed = removed;
+        report.reparented = reparented;
         report
+    }
+
+    /// Step 3 of `reclaim_delegated_scope` alone: remove `child`'s allocation and move its
+    /// children up one level. Idempotent.
+    pub fn remove_child_allocation(&mut self, child: &str) -> (bool, Vec<String>) {
+        match self.get(child).map(|a| a.delegated_from.clone()) {
+            Some(from) => (true, self.remove_and_reparent(child, from)),
+            None => (false, Vec::new()),
+        }
     }
 
     /// The runtime's `release_pod(name)`: remove it, move its children up one level.
     pub fn release_pod(&mut self, name: &str) -> bool {
-        match self.get(name).map(|a| a.delegated_from.clone()) {
-            Some(from) => {
-                self.remove_and_reparent(name, from);
-                true
-            }
-            None => false,
-        }
+        self.remove_child_allocation(name).0
     }
 
     fn remove_and_reparent(&mut self, name: &str, new_parent: Option<String>) -> Vec<String> {
