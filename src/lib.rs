@@ -5,6 +5,8 @@ pub mod demo;
 pub mod error;
 pub mod follow;
 pub mod fs;
+#[cfg(test)]
+mod fuzz;
 pub mod mount;
 pub mod paths;
 pub mod protocol;
