@@ -28,6 +28,9 @@ pub struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG wins.
     #[arg(long, global = true, default_value = "info")]
     pub log_level: String,
+    /// Append logs to this file instead of standard error (useful with --daemon).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -43,6 +46,10 @@ pub enum Command {
         /// The mount point.
         mountpoint: PathBuf,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff) to standard output.
+    Man,
     /// Run one reference pod that speaks the runtime's socket protocol (for demo and tests).
     #[command(hide = true)]
     Pod(crate::demo::pod::PodArgs),
@@ -61,6 +68,9 @@ pub struct MountArgs {
     /// The runtime dir (pods.json and sockets live here); overrides --home.
     #[arg(long)]
     pub runtime_dir: Option<PathBuf>,
+    /// Return once the mount is ready and keep serving in the background.
+    #[arg(long)]
+    pub daemon: bool,
     #[command(flatten)]
     pub mount: MountFlags,
     #[command(flatten)]
@@ -120,17 +130,86 @@ impl TimeoutFlags {
     }
 }
 
+/// Options that belong to mount(8) and /etc/fstab, not to the kernel: dropped, as
+/// mount.fuse3 drops them.
+fn fstab_only(option: &str) -> bool {
+    matches!(
+        option,
+        "" | "defaults"
+            | "auto"
+            | "noauto"
+            | "user"
+            | "users"
+            | "nouser"
+            | "nofail"
+            | "_netdev"
+            | "rw"
+    ) || option.starts_with("x-")
+        || option.starts_with("comment=")
+}
+
 impl MountFlags {
     pub fn settings(&self, fsname: String) -> MountSettings {
-        let allow_other =
-            self.allow_other || self.options.iter().any(|o| o.trim() == "allow_other");
+        let options: Vec<String> = self
+            .options
+            .iter()
+            .map(|o| o.trim().to_string())
+            .filter(|o| !fstab_only(o))
+            .collect();
+        let allow_other = self.allow_other || options.iter().any(|o| o == "allow_other");
         MountSettings {
             allow_other,
-            options: self.options.clone(),
+            options: options.into_iter().filter(|o| o != "allow_other").collect(),
             threads: self.threads,
             fsname,
         }
     }
+}
+
+/// mount(8) runs `mount.fuse` for `-t fuse.podfs`, which runs `podfs SOURCE MOUNTPOINT -o
+/// OPTIONS` and expects it to return once mounted (as sshfs does). Translate that calling
+/// convention into `podfs mount --daemon --home SOURCE MOUNTPOINT -o OPTIONS`.
+pub fn from_mount_helper_convention(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use std::ffi::OsString;
+    let known = [
+        "mount",
+        "demo",
+        "unmount",
+        "completions",
+        "man",
+        "pod",
+        "help",
+    ];
+    let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    let looks_like_path =
+        |a: Option<&OsString>| a.and_then(|a| a.to_str()).is_some_and(|a| a.contains('/'));
+    if args.len() < 3
+        || first.starts_with('-')
+        || known.contains(&first)
+        || !looks_like_path(args.get(2))
+    {
+        return args;
+    }
+    let mut out: Vec<OsString> = vec![
+        args[0].clone(),
+        "mount".into(),
+        "--daemon".into(),
+        "--home".into(),
+    ];
+    out.push(args[1].clone());
+    out.push(args[2].clone());
+    let mut rest = args[3..].iter();
+    while let Some(arg) = rest.next() {
+        match arg.to_str() {
+            // mount(8) passes these to helpers; none means anything to podfs.
+            Some("-n" | "-s" | "-f" | "-v") => {}
+            Some("-t" | "-N") => {
+                rest.next();
+            }
+            _ => out.push(arg.clone()),
+        }
+    }
+    out
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +226,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Mount(args) => run_mount(args),
         Command::Demo(args) => crate::demo::run(&args),
         Command::Unmount { mountpoint } => mount::unmount_path(&mountpoint),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "podfs", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| Error::io("write the manual page", e))
+        }
         Command::Pod(args) => crate::demo::pod::run(args),
     }
 }
@@ -165,13 +255,80 @@ fn run_mount(args: MountArgs) -> Result<()> {
             paths.data.display()
         )));
     }
+    if args.daemon && std::env::var_os(crate::daemon::CHILD_ENV).is_none() {
+        return crate::daemon::start_in_background();
+    }
     let fsname = format!("podfs:{}", paths.data.display());
     let reg = Arc::new(Registry::new(paths, args.timeouts.timeouts()));
     let fs = Arc::new(PodFs::new(reg));
     let mounted = mount::mount(fs, &args.mountpoint, &args.mount.settings(fsname))?;
-    eprintln!(
-        "podfs: mounted at {}; Ctrl-C to unmount",
-        args.mountpoint.display()
-    );
+    if args.daemon {
+        crate::daemon::report_ready();
+    } else {
+        eprintln!(
+            "podfs: mounted at {}; Ctrl-C to unmount",
+            args.mountpoint.display()
+        );
+    }
     mount::serve_until_signalled(mounted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn mount_helper_convention_becomes_a_daemon_mount() {
+        let got = from_mount_helper_convention(args(&[
+            "podfs",
+            "/home/a/.insomnia",
+            "/mnt/pods",
+            "-n",
+            "-o",
+            "allow_other,nofail",
+            "-t",
+            "fuse.podfs",
+        ]));
+        assert_eq!(
+            got,
+            args(&[
+                "podfs",
+                "mount",
+                "--daemon",
+                "--home",
+                "/home/a/.insomnia",
+                "/mnt/pods",
+                "-o",
+                "allow_other,nofail"
+            ])
+        );
+        let normal = args(&["podfs", "mount", "/mnt/pods", "--home", "/h"]);
+        assert_eq!(from_mount_helper_convention(normal.clone()), normal);
+        let demo = args(&["podfs", "demo", "/tmp/x"]);
+        assert_eq!(from_mount_helper_convention(demo.clone()), demo);
+    }
+
+    #[test]
+    fn fstab_options_are_dropped_and_allow_other_is_understood() {
+        let flags = MountFlags {
+            allow_other: false,
+            options: vec![
+                "defaults".into(),
+                "nofail".into(),
+                "_netdev".into(),
+                "x-systemd.automount".into(),
+                "allow_other".into(),
+                "ro".into(),
+            ],
+            threads: 2,
+        };
+        let s = flags.settings("podfs".into());
+        assert!(s.allow_other);
+        assert_eq!(s.options, ["ro"]);
+    }
 }

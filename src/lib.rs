@@ -1,6 +1,7 @@
 //! podfs: the spawned-pod registry of the insomnia runtime, as a filesystem.
 
 pub mod cli;
+pub mod daemon;
 pub mod demo;
 pub mod error;
 pub mod follow;

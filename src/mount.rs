@@ -123,14 +123,32 @@ fn config(settings: &MountSettings) -> Config {
         config.mount_options.push(MountOption::DefaultPermissions);
     }
     for opt in &settings.options {
-        let opt = opt.trim();
-        match opt {
-            "" | "allow_other" | "rw" => {}
+        match opt.trim() {
+            // podfs serves no devices, set-id or executable files: it always mounts nodev,
+            // nosuid, noexec, and mount(8)'s implied "dev,suid" are ignored; atime is off.
+            "" | "allow_other" | "rw" | "dev" | "suid" | "exec" | "nodev" | "nosuid" | "noexec"
+            | "atime" | "noatime" | "relatime" | "strictatime" => {}
             "default_permissions" => config.mount_options.push(MountOption::DefaultPermissions),
             "ro" => config.mount_options.push(MountOption::RO),
-            other => config
-                .mount_options
-                .push(MountOption::CUSTOM(other.to_string())),
+            "sync" => config.mount_options.push(MountOption::Sync),
+            "async" => config.mount_options.push(MountOption::Async),
+            "dirsync" => config.mount_options.push(MountOption::DirSync),
+            "allow_root" if !settings.allow_other => config.acl = SessionACL::RootAndOwner,
+            "allow_root" => {}
+            other => match other.split_once('=') {
+                Some(("fsname", name)) => {
+                    config
+                        .mount_options
+                        .retain(|o| !matches!(o, MountOption::FSName(_)));
+                    config
+                        .mount_options
+                        .push(MountOption::FSName(name.to_string()));
+                }
+                Some(("subtype", _)) => {}
+                _ => config
+                    .mount_options
+                    .push(MountOption::CUSTOM(other.to_string())),
+            },
         }
     }
     config.n_threads = Some(settings.threads.max(1));
@@ -322,7 +340,13 @@ mod tests {
     fn options_pass_through() {
         let s = MountSettings {
             allow_other: true,
-            options: vec!["ro".into(), "max_read=65536".into()],
+            options: vec![
+                "ro".into(),
+                "max_read=65536".into(),
+                "dev".into(),
+                "suid".into(),
+                "fsname=mine".into(),
+            ],
             ..Default::default()
         };
         let c = config(&s);
@@ -332,5 +356,15 @@ mod tests {
         assert!(c
             .mount_options
             .contains(&MountOption::CUSTOM("max_read=65536".into())));
+        assert!(
+            c.mount_options.contains(&MountOption::NoSuid),
+            "mount(8)'s implied suid is ignored"
+        );
+        assert!(c
+            .mount_options
+            .contains(&MountOption::FSName("mine".into())));
+        assert!(!c
+            .mount_options
+            .contains(&MountOption::FSName("podfs".into())));
     }
 }

@@ -44,6 +44,7 @@ pub fn remove_child(reg: &Registry, parent: &str, child: &str) -> Result<Removed
     // finds the child gone (ENOENT) instead of reclaiming twice.
     let _serialised = slot.mutation.lock();
     let view = reg.parent_fresh(parent)?;
+    clear_stale_journal(reg, parent, &view);
     let record = view
         .child(child)
         .cloned()
@@ -206,6 +207,18 @@ struct Journal {
 
 fn journal_path(reg: &Registry, parent: &str) -> PathBuf {
     reg.paths.pods_dir().join(parent).join(JOURNAL)
+}
+
+/// A journal whose child is no longer listed is left from a crash after the metadata step:
+/// that reclaim is complete, so the journal must not steer a later one.
+fn clear_stale_journal(reg: &Registry, parent: &str, view: &crate::registry::ParentView) {
+    let path = journal_path(reg, parent);
+    if let Some(j) = read_journal(&path) {
+        if view.meta.child(&j.child).is_none() {
+            debug!(child = %j.child, "removing the journal of a completed reclaim");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 fn read_journal(path: &std::path::Path) -> Option<Journal> {

@@ -190,10 +190,14 @@ fn crash_rounds(rounds: usize) -> BTreeMap<State, usize> {
             end.iter().all(|s| *s == State::Reclaimed),
             "round {round}: {end:?}"
         );
-        assert!(
-            !home.path().join("pods/parent/podfs-reclaim.json").exists(),
-            "journal left behind"
-        );
+        // A journal may outlive a crash after the metadata step, but then it names a
+        // completed reclaim (and the next rmdir on this parent removes it).
+        if let Ok(bytes) = std::fs::read(home.path().join("pods/parent/podfs-reclaim.json")) {
+            let j: Value = serde_json::from_slice(&bytes).unwrap();
+            let named = j["child"].as_str().unwrap();
+            let i: usize = named.trim_start_matches('k').parse().unwrap();
+            assert_eq!(end[i], State::Reclaimed, "journal names {named}, which is not reclaimed");
+        }
         let table = home.json("run/pods.json");
         assert_eq!(table["allocations"].as_array().unwrap().len(), 1);
         assert_eq!(
