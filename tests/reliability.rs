@@ -196,7 +196,11 @@ fn crash_rounds(rounds: usize) -> BTreeMap<State, usize> {
             let j: Value = serde_json::from_slice(&bytes).unwrap();
             let named = j["child"].as_str().unwrap();
             let i: usize = named.trim_start_matches('k').parse().unwrap();
-            assert_eq!(end[i], State::Reclaimed, "journal names {named}, which is not reclaimed");
+            assert_eq!(
+                end[i],
+                State::Reclaimed,
+                "journal names {named}, which is not reclaimed"
+            );
         }
         let table = home.json("run/pods.json");
         assert_eq!(table["allocations"].as_array().unwrap().len(), 1);

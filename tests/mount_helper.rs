@@ -1,0 +1,215 @@
+//! Fitting the FUSE ecosystem: `mount -t fuse.podfs`, an fstab line, `--daemon`, the install
+//! script, the manual page and completions.
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const HELPER: &str = "/sbin/mount.fuse.podfs";
+
+/// Put mount-scripts/mount.fuse.podfs in place for mount(8), pointing at the binary under
+/// test, and remove it again afterwards.
+struct Helper;
+
+impl Helper {
+    fn install() -> Option<Helper> {
+        if Path::new(HELPER).exists() {
+            let msg = format!("{HELPER} already exists (a real installation?); not replacing it");
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{msg}");
+            }
+            eprintln!("\n!!!!! SKIPPED: {msg} !!!!!\n");
+            return None;
+        }
+        let script = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-scripts/mount.fuse.podfs"),
+        )
+        .unwrap()
+        .replace("@BINDIR@/podfs", BIN);
+        std::fs::write(HELPER, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(HELPER, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Some(Helper)
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(HELPER);
+    }
+}
+
+/// Unmount on drop whatever mount(8) mounted.
+struct Unmount<'a>(&'a Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        force_unmount(self.0);
+    }
+}
+
+#[test]
+fn mount_t_fuse_podfs_and_fstab_lines_work() {
+    if !fuse_available() {
+        return;
+    }
+    let Some(_helper) = Helper::install() else {
+        return;
+    };
+    let home = Home::fixture("live");
+    let mnt = tempfile::tempdir().unwrap();
+    let m = mnt.path().display().to_string();
+    let _guard = Unmount(mnt.path());
+
+    // mount(8) with the type on the command line; it returns once the mount is ready.
+    ok(&format!(
+        "mount -t fuse.podfs {} {m} -o allow_other,nofail,_netdev",
+        home.s()
+    ));
+    assert_eq!(ok(&format!("ls {m}/parent")), "child1\nchild2\nchild3\n");
+    assert!(ok("cat /proc/mounts").contains(&format!("podfs:{} {m} fuse", home.s())));
+    ok(&format!("umount {m}"));
+    wait_for(Duration::from_secs(5), || !is_mounted(mnt.path()));
+
+    // An fstab line (mount -T reads an fstab of our own instead of /etc/fstab).
+    let fstab = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        fstab.path(),
+        format!("{} {m} fuse.podfs defaults,nofail,ro 0 0\n", home.s()),
+    )
+    .unwrap();
+    ok(&format!("mount -T {} {m}", fstab.path().display()));
+    assert_eq!(ok(&format!("cat {m}/parent/child1/cursor")), "0\n");
+    let err = fails(&format!("echo 1 > {m}/parent/child1/cursor"));
+    assert!(err.contains("Read-only file system"), "{err}");
+    ok(&format!("umount {m}"));
+    wait_for(Duration::from_secs(5), || !is_mounted(mnt.path()));
+}
+
+#[test]
+fn daemon_returns_once_the_mount_is_ready() {
+    if !fuse_available() {
+        return;
+    }
+    let home = Home::fixture("live");
+    let mnt = tempfile::tempdir().unwrap();
+    let _guard = Unmount(mnt.path());
+    let m = mnt.path().display().to_string();
+    let log = home.path().with_extension("daemon.log");
+    let out = Command::new(BIN)
+        .args([
+            "--log-file",
+            log.to_str().unwrap(),
+            "mount",
+            "--daemon",
+            &m,
+            "--home",
+            &home.s(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // No waiting: the mount is there when --daemon returns.
+    assert_eq!(ok(&format!("ls {m}")), "child1\nparent\n");
+    ok(&format!("{BIN} unmount {m}"));
+    wait_for(Duration::from_secs(5), || !is_mounted(mnt.path()));
+    // The background podfs noticed and logged it to --log-file.
+    wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("unmounted from outside")
+    });
+
+    // A failing daemon mount reports the real error and a non-zero exit.
+    std::fs::write(mnt.path().join("x"), b"").unwrap();
+    let out = Command::new(BIN)
+        .args(["mount", "--daemon", &m, "--home", &home.s()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not empty"), "{err}");
+}
+
+#[test]
+fn install_script_stages_binary_helper_units_man_page_and_completions() {
+    let stage = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-scripts/install.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["--bin", BIN])
+        .env("DESTDIR", stage.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |rel: &str| {
+        std::fs::read_to_string(stage.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    };
+    assert!(stage.path().join("usr/local/bin/podfs").exists());
+    assert!(read("usr/local/share/man/man1/podfs.1").contains(".TH podfs 1"));
+    assert!(read("usr/local/share/bash-completion/completions/podfs").contains("podfs"));
+    assert!(read("usr/local/share/zsh/site-functions/_podfs").contains("#compdef podfs"));
+    assert!(read("usr/local/share/fish/vendor_completions.d/podfs.fish").contains("podfs"));
+    assert!(read("sbin/mount.fuse.podfs").contains("/usr/local/bin/podfs"));
+    let unit = read("etc/systemd/system/podfs@.service");
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/podfs --log-level info mount ${PODFS_MOUNTPOINT}"),
+        "{unit}"
+    );
+    assert!(!unit.contains("@BINDIR@"));
+
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(["--user", "--bin", BIN])
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit =
+        std::fs::read_to_string(home.path().join(".config/systemd/user/podfs.service")).unwrap();
+    assert!(
+        unit.contains(&format!(
+            "ExecStart={}/.local/bin/podfs",
+            home.path().display()
+        )),
+        "{unit}"
+    );
+    assert!(home.path().join(".local/share/man/man1/podfs.1").exists());
+}
+
+#[test]
+fn man_page_and_completions_come_from_the_cli_definition() {
+    let man = ok(&format!("{BIN} man"));
+    for word in ["podfs", "mount", "demo", "unmount", "completions"] {
+        assert!(man.contains(word), "man page lacks {word}");
+    }
+    let mount_help = ok(&format!("{BIN} mount --help"));
+    assert!(
+        mount_help.contains("--daemon") && mount_help.contains("--allow-other"),
+        "{mount_help}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        assert!(
+            ok(&format!("{BIN} completions {shell}")).contains("podfs"),
+            "{shell}"
+        );
+    }
+    let err = fails(&format!("{BIN} completions tcsh"));
+    assert!(err.contains("possible values"), "{err}");
+}
