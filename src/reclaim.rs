@@ -58,12 +58,7 @@ pub fn remove_child(reg: &Registry, parent: &str, child: &str) -> Result<Removed
         "child stopped"
     );
 
-    let before = view
-        .meta
-        .reclaimed_children
-        .iter()
-        .filter(|c| c.pod_name == child)
-        .count();
+    let before = view.meta.times_reclaimed(child);
     let outcome = if reg.pod_is_live(parent) {
         reclaim_through_live_parent(reg, parent, child, before)?;
         Removed::ByParent
@@ -128,13 +123,7 @@ fn stop(reg: &Registry, child: &str, socket: &std::path::Path) -> Result<()> {
 
 fn reclaimed(reg: &Registry, parent: &str, child: &str, before: usize) -> Result<bool> {
     let view = reg.parent_fresh(parent)?;
-    let count = view
-        .meta
-        .reclaimed_children
-        .iter()
-        .filter(|c| c.pod_name == child)
-        .count();
-    Ok(view.child(child).is_none() && count > before)
+    Ok(view.child(child).is_none() && view.meta.times_reclaimed(child) > before)
 }
 
 fn poll_reclaimed(

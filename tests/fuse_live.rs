@@ -16,6 +16,26 @@ macro_rules! need_fuse {
     };
 }
 
+/// A live demo parent with one live child, `child1`, mounted, its first task finished.
+/// Fields drop in order: unmount, stop the pods, then remove the home.
+struct Live {
+    m: Mount,
+    _pods: podfs::demo::Pods,
+    home: Home,
+}
+
+fn live_child1() -> Live {
+    let home = Home::demo(&["child1"]);
+    let pods = demo_pods(&home, &["child1"]);
+    let m = Mount::quick(&home, &[]);
+    settle(&m, "child1");
+    Live {
+        m,
+        _pods: pods,
+        home,
+    }
+}
+
 /// Wait until `child`'s first task has finished (its reply is in the history).
 fn settle(m: &Mount, child: &str) {
     let status = format!("{}/parent/{child}/status", m.s());
@@ -27,10 +47,7 @@ fn settle(m: &Mount, child: &str) {
 #[test]
 fn output_is_a_snapshot_per_open_and_moves_the_cursor() {
     need_fuse!();
-    let home = Home::demo(&["child1"]);
-    let _pods = demo_pods(&home, &["child1"]);
-    let m = Mount::quick(&home, &[]);
-    settle(&m, "child1");
+    let Live { m, .. } = &live_child1();
     let c = format!("{}/parent/child1", m.s());
     assert_eq!(
         ok(&format!("cat {c}/output")),
@@ -39,7 +56,7 @@ fn output_is_a_snapshot_per_open_and_moves_the_cursor() {
     assert_eq!(ok(&format!("cat {c}/cursor")), "7\n");
     assert_eq!(ok(&format!("cat {c}/output")), "", "nothing new");
     ok(&format!("echo hello > {c}/input"));
-    settle(&m, "child1");
+    settle(m, "child1");
     // Re-reading the same descriptor gives the same snapshot; a new open gives nothing new.
     let script = format!(
         "f = open('{c}/output'); a = f.read(); f.seek(0); b = f.read(); print(repr(a), a == b); print(repr(open('{c}/output').read()))"
@@ -59,10 +76,7 @@ fn output_is_a_snapshot_per_open_and_moves_the_cursor() {
 #[test]
 fn output_starts_over_after_the_history_shrinks() {
     need_fuse!();
-    let home = Home::demo(&["child1"]);
-    let _pods = demo_pods(&home, &["child1"]);
-    let m = Mount::quick(&home, &[]);
-    settle(&m, "child1");
+    let Live { m, home, .. } = &live_child1();
     let c = format!("{}/parent/child1", m.s());
     ok(&format!("cat {c}/output"));
     assert_eq!(ok(&format!("cat {c}/cursor")), "7\n");
@@ -84,21 +98,18 @@ fn output_starts_over_after_the_history_shrinks() {
 #[test]
 fn input_sends_everything_written_before_close_as_one_run() {
     need_fuse!();
-    let home = Home::demo(&["child1"]);
-    let _pods = demo_pods(&home, &["child1"]);
-    let m = Mount::quick(&home, &[]);
-    settle(&m, "child1");
+    let Live { m, .. } = &live_child1();
     let c = format!("{}/parent/child1", m.s());
     ok(&format!("cat {c}/output"));
     ok(&format!("printf 'line one\\nline two\\n' > {c}/input"));
-    settle(&m, "child1");
+    settle(m, "child1");
     assert_eq!(ok(&format!("cat {c}/output")), "echo: line one\nline two\n");
     // Several write() calls on one descriptor are one message, too.
     assert_eq!(
         py_errno(&format!("fd = os.open('{c}/input', os.O_WRONLY); os.write(fd, b'a'); os.write(fd, b'b\\n'); os.close(fd)")),
         "OK"
     );
-    settle(&m, "child1");
+    settle(m, "child1");
     assert_eq!(ok(&format!("cat {c}/output")), "echo: ab\n");
     // An empty message is refused at close, and nothing is sent.
     assert_eq!(
@@ -178,10 +189,7 @@ fn status_tells_idle_running_and_unreachable() {
 #[test]
 fn log_follows_the_child_live() {
     need_fuse!();
-    let home = Home::demo(&["child1"]);
-    let _pods = demo_pods(&home, &["child1"]);
-    let m = Mount::quick(&home, &[]);
-    settle(&m, "child1");
+    let Live { m, .. } = &live_child1();
     let c = format!("{}/parent/child1", m.s());
     let first = "echo: child1 task: describe your work directory\n";
     assert_eq!(ok(&format!("cat {c}/log")), first);

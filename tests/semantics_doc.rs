@@ -7,11 +7,11 @@ fn every_test_named_in_the_semantics_document_exists() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let doc = std::fs::read_to_string(root.join("docs/semantics.md")).unwrap();
     let mut checked = 0;
-    for row in doc.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| claim")) {
-        let refs: Vec<&str> = row
-            .split('`')
-            .filter(|s| s.contains(".rs::"))
-            .collect();
+    for row in doc
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| claim"))
+    {
+        let refs: Vec<&str> = row.split('`').filter(|s| s.contains(".rs::")).collect();
         assert!(!refs.is_empty(), "a claim without a test: {row}");
         for r in refs {
             let (file, name) = r.split_once("::").unwrap();
@@ -24,5 +24,8 @@ fn every_test_named_in_the_semantics_document_exists() {
             checked += 1;
         }
     }
-    assert!(checked > 50, "only {checked} references found; is the table format intact?");
+    assert!(
+        checked > 50,
+        "only {checked} references found; is the table format intact?"
+    );
 }

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::paths::Paths;
 use crate::protocol::client::Connection;
 use crate::protocol::wire::Want;
-use crate::store::metadata::{self, Metadata, SpawnedChild};
+use crate::store::metadata::{self, Metadata, ReclaimedChild, SpawnedChild};
 use crate::store::{pods_table, spawned, to_runtime_json};
 
 #[derive(Debug, Args, Clone)]
@@ -337,8 +337,12 @@ impl Pod {
             )
         });
         let mut meta = metadata::read(&path).unwrap_or_else(|_| Metadata::new(&self.args.name));
-        meta.spawned_children.push(record);
-        meta.reclaim_child(child);
+        meta.spawned_children.retain(|c| c.pod_name != child);
+        meta.reclaimed_children.push(ReclaimedChild {
+            pod_name: record.pod_name,
+            scope_delegated: record.scope_delegated,
+            extra: Default::default(),
+        });
         let _ = std::fs::write(&path, meta.to_bytes());
         info!(child, "child removed and reclaimed");
     }

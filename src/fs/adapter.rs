@@ -39,6 +39,17 @@ impl Adapter {
         }
     }
 
+    /// Run `op` on this request thread, or on a worker of its own when it may talk to a
+    /// socket (`blocks`), so a silent pod never holds up the other requests.
+    fn dispatch(&self, blocks: bool, op: impl FnOnce(&PodFs) + Send + 'static) {
+        if blocks {
+            let fs = self.fs.clone();
+            offload(move || op(&fs));
+        } else {
+            op(&self.fs);
+        }
+    }
+
     fn attr(&self, a: &Attr) -> FileAttr {
         FileAttr {
             ino: INodeNo(a.ino),
@@ -209,8 +220,7 @@ impl Filesystem for Adapter {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
-        let fs = self.fs.clone();
-        offload(move || match fs.rmdir(parent.0, &name) {
+        self.dispatch(true, move |fs| match fs.rmdir(parent.0, &name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("rmdir", &e)),
         });
@@ -247,12 +257,7 @@ impl Filesystem for Adapter {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
             Err(e) => reply.error(errno("open", &e)),
         };
-        if self.fs.open_blocks(ino.0) {
-            let fs = self.fs.clone();
-            offload(move || open(&fs, reply));
-        } else {
-            open(&self.fs, reply);
-        }
+        self.dispatch(self.fs.open_blocks(ino.0), move |fs| open(fs, reply));
     }
 
     fn read(
@@ -291,8 +296,8 @@ impl Filesystem for Adapter {
             Err(e) => reply.error(errno("write", &e)),
         };
         if self.fs.write_blocks(ino.0) {
-            let (fs, data) = (self.fs.clone(), data.to_vec());
-            offload(move || done(fs.write(ino.0, fh.0, &data), reply));
+            let data = data.to_vec();
+            self.dispatch(true, move |fs| done(fs.write(ino.0, fh.0, &data), reply));
         } else {
             done(self.fs.write(ino.0, fh.0, data), reply);
         }
@@ -311,12 +316,7 @@ impl Filesystem for Adapter {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("flush", &e)),
         };
-        if self.fs.flush_blocks(fh.0) {
-            let fs = self.fs.clone();
-            offload(move || flush(&fs, reply));
-        } else {
-            flush(&self.fs, reply);
-        }
+        self.dispatch(self.fs.flush_blocks(fh.0), move |fs| flush(fs, reply));
     }
 
     fn release(

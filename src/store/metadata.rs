@@ -82,6 +82,14 @@ impl Metadata {
         self.spawned_children.iter().find(|c| c.pod_name == name)
     }
 
+    /// How often `name` appears in the (append-only, never pruned) reclaimed list.
+    pub fn times_reclaimed(&self, name: &str) -> usize {
+        self.reclaimed_children
+            .iter()
+            .filter(|c| c.pod_name == name)
+            .count()
+    }
+
     /// The runtime's `reclaim_spawned_children` for one child: drop **every** spawned entry
     /// with that name, then append one reclaimed entry carrying the first entry's rules.
     /// Returns the appended entry, or `None` when the child was not listed (nothing changes).

@@ -125,19 +125,6 @@ impl PodsTable {
     }
 }
 
-/// A pid is dead if it is 0 or `kill(pid, 0)` says ESRCH; anything else counts as alive,
-/// as in the runtime. (A zombie passes `kill(pid, 0)`; liveness of pods is decided by their
-/// socket, never by this.)
-pub fn pid_is_dead(pid: u32) -> bool {
-    if pid == 0 || pid > i32::MAX as u32 {
-        return true;
-    }
-    matches!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
-        Err(nix::errno::Errno::ESRCH)
-    )
-}
-
 /// Read without locking, for display only.
 pub fn read(path: &Path) -> Result<PodsTable> {
     let bytes =
@@ -390,12 +377,5 @@ mod tests {
         assert_eq!(after["version"], 3);
         assert_eq!(after["allocations"][0]["host"], "a");
         assert_eq!(after["allocations"].as_array().unwrap().len(), 3);
-    }
-
-    #[test]
-    fn pid_liveness() {
-        assert!(pid_is_dead(0));
-        assert!(!pid_is_dead(std::process::id()));
-        assert!(pid_is_dead(u32::MAX));
     }
 }
