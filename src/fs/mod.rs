@@ -405,11 +405,14 @@ impl PodFs {
                     });
                 }
                 // The message is sent at close, but shells ignore errors from close(), so
-                // a child that cannot take it is refused here, where `printf` sees it.
-                let socket = self.input_socket(&pod, &child)?;
-                let snapshot = ops::probe(&socket, &self.reg.timeouts)?;
-                if snapshot.status() == PodStatus::Running {
-                    return Err(Error::Busy(format!("{child} is already running a turn")));
+                // a child that cannot take it is refused at the first write, where `printf`
+                // sees it (later writes of the same message need not ask again).
+                if pending == 0 {
+                    let socket = self.input_socket(&pod, &child)?;
+                    let snapshot = ops::probe(&socket, &self.reg.timeouts)?;
+                    if snapshot.status() == PodStatus::Running {
+                        return Err(Error::Busy(format!("{child} is already running a turn")));
+                    }
                 }
                 buf.lock().extend_from_slice(data);
                 Ok(data.len())
