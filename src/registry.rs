@@ -70,6 +70,11 @@ impl ParentView {
             .map(|&i| &self.meta.spawned_children[i])
     }
 
+    /// The `i`-th listed child (registry order, valid names, first of duplicates).
+    pub fn child_at(&self, i: usize) -> &SpawnedChild {
+        &self.meta.spawned_children[self.order[i]]
+    }
+
     pub fn children(&self) -> impl Iterator<Item = &SpawnedChild> {
         self.order.iter().map(|&i| &self.meta.spawned_children[i])
     }

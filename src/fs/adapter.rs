@@ -354,29 +354,18 @@ impl Filesystem for Adapter {
         mut reply: ReplyDirectory,
     ) {
         let _s = debug_span!("readdir", ino = ino.0, offset).entered();
-        let listing = match self.fs.listing(fh.0) {
-            Ok(l) => l,
-            Err(e) => return reply.error(errno("readdir", &e)),
-        };
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(listing.len());
-        for (i, entry) in listing[start..].iter().enumerate() {
+        let result = self.fs.readdir(fh.0, offset, |next, entry| {
             let kind = if entry.is_dir {
                 FileType::Directory
             } else {
                 FileType::RegularFile
             };
-            if reply.add(
-                INodeNo(entry.ino),
-                (start + i + 1) as u64,
-                kind,
-                &entry.name,
-            ) {
-                break;
-            }
+            reply.add(INodeNo(entry.ino), next, kind, entry.name)
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("readdir", &e)),
         }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -388,34 +377,29 @@ impl Filesystem for Adapter {
         mut reply: ReplyDirectoryPlus,
     ) {
         let _s = debug_span!("readdirplus", ino = ino.0, offset).entered();
-        let listing = match self.fs.listing(fh.0) {
-            Ok(l) => l,
-            Err(e) => return reply.error(errno("readdirplus", &e)),
-        };
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(listing.len());
-        for (i, entry) in listing[start..].iter().enumerate() {
+        let result = self.fs.readdir(fh.0, offset, |next, entry| {
             // An entry that vanished since opendir is skipped rather than failing the listing.
-            let attr = match &entry.attr {
-                Some(attr) => attr.clone(),
+            let attr = match entry.attr {
+                Some(attr) => attr,
                 None => match self.fs.getattr(entry.ino) {
                     Ok(attr) => attr,
-                    Err(_) => continue,
+                    Err(_) => return false,
                 },
             };
-            if reply.add(
+            let attr = self.attr(&attr);
+            reply.add(
                 INodeNo(entry.ino),
-                (start + i + 1) as u64,
-                &entry.name,
+                next,
+                entry.name,
                 &TTL,
-                &self.attr(&attr),
+                &attr,
                 Generation(0),
-            ) {
-                break;
-            }
+            )
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("readdirplus", &e)),
         }
-        reply.ok();
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {

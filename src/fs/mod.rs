@@ -40,12 +40,12 @@ pub struct Attr {
     pub mtime: SystemTime,
 }
 
-/// One directory entry.
+/// One directory entry, borrowed from an open directory's listing.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DirEntry {
+pub struct DirEntry<'a> {
     pub ino: u64,
     pub is_dir: bool,
-    pub name: String,
+    pub name: &'a str,
     /// Attributes known when listing (so readdirplus needs no second lookup per entry).
     pub attr: Option<Attr>,
 }
@@ -63,15 +63,34 @@ enum Content {
     CursorWrite(std::sync::atomic::AtomicBool),
 }
 
-/// What an open directory handle holds: the listing as of `opendir`, so that a listing
+/// What an open directory handle holds: the directory as of `opendir`, so that a listing
 /// split over several `readdir` calls is consistent.
-type Listing = Arc<Vec<DirEntry>>;
+enum Listing {
+    /// A pod's children, straight from the registry view: no per-entry copies, which
+    /// matters for a parent with ten thousand children.
+    Pod {
+        ino: u64,
+        view: Arc<ParentView>,
+        inos: Arc<Vec<u64>>,
+    },
+    /// The root and child directories: a handful of entries.
+    Small {
+        ino: u64,
+        parent: u64,
+        entries: Vec<(u64, bool, String, Option<Attr>)>,
+    },
+}
+
+/// A registry view and its children's inode numbers, in listing order.
+type ChildInos = (Arc<ParentView>, Arc<Vec<u64>>);
 
 pub struct PodFs {
     pub reg: Arc<Registry>,
     inodes: Inodes,
     files: Mutex<HashMap<u64, Content>>,
-    dirs: Mutex<HashMap<u64, Listing>>,
+    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
+    /// Children's inode numbers per pod, computed once per version of its registry.
+    child_inos: Mutex<HashMap<u64, ChildInos>>,
     next_fh: AtomicU64,
     followers: Followers,
     started: SystemTime,
@@ -84,6 +103,7 @@ impl PodFs {
             inodes: Inodes::default(),
             files: Mutex::default(),
             dirs: Mutex::default(),
+            child_inos: Mutex::default(),
             next_fh: AtomicU64::new(1),
             followers: Followers::default(),
             started: SystemTime::now(),
@@ -201,67 +221,129 @@ impl PodFs {
         }
     }
 
-    /// The entries of a directory, `.` and `..` first.
-    pub fn list(&self, ino: u64) -> Result<Vec<DirEntry>> {
-        let entry = |ino, is_dir, name: &str, attr| DirEntry {
+    /// The inode numbers of `view`'s children, cached while the view is current.
+    fn inos_of(&self, pod_ino: u64, view: &Arc<ParentView>) -> Arc<Vec<u64>> {
+        if let Some((cached, inos)) = self.child_inos.lock().get(&pod_ino) {
+            if Arc::ptr_eq(cached, view) {
+                return inos.clone();
+            }
+        }
+        let inos: Arc<Vec<u64>> = Arc::new(
+            view.children()
+                .map(|c| self.inodes.child_of(pod_ino, &c.pod_name))
+                .collect(),
+        );
+        self.child_inos
+            .lock()
+            .insert(pod_ino, (view.clone(), inos.clone()));
+        inos
+    }
+
+    fn listing_of(&self, ino: u64) -> Result<Listing> {
+        let small = |parent, entries| Listing::Small {
             ino,
-            is_dir,
-            name: name.to_string(),
-            attr,
+            parent,
+            entries,
         };
-        let (parent_ino, mut out) = match self.node(ino)? {
+        Ok(match self.node(ino)? {
             Node::Root => {
                 let pods = self.reg.pods()?;
-                let out = pods
+                let entries = pods
                     .iter()
-                    .map(|pod| entry(self.inodes.pod(pod), true, pod, None))
+                    .map(|pod| (self.inodes.pod(pod), true, pod.clone(), None))
                     .collect();
-                (inode::ROOT, out)
+                small(inode::ROOT, entries)
             }
             Node::Pod(pod) => {
-                let view: Arc<ParentView> = self.reg.parent(&pod)?;
-                let mut out = Vec::with_capacity(view.len() + 2);
-                for child in view.children() {
-                    let child_ino = self.inodes.child_of(ino, &child.pod_name);
-                    let attr = self.dir_attr(child_ino, 0o755, 0, view.mtime);
-                    out.push(entry(child_ino, true, &child.pod_name, Some(attr)));
-                }
-                (inode::ROOT, out)
+                let view = self.reg.parent(&pod)?;
+                let inos = self.inos_of(ino, &view);
+                Listing::Pod { ino, view, inos }
             }
             Node::Child(pod, child) => {
                 self.reg.child_view(&pod, &child)?;
-                let out = FileKind::ALL
+                let entries = FileKind::ALL
                     .iter()
                     .map(|&k| {
                         let attr = self.file_attr(&pod, &child, k).ok();
-                        entry(self.inodes.file(&pod, &child, k), false, k.name(), attr)
+                        let ino = self.inodes.file(&pod, &child, k);
+                        (ino, false, k.name().to_string(), attr)
                     })
                     .collect();
-                (self.inodes.pod(&pod), out)
+                small(self.inodes.pod(&pod), entries)
             }
             Node::File(..) => return Err(Error::NotDir),
-        };
-        let mut all = Vec::with_capacity(out.len() + 2);
-        all.push(entry(ino, true, ".", None));
-        all.push(entry(parent_ino, true, "..", None));
-        all.append(&mut out);
-        Ok(all)
+        })
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64> {
-        let listing = Arc::new(self.list(ino)?);
+        let listing = Arc::new(self.listing_of(ino)?);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dirs.lock().insert(fh, listing);
         Ok(fh)
     }
 
-    /// The listing taken at `opendir`; the adapter serves it from the kernel's offset.
-    pub fn listing(&self, fh: u64) -> Result<Listing> {
-        self.dirs
+    /// Feed the entries of an open directory from position `offset` on (`.` and `..` first)
+    /// to `emit`, with the offset of the entry after each, until `emit` says the reply is
+    /// full.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut emit: impl FnMut(u64, DirEntry<'_>) -> bool,
+    ) -> Result<()> {
+        let listing = self
+            .dirs
             .lock()
             .get(&fh)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("directory handle {fh}")))
+            .ok_or_else(|| Error::NotFound(format!("directory handle {fh}")))?;
+        let (ino, parent, len) = match &*listing {
+            Listing::Pod { ino, view, .. } => (*ino, inode::ROOT, view.len()),
+            Listing::Small {
+                ino,
+                parent,
+                entries,
+            } => (*ino, *parent, entries.len()),
+        };
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for k in start..len + 2 {
+            let entry = match (k, &*listing) {
+                (0, _) => DirEntry {
+                    ino,
+                    is_dir: true,
+                    name: ".",
+                    attr: None,
+                },
+                (1, _) => DirEntry {
+                    ino: parent,
+                    is_dir: true,
+                    name: "..",
+                    attr: None,
+                },
+                (k, Listing::Pod { view, inos, .. }) => {
+                    let child_ino = inos[k - 2];
+                    DirEntry {
+                        ino: child_ino,
+                        is_dir: true,
+                        name: &view.child_at(k - 2).pod_name,
+                        attr: Some(self.dir_attr(child_ino, 0o755, 0, view.mtime)),
+                    }
+                }
+                (k, Listing::Small { entries, .. }) => {
+                    let (ino, is_dir, name, attr) = &entries[k - 2];
+                    DirEntry {
+                        ino: *ino,
+                        is_dir: *is_dir,
+                        name,
+                        attr: attr.clone(),
+                    }
+                }
+            };
+            if emit(k as u64 + 1, entry) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     pub fn releasedir(&self, fh: u64) {
