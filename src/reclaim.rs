@@ -20,8 +20,9 @@ use crate::protocol::{client, ops};
 use crate::registry::Registry;
 use serde::{Deserialize, Serialize};
 
+use crate::registry::ChildRecord;
 use crate::scope::ScopeRule;
-use crate::store::metadata::{self, SpawnedChild};
+use crate::store::metadata;
 use crate::store::{atomic, pods_table, spawned};
 
 /// How a removal ended.
@@ -58,7 +59,7 @@ pub fn remove_child(reg: &Registry, parent: &str, child: &str) -> Result<Removed
         "child stopped"
     );
 
-    let before = view.meta.times_reclaimed(child);
+    let before = view.times_reclaimed(child);
     let outcome = if reg.pod_is_live(parent) {
         reclaim_through_live_parent(reg, parent, child, before)?;
         Removed::ByParent
@@ -81,7 +82,7 @@ pub fn remove_child(reg: &Registry, parent: &str, child: &str) -> Result<Removed
 fn refuse_if_it_has_children(reg: &Registry, child: &str) -> Result<()> {
     match reg.parent_fresh(child) {
         Ok(own) if !own.is_empty() => {
-            let names: Vec<&str> = own.children().map(|c| c.pod_name.as_str()).collect();
+            let names: Vec<&str> = own.children().map(|c| &*c.pod_name).collect();
             Err(Error::NotEmpty(format!(
                 "{child} still has children ({}); remove them first",
                 names.join(", ")
@@ -94,7 +95,7 @@ fn refuse_if_it_has_children(reg: &Registry, child: &str) -> Result<()> {
 
 /// The socket to stop: the registry's, unless it lies outside the runtime dir, in which
 /// case podfs uses the path the runtime itself would predict and never the foreign one.
-fn stop_socket(reg: &Registry, record: &SpawnedChild) -> PathBuf {
+fn stop_socket(reg: &Registry, record: &ChildRecord) -> PathBuf {
     reg.child_socket(record)
         .unwrap_or_else(|_| reg.paths.socket(&record.pod_name))
 }
@@ -123,7 +124,7 @@ fn stop(reg: &Registry, child: &str, socket: &std::path::Path) -> Result<()> {
 
 fn reclaimed(reg: &Registry, parent: &str, child: &str, before: usize) -> Result<bool> {
     let view = reg.parent_fresh(parent)?;
-    Ok(view.child(child).is_none() && view.meta.times_reclaimed(child) > before)
+    Ok(view.child(child).is_none() && view.times_reclaimed(child) > before)
 }
 
 fn poll_reclaimed(
@@ -203,7 +204,7 @@ fn journal_path(reg: &Registry, parent: &str) -> PathBuf {
 fn clear_stale_journal(reg: &Registry, parent: &str, view: &crate::registry::ParentView) {
     let path = journal_path(reg, parent);
     if let Some(j) = read_journal(&path) {
-        if view.meta.child(&j.child).is_none() {
+        if view.child(&j.child).is_none() {
             debug!(child = %j.child, "removing the journal of a completed reclaim");
             let _ = std::fs::remove_file(&path);
         }
@@ -224,8 +225,8 @@ fn read_journal(path: &std::path::Path) -> Option<Journal> {
 /// The runtime's `remove` effects, applied to the files of a parent that is not running:
 /// `pods.json` first (so a crash leaves the child listed and a repeat finishes the job),
 /// then `metadata.json`, then `spawned_pods.json`.
-fn reclaim_offline(reg: &Registry, parent: &str, record: &SpawnedChild) -> Result<()> {
-    let child = record.pod_name.as_str();
+fn reclaim_offline(reg: &Registry, parent: &str, record: &ChildRecord) -> Result<()> {
+    let child = &*record.pod_name;
     // The parent could have been restored since the probe; a live owner rewrites its
     // metadata from memory, so re-check as late as possible.
     if reg.pod_is_live(parent) {
@@ -233,6 +234,7 @@ fn reclaim_offline(reg: &Registry, parent: &str, record: &SpawnedChild) -> Resul
             "{parent} came up during the removal; retry"
         )));
     }
+    let rules = record.stored_rules();
     let journal = journal_path(reg, parent);
     let pending = read_journal(&journal).filter(|j| j.child == child);
     let outcome = pods_table::update(&reg.paths.pods_json(), reg.timeouts.lock_wait, |table| {
@@ -243,7 +245,7 @@ fn reclaim_offline(reg: &Registry, parent: &str, record: &SpawnedChild) -> Resul
                 return (removed, Ok(None));
             }
         }
-        let report = table.reclaim_delegated_scope(parent, child, &record.scope_delegated);
+        let report = table.reclaim_delegated_scope(parent, child, &rules);
         let denies_left = table.get(parent).is_some_and(|a| !a.scope_deny.is_empty());
         if report.denies_removed > 0 {
             let entry = Journal {

@@ -19,7 +19,11 @@ use crate::error::{Error, Result};
 use crate::paths::{validate_pod_name, Paths};
 use crate::protocol::wire::PodStatus;
 use crate::protocol::{ops, Timeouts};
-use crate::store::metadata::{self, Metadata, SpawnedChild};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::scope::{Rule, StoredRule};
+use crate::store::metadata;
 
 /// How stale a cached parse may be before `stat` is consulted again. Well under the
 /// contract's "about one second" for changes made by the runtime.
@@ -32,51 +36,90 @@ pub const CORRUPT_GRACE: Duration = Duration::from_secs(2);
 /// How often the list of pods is rescanned.
 const ROOT_RESCAN: Duration = Duration::from_millis(500);
 
-/// A parent's parsed registry with a name index (first match wins, as in the runtime).
+/// A child as podfs serves it: the four fields of a registry entry, stored compactly.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ChildRecord {
+    pub pod_name: Box<str>,
+    pub socket_path: Box<str>,
+    pub scope_delegated: Box<[Rule]>,
+    pub callback_address: Box<str>,
+}
+
+impl ChildRecord {
+    /// The rules in the shape the runtime's files use, for reclaiming them.
+    pub fn stored_rules(&self) -> Vec<StoredRule> {
+        self.scope_delegated.iter().map(Rule::to_stored).collect()
+    }
+}
+
+/// The parts of `metadata.json` podfs serves. Read-only: every rewrite goes through the
+/// full [`metadata::Metadata`], which keeps unknown fields.
+#[derive(Deserialize)]
+struct Registered {
+    #[allow(dead_code)]
+    pod_name: IgnoredAny,
+    #[serde(default)]
+    spawned_children: Vec<ChildRecord>,
+    #[serde(default)]
+    reclaimed_children: Vec<ReclaimedName>,
+}
+
+#[derive(Deserialize)]
+struct ReclaimedName {
+    pod_name: Box<str>,
+}
+
+/// A parent's registry with a name index (first match wins, as in the runtime).
 #[derive(Debug)]
 pub struct ParentView {
-    pub meta: Metadata,
-    index: HashMap<String, usize>,
+    children: Vec<ChildRecord>,
+    index: HashMap<Box<str>, u32>,
     /// Children in registry order, valid names only, duplicates dropped.
-    order: Vec<usize>,
+    order: Vec<u32>,
+    /// How often each name was reclaimed (the list is append-only and may repeat names).
+    reclaimed: HashMap<Box<str>, usize>,
     pub mtime: SystemTime,
 }
 
 impl ParentView {
-    fn new(meta: Metadata, mtime: SystemTime) -> Self {
-        let mut index = HashMap::with_capacity(meta.spawned_children.len());
-        let mut order = Vec::with_capacity(meta.spawned_children.len());
-        for (i, child) in meta.spawned_children.iter().enumerate() {
+    fn new(parent: &str, registered: Registered, mtime: SystemTime) -> Self {
+        let children = registered.spawned_children;
+        let mut index = HashMap::with_capacity(children.len());
+        let mut order = Vec::with_capacity(children.len());
+        for (i, child) in children.iter().enumerate() {
             if validate_pod_name(&child.pod_name).is_err() {
-                warn!(pod = %meta.pod_name, child = ?child.pod_name, "skipping child with invalid name");
+                warn!(pod = parent, child = ?child.pod_name, "skipping child with invalid name");
                 continue;
             }
             if !index.contains_key(&child.pod_name) {
-                index.insert(child.pod_name.clone(), i);
-                order.push(i);
+                index.insert(child.pod_name.clone(), i as u32);
+                order.push(i as u32);
             }
         }
+        let mut reclaimed = HashMap::new();
+        for r in registered.reclaimed_children {
+            *reclaimed.entry(r.pod_name).or_default() += 1;
+        }
         ParentView {
-            meta,
+            children,
             index,
             order,
+            reclaimed,
             mtime,
         }
     }
 
-    pub fn child(&self, name: &str) -> Option<&SpawnedChild> {
-        self.index
-            .get(name)
-            .map(|&i| &self.meta.spawned_children[i])
+    pub fn child(&self, name: &str) -> Option<&ChildRecord> {
+        self.index.get(name).map(|&i| &self.children[i as usize])
     }
 
     /// The `i`-th listed child (registry order, valid names, first of duplicates).
-    pub fn child_at(&self, i: usize) -> &SpawnedChild {
-        &self.meta.spawned_children[self.order[i]]
+    pub fn child_at(&self, i: usize) -> &ChildRecord {
+        &self.children[self.order[i] as usize]
     }
 
-    pub fn children(&self) -> impl Iterator<Item = &SpawnedChild> {
-        self.order.iter().map(|&i| &self.meta.spawned_children[i])
+    pub fn children(&self) -> impl Iterator<Item = &ChildRecord> {
+        self.order.iter().map(|&i| &self.children[i as usize])
     }
 
     pub fn len(&self) -> usize {
@@ -85,6 +128,10 @@ impl ParentView {
 
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
+    }
+
+    pub fn times_reclaimed(&self, name: &str) -> usize {
+        self.reclaimed.get(name).copied().unwrap_or(0)
     }
 }
 
@@ -233,10 +280,10 @@ impl Registry {
                 return Ok(view.clone());
             }
         }
-        match metadata::read(&path) {
-            Ok(meta) => {
+        match metadata::read_as::<Registered>(&path) {
+            Ok(registered) => {
                 let mtime = stat.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                let view = Arc::new(ParentView::new(meta, mtime));
+                let view = Arc::new(ParentView::new(parent, registered, mtime));
                 debug!(parent, children = view.len(), "metadata parsed");
                 // A file modified within the filesystem's timestamp granularity could change
                 // again without changing its stamp; do not trust such a stamp.
@@ -279,7 +326,7 @@ impl Registry {
     }
 
     /// A child of a parent, or `NotFound`.
-    pub fn child(&self, parent: &str, child: &str) -> Result<(Arc<ParentView>, SpawnedChild)> {
+    pub fn child(&self, parent: &str, child: &str) -> Result<(Arc<ParentView>, ChildRecord)> {
         let view = self.parent(parent)?;
         let found = view
             .child(child)
@@ -289,8 +336,8 @@ impl Registry {
     }
 
     /// The socket podfs may connect to for `child`, refusing paths outside the runtime dir.
-    pub fn child_socket(&self, child: &SpawnedChild) -> Result<PathBuf> {
-        let path = PathBuf::from(&child.socket_path);
+    pub fn child_socket(&self, child: &ChildRecord) -> Result<PathBuf> {
+        let path = PathBuf::from(&*child.socket_path);
         if self.paths.socket_is_allowed(&path) {
             Ok(path)
         } else {
@@ -350,7 +397,7 @@ impl Registry {
     }
 
     /// Status of a child: cached, or probed (blocking).
-    pub fn status(&self, child: &SpawnedChild) -> PodStatus {
+    pub fn status(&self, child: &ChildRecord) -> PodStatus {
         let Ok(socket) = self.child_socket(child) else {
             return PodStatus::Unreachable;
         };
@@ -390,7 +437,7 @@ mod tests {
         let (_d, reg) = staged("live");
         assert_eq!(*reg.pods().unwrap(), ["child1", "parent"]);
         let view = reg.parent("parent").unwrap();
-        let names: Vec<_> = view.children().map(|c| c.pod_name.as_str()).collect();
+        let names: Vec<_> = view.children().map(|c| &*c.pod_name).collect();
         assert_eq!(names, ["child1", "child2", "child3"]);
         assert!(reg.parent("child1").unwrap().is_empty());
         assert!(matches!(reg.parent("nope"), Err(Error::NotFound(_))));
@@ -432,8 +479,27 @@ mod tests {
         meta.spawned_children.push(dup);
         metadata::write(&path, &meta).unwrap();
         let view = reg.parent_fresh("parent").unwrap();
-        let names: Vec<_> = view.children().map(|c| c.pod_name.as_str()).collect();
+        let names: Vec<_> = view.children().map(|c| &*c.pod_name).collect();
         assert_eq!(names, ["child1", "child2", "child3"]);
+    }
+
+    #[test]
+    fn the_lean_view_agrees_with_the_full_metadata() {
+        for state in ["live", "after-stop", "after-crash-restore"] {
+            let (dir, reg) = staged(state);
+            let full = metadata::read(&dir.path().join("pods/parent/metadata.json")).unwrap();
+            let view = reg.parent("parent").unwrap();
+            assert_eq!(view.len(), full.spawned_children.len(), "{state}");
+            for (lean, child) in view.children().zip(&full.spawned_children) {
+                assert_eq!(&*lean.pod_name, child.pod_name);
+                assert_eq!(&*lean.socket_path, child.socket_path);
+                assert_eq!(&*lean.callback_address, child.callback_address);
+                assert_eq!(lean.stored_rules(), child.scope_delegated);
+            }
+            for name in ["child1", "child2", "child3"] {
+                assert_eq!(view.times_reclaimed(name), full.times_reclaimed(name), "{state} {name}");
+            }
+        }
     }
 
     #[test]

@@ -85,8 +85,29 @@ impl fmt::Display for StoredRule {
     }
 }
 
+/// A rule as podfs keeps it for serving: the registry view is read-only, so it carries no
+/// unknown fields and stores its strings compactly (a parent may have 10,000 children).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Rule {
+    pub target: Box<str>,
+    pub permission: Box<str>,
+    pub recursive: bool,
+}
+
+impl Rule {
+    pub fn to_stored(&self) -> StoredRule {
+        StoredRule::new(&self.target, &self.permission, self.recursive)
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.to_stored().fmt(f)
+    }
+}
+
 /// The whole `scope` file: one rule per line, each newline-terminated.
-pub fn render_scope(rules: &[StoredRule]) -> String {
+pub fn render_scope<R: fmt::Display>(rules: &[R]) -> String {
     let mut out = String::new();
     for rule in rules {
         out.push_str(&rule.to_string());

@@ -22,9 +22,9 @@ use crate::protocol::history::{self, as_file_text};
 use crate::protocol::ops;
 use crate::protocol::wire::PodStatus;
 use crate::reclaim;
+use crate::registry::ChildRecord;
 use crate::registry::{ParentView, Registry};
 use crate::scope::render_scope;
-use crate::store::metadata::SpawnedChild;
 
 use files::FileKind;
 use inode::{Inodes, Node};
@@ -181,7 +181,7 @@ impl PodFs {
     }
 
     /// The bytes of a cheap value file (no socket I/O).
-    fn value(&self, pod: &str, record: &SpawnedChild, kind: FileKind) -> Vec<u8> {
+    fn value(&self, pod: &str, record: &ChildRecord, kind: FileKind) -> Vec<u8> {
         let text = match kind {
             FileKind::Socket => format!("{}\n", record.socket_path),
             FileKind::Scope => render_scope(&record.scope_delegated),
@@ -393,8 +393,8 @@ impl PodFs {
     }
 
     /// ReadPodOutput with the mount's cursor: one snapshot of the new text per open.
-    fn take_output(&self, pod: &str, record: &SpawnedChild) -> Vec<u8> {
-        let child = record.pod_name.as_str();
+    fn take_output(&self, pod: &str, record: &ChildRecord) -> Vec<u8> {
+        let child = &*record.pod_name;
         let Ok(socket) = self.reg.child_socket(record) else {
             return Vec::new();
         };
@@ -425,7 +425,7 @@ impl PodFs {
         as_file_text(extraction.text).into_bytes()
     }
 
-    fn open_log(&self, record: &SpawnedChild) -> Content {
+    fn open_log(&self, record: &ChildRecord) -> Content {
         let Ok(socket) = self.reg.child_socket(record) else {
             return Content::Bytes(Arc::new(Vec::new()));
         };

@@ -108,6 +108,11 @@ impl Metadata {
 
 /// Read and parse, retrying a parse failure briefly because the runtime writes in place.
 pub fn read(path: &Path) -> Result<Metadata> {
+    read_as(path)
+}
+
+/// [`read`] into any shape of the file (the registry keeps a lean read-only one).
+pub fn read_as<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let mut last_error = None;
     for attempt in 0..=PARSE_RETRIES {
         if attempt > 0 {
@@ -120,7 +125,7 @@ pub fn read(path: &Path) -> Result<Metadata> {
             }
             Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
         };
-        match Metadata::parse(&bytes) {
+        match serde_json::from_slice(&bytes) {
             Ok(meta) => return Ok(meta),
             Err(e) => last_error = Some(e),
         }
