@@ -6,8 +6,10 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let args = podfs::cli::from_mount_helper_convention(std::env::args_os().collect());
     let cli = podfs::cli::Cli::parse_from(args);
+    // fuser warns when its own unmount finds the mount already gone, which is how podfs
+    // ends every session (it unmounts first, lazily if busy); keep that out of the log.
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cli.log_level))
+        .or_else(|_| EnvFilter::try_new(format!("{},fuser::mnt=error", cli.log_level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let log_file = cli.log_file.as_ref().map(|path| {
         std::fs::OpenOptions::new()
