@@ -497,7 +497,11 @@ mod tests {
                 assert_eq!(lean.stored_rules(), child.scope_delegated);
             }
             for name in ["child1", "child2", "child3"] {
-                assert_eq!(view.times_reclaimed(name), full.times_reclaimed(name), "{state} {name}");
+                assert_eq!(
+                    view.times_reclaimed(name),
+                    full.times_reclaimed(name),
+                    "{state} {name}"
+                );
             }
         }
     }

@@ -353,12 +353,15 @@ impl PodFs {
     /// Whether opening `ino` may talk to a socket, so the adapter must run it on a worker.
     pub fn open_blocks(&self, ino: u64) -> bool {
         match self.inodes.resolve(ino) {
-            Some(Node::File(pod, child, FileKind::Status)) => self
-                .reg
-                .child(&pod, &child)
-                .ok()
-                .and_then(|(_, r)| self.reg.child_socket(&r).ok())
-                .is_some_and(|s| self.reg.cached_status(&s).is_none()),
+            Some(Node::File(pod, child, FileKind::Status)) => {
+                let Ok(view) = self.reg.child_view(&pod, &child) else {
+                    return false;
+                };
+                let record = view.child(&child).expect("checked by child_view");
+                self.reg
+                    .child_socket(record)
+                    .is_ok_and(|s| self.reg.cached_status(&s).is_none())
+            }
             Some(Node::File(_, _, kind)) => matches!(kind, FileKind::Output | FileKind::Log),
             _ => false,
         }
