@@ -50,6 +50,13 @@ impl Adapter {
         }
     }
 
+    fn reply_attr(&self, op: &str, reply: ReplyAttr, result: Result<Attr>) {
+        match result {
+            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+            Err(e) => reply.error(errno(op, &e)),
+        }
+    }
+
     fn attr(&self, a: &Attr) -> FileAttr {
         FileAttr {
             ino: INodeNo(a.ino),
@@ -72,6 +79,13 @@ impl Adapter {
             blksize: 4096,
             flags: 0,
         }
+    }
+}
+
+fn reply_empty(op: &str, reply: ReplyEmpty, result: Result<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(op, &e)),
     }
 }
 
@@ -123,10 +137,7 @@ impl Filesystem for Adapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _s = debug_span!("getattr", ino = ino.0).entered();
-        match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
-            Err(e) => reply.error(errno("getattr", &e)),
-        }
+        self.reply_attr("getattr", reply, self.fs.getattr(ino.0))
     }
 
     fn setattr(
@@ -153,10 +164,7 @@ impl Filesystem for Adapter {
             (None, None, None, None) => self.fs.getattr(ino.0),
             _ => Err(Error::NotPermitted("attributes are fixed".into())),
         };
-        match result {
-            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
-            Err(e) => reply.error(errno("setattr", &e)),
-        }
+        self.reply_attr("setattr", reply, result)
     }
 
     fn mkdir(
@@ -208,10 +216,7 @@ impl Filesystem for Adapter {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        match self.fs.unlink(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("unlink", &e)),
-        }
+        reply_empty("unlink", reply, self.fs.unlink(parent.0, name))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -220,9 +225,8 @@ impl Filesystem for Adapter {
             Ok(n) => n.to_string(),
             Err(e) => return reply.error(e),
         };
-        self.dispatch(true, move |fs| match fs.rmdir(parent.0, &name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("rmdir", &e)),
+        self.dispatch(true, move |fs| {
+            reply_empty("rmdir", reply, fs.rmdir(parent.0, &name))
         });
     }
 
@@ -312,10 +316,8 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         let _s = debug_span!("flush", ino = ino.0, fh = fh.0).entered();
-        let flush = move |fs: &PodFs, reply: ReplyEmpty| match fs.flush(ino.0, fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("flush", &e)),
-        };
+        let flush =
+            move |fs: &PodFs, reply: ReplyEmpty| reply_empty("flush", reply, fs.flush(ino.0, fh.0));
         self.dispatch(self.fs.flush_blocks(fh.0), move |fs| flush(fs, reply));
     }
 
@@ -406,10 +408,7 @@ impl Filesystem for Adapter {
         let _s = debug_span!("access", ino = ino.0, mask = mask.bits()).entered();
         let read = mask.contains(fuser::AccessFlags::R_OK);
         let write = mask.contains(fuser::AccessFlags::W_OK);
-        match self.fs.access(ino.0, read, write) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("access", &e)),
-        }
+        reply_empty("access", reply, self.fs.access(ino.0, read, write))
     }
 
     /// No extended attributes; ENOSYS tells the kernel not to ask again.
