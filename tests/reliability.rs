@@ -713,3 +713,71 @@ fn files_podfs_creates_get_the_runtime_modes() {
     // metadata.json keeps the mode it had.
     assert_eq!(mode("pods/parent/metadata.json"), 0o644);
 }
+
+/// History length of a demo pod, read straight from its socket.
+fn history_len(sock: &Path) -> usize {
+    use std::io::BufRead;
+    let s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    v["data"]["entries"].as_array().unwrap().len()
+}
+
+#[test]
+fn random_writes_to_input_are_one_run_or_nothing() {
+    need_fuse!();
+    let home = Home::demo(&["child1"]);
+    let _child = PodProcess::start(&home, "child1", &["--turn-ms", "1"]);
+    let m = Mount::quick(&home, &[]);
+    let input = m.p("parent/child1/input");
+    let sock = home.path().join("run/child1/sock");
+    let mut rng = Lcg(11);
+    let (mut runs, mut refused) = (0, 0);
+    for i in 0..120 {
+        let len = rng.below(12) as usize;
+        let data: Vec<u8> = if i % 3 == 0 {
+            (0..len).map(|_| rng.below(256) as u8).collect()
+        } else {
+            (0..len)
+                .map(|_| b"ab \n\xc3\xa9"[rng.below(6) as usize])
+                .collect()
+        };
+        let text = std::str::from_utf8(&data).ok();
+        let valid = text.is_some_and(|t| !t.strip_suffix('\n').unwrap_or(t).is_empty());
+        let before = history_len(&sock);
+        let result = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&input)
+            .and_then(|mut f| {
+                use std::os::fd::IntoRawFd;
+                f.write_all(&data)?;
+                let fd = f.into_raw_fd();
+                if unsafe { libc::close(fd) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        if data.is_empty() {
+            // No write reached podfs at all: nothing to send, nothing sent.
+            assert!(result.is_ok());
+        } else if valid {
+            assert!(result.is_ok(), "{data:?}: {result:?}");
+            runs += 1;
+            // The run lands in the history (one turn: 6 entries, plus segment_start once).
+            wait_for(Duration::from_secs(5), || history_len(&sock) > before);
+            wait_for(Duration::from_secs(5), || {
+                std::fs::read_to_string(home.path().join("run/child1/status.json"))
+                    .unwrap()
+                    .contains("idle")
+            });
+        } else {
+            let err = result.expect_err("invalid input must be refused");
+            assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{data:?}");
+            refused += 1;
+            assert_eq!(history_len(&sock), before, "a refused write started a run");
+        }
+    }
+    eprintln!("input fuzz through the mount: {runs} runs delivered, {refused} writes refused with nothing sent");
+    assert!(runs > 10 && refused > 10, "{runs} runs, {refused} refused");
+}
