@@ -446,15 +446,18 @@ fn hostile_children_get_bounded_clear_errors() {
         "torn",
         b"{\"event\":\"snapshot\",\"data\":{\"entr".to_vec(),
     );
+    // Bounds generous enough for a debug build on a loaded machine: the point is that every
+    // answer is bounded and clear, not how fast a 50 MB parse is (see docs/benchmarks.md).
     let m = Mount::with_args(
         &home,
-        &["--probe-timeout-ms", "3000", "--io-timeout-ms", "5000"],
+        &["--probe-timeout-ms", "10000", "--io-timeout-ms", "15000"],
     );
     let p = format!("{}/parent", m.s());
 
     let (status, took) = time_it(|| ok(&format!("cat {p}/huge/status")));
+    eprintln!("50 MB snapshot: status in {took:?}");
     assert_eq!(status, "idle\n");
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
     assert_eq!(
         ok(&format!("cat {p}/huge/output")),
         "after fifty megabytes\n"
@@ -464,7 +467,7 @@ fn hostile_children_get_bounded_clear_errors() {
     for name in ["garbage", "torn"] {
         let (status, took) = time_it(|| ok(&format!("cat {p}/{name}/status")));
         assert_eq!(status, "unreachable\n", "{name}");
-        assert!(took < Duration::from_secs(5), "{name}: {took:?}");
+        assert!(took < Duration::from_secs(10), "{name}: {took:?}");
         assert_eq!(ok(&format!("cat {p}/{name}/output")), "");
         let errno = py_errno(&format!(
             "f = open('{p}/{name}/input', 'w'); f.write('x'); f.close()"
