@@ -265,7 +265,7 @@ fn a_hung_child_does_not_slow_anything_else() {
     // Generous per-step bounds, so the hung conversations outlast the checks below.
     let m = Mount::with_args(
         &home,
-        &["--io-timeout-ms", "6000", "--probe-timeout-ms", "6000"],
+        &["--io-timeout-ms", "10000", "--probe-timeout-ms", "10000"],
     );
     let p = format!("{}/parent", m.s());
     // Start conversations with the hung child in the background.
@@ -301,7 +301,7 @@ fn a_hung_child_does_not_slow_anything_else() {
     }
     let took = started.elapsed();
     assert!(
-        took < Duration::from_secs(3),
+        took < Duration::from_secs(5),
         "other requests were slowed down: {took:?}"
     );
     // And the hung conversations end with a bounded, clear answer.
