@@ -258,6 +258,7 @@ fn run_mount(args: MountArgs) -> Result<()> {
     if args.daemon && std::env::var_os(crate::daemon::CHILD_ENV).is_none() {
         return crate::daemon::start_in_background();
     }
+    let signals = mount::StopSignals::install()?;
     let fsname = format!("podfs:{}", paths.data.display());
     let reg = Arc::new(Registry::new(paths, args.timeouts.timeouts()));
     let fs = Arc::new(PodFs::new(reg));
@@ -270,7 +271,7 @@ fn run_mount(args: MountArgs) -> Result<()> {
             args.mountpoint.display()
         );
     }
-    mount::serve_until_signalled(mounted)
+    signals.serve(mounted)
 }
 
 #[cfg(test)]

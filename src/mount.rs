@@ -159,6 +159,8 @@ fn config(settings: &MountSettings) -> Config {
 pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
     mountpoint: PathBuf,
+    /// The device number of this mount, to tell it from a later mount at the same path.
+    dev: Option<u64>,
 }
 
 impl Mounted {
@@ -181,31 +183,39 @@ impl Mounted {
         let Some(session) = self.session.take() else {
             return;
         };
-        if session.guard.is_finished() {
-            let _ = session.join();
-            return;
+        if !session.guard.is_finished() && self.still_ours() {
+            // Plain unmount first; if busy, detach, then give the session a moment to end.
+            if nix::mount::umount(&self.mountpoint).is_err() {
+                let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+                let _ = std::process::Command::new("fusermount3")
+                    .args(["-u", "-z", "-q", "--"])
+                    .arg(&self.mountpoint)
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while !session.guard.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            if !session.guard.is_finished() {
+                warn!("session still busy after unmount; exiting anyway");
+            }
         }
-        // Plain unmount first; if busy, detach, then give the session a moment to end.
-        let plain = nix::mount::umount(&self.mountpoint);
-        if plain.is_err() {
-            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
-            let _ = std::process::Command::new("fusermount3")
-                .args(["-u", "-z", "-q", "--"])
-                .arg(&self.mountpoint)
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while !session.guard.is_finished() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
-        if session.guard.is_finished() {
-            let _ = session.join();
-        } else {
-            warn!("session still busy after unmount; exiting anyway");
-            std::mem::forget(session);
-        }
+        // Not joined: joining drops fuser's own mount handle, which unmounts by path when it
+        // cannot yet tell that the kernel has let go, and by then the path may hold a new
+        // mount (the next `podfs mount` at the same place). The process is about to end.
+        std::mem::forget(session);
         info!(mountpoint = %self.mountpoint.display(), "unmounted");
+    }
+
+    /// Whether the mount point still shows this mount (not one made since at the same path).
+    fn still_ours(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.dev, std::fs::metadata(&self.mountpoint)) {
+            (Some(dev), Ok(meta)) => meta.dev() == dev,
+            // Unknown (stale or unreadable): unmounting what is there is the best we can do.
+            _ => true,
+        }
     }
 }
 
@@ -223,9 +233,14 @@ pub fn mount(fs: Arc<PodFs>, mountpoint: &Path, settings: &MountSettings) -> Res
     let session = session
         .spawn()
         .map_err(|e| Error::io("start the FUSE session", e))?;
+    let dev = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(mountpoint).ok().map(|m| m.dev())
+    };
     Ok(Mounted {
         session: Some(session),
         mountpoint: mountpoint.to_path_buf(),
+        dev,
     })
 }
 
@@ -244,27 +259,42 @@ fn mount_error(mountpoint: &Path, e: std::io::Error) -> Error {
     Error::Usage(format!("cannot mount {}: {e}{hint}", mountpoint.display()))
 }
 
-/// Block until SIGINT/SIGTERM/SIGHUP or until the mount disappears, then unmount.
-pub fn serve_until_signalled(mounted: Mounted) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| Error::io("install signal handler", e))?;
+/// SIGINT, SIGTERM and SIGHUP, caught from the moment this is created. Create it before
+/// mounting: a signal that arrives between the mount and the serving loop must still
+/// unmount cleanly rather than kill the process and leave a stale mount.
+pub struct StopSignals(Arc<AtomicBool>);
+
+impl StopSignals {
+    pub fn install() -> Result<StopSignals> {
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in [
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
+        ] {
+            signal_hook::flag::register(sig, stop.clone())
+                .map_err(|e| Error::io("install signal handler", e))?;
+        }
+        Ok(StopSignals(stop))
     }
-    while !stop.load(Ordering::SeqCst) && !mounted.finished() {
-        thread::sleep(Duration::from_millis(50));
+
+    pub fn received(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
     }
-    if stop.load(Ordering::SeqCst) {
-        info!("signal received; unmounting");
-    } else {
-        info!("unmounted from outside");
+
+    /// Block until a signal or until the mount disappears, then unmount.
+    pub fn serve(&self, mounted: Mounted) -> Result<()> {
+        while !self.received() && !mounted.finished() {
+            thread::sleep(Duration::from_millis(50));
+        }
+        if self.received() {
+            info!("signal received; unmounting");
+        } else {
+            info!("unmounted from outside");
+        }
+        mounted.unmount();
+        Ok(())
     }
-    mounted.unmount();
-    Ok(())
 }
 
 /// `podfs unmount MNT`: unmount as root directly, otherwise through fusermount3.

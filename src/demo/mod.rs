@@ -85,6 +85,8 @@ impl Drop for Pods {
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
+    // Before anything is started, so Ctrl-C at any moment cleans up.
+    let signals = mount::StopSignals::install()?;
     let home = tempfile::Builder::new()
         .prefix("podfs-demo-")
         .tempdir()
@@ -126,7 +128,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         n = children.len(),
         h = home.path().display(),
     );
-    let result = mount::serve_until_signalled(mounted);
+    let result = signals.serve(mounted);
     drop(pods);
     drop(home);
     if created_mountpoint {
