@@ -159,18 +159,14 @@ fn config(settings: &MountSettings) -> Config {
 pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
     mountpoint: PathBuf,
-    /// The device number of this mount, to tell it from a later mount at the same path.
-    dev: Option<u64>,
+    /// The kernel's id of this mount, to tell it from a later mount at the same path.
+    mount_id: Option<u64>,
 }
 
 impl Mounted {
     /// Whether the kernel side went away (someone ran `umount` or `fusermount -u`).
     pub fn finished(&self) -> bool {
         self.session.as_ref().is_none_or(|s| s.guard.is_finished())
-    }
-
-    pub fn mountpoint(&self) -> &Path {
-        &self.mountpoint
     }
 
     /// Unmount and wait (bounded) for the session to end. A busy mount (a process still
@@ -209,12 +205,16 @@ impl Mounted {
     }
 
     /// Whether the mount point still shows this mount (not one made since at the same path).
+    ///
+    /// Decided from /proc/self/mountinfo, never by a `stat` of the mount point: a FUSE
+    /// server that touches its own mount can hang for good if it is killed meanwhile (the
+    /// request is in userspace, the thread that would answer it is gone, and the kernel
+    /// waits uninterruptibly for the answer).
     fn still_ours(&self) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        match (self.dev, std::fs::metadata(&self.mountpoint)) {
-            (Some(dev), Ok(meta)) => meta.dev() == dev,
-            // Unknown (stale or unreadable): unmounting what is there is the best we can do.
-            _ => true,
+        match (self.mount_id, top_mount_id(&self.mountpoint)) {
+            (Some(ours), Some(top)) => ours == top,
+            (_, None) => false,
+            (None, Some(_)) => true,
         }
     }
 }
@@ -228,19 +228,19 @@ impl Drop for Mounted {
 /// Mount `fs` at `mountpoint` and return once the kernel has completed the handshake.
 pub fn mount(fs: Arc<PodFs>, mountpoint: &Path, settings: &MountSettings) -> Result<Mounted> {
     preflight(mountpoint)?;
-    let session = fuser::Session::new(Adapter::new(fs), mountpoint, &config(settings))
-        .map_err(|e| mount_error(mountpoint, e))?;
+    // Resolved before mounting, while the path still shows the plain directory.
+    let mountpoint = mountpoint
+        .canonicalize()
+        .map_err(|e| Error::io(format!("resolve {}", mountpoint.display()), e))?;
+    let session = fuser::Session::new(Adapter::new(fs), &mountpoint, &config(settings))
+        .map_err(|e| mount_error(&mountpoint, e))?;
     let session = session
         .spawn()
         .map_err(|e| Error::io("start the FUSE session", e))?;
-    let dev = {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(mountpoint).ok().map(|m| m.dev())
-    };
     Ok(Mounted {
+        mount_id: top_mount_id(&mountpoint),
         session: Some(session),
-        mountpoint: mountpoint.to_path_buf(),
-        dev,
+        mountpoint,
     })
 }
 
@@ -331,6 +331,22 @@ pub fn unmount_path(mountpoint: &Path) -> Result<()> {
     }
 }
 
+/// The id of the topmost mount at `path`, from /proc/self/mountinfo (the last entry for a
+/// mount point is the one on top, so search from the end).
+fn top_mount_id(path: &Path) -> Option<u64> {
+    let wanted = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()?
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let mut fields = l.split(' ');
+            let id = fields.next()?.parse().ok()?;
+            let target = fields.nth(3)?;
+            (unescape_mounts(target) == wanted).then_some(id)
+        })
+}
+
 /// /proc/mounts escapes space, tab, newline and backslash as octal.
 fn unescape_mounts(field: &str) -> String {
     field
@@ -359,6 +375,14 @@ mod tests {
         } else {
             assert!(err.contains("/dev/fuse"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_topmost_mount_is_found_without_touching_it() {
+        let root = top_mount_id(Path::new("/")).expect("/ is a mount point");
+        let proc_id = top_mount_id(Path::new("/proc")).expect("/proc is a mount point");
+        assert_ne!(root, proc_id);
+        assert_eq!(top_mount_id(Path::new("/no/such/mount")), None);
     }
 
     #[test]
