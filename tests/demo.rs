@@ -24,19 +24,24 @@ fn events_until_idle(reader: &mut BufReader<UnixStream>) -> Vec<Value> {
     }
 }
 
-#[test]
-fn a_run_produces_the_runtime_event_sequence() {
-    let home = Home::demo(&["child1"]);
-    let _pod = PodProcess::start(&home, "child1", &["--turn-ms", "50"]);
-    let sock = home.path().join("run/child1/sock");
-    let stream = UnixStream::connect(&sock).unwrap();
+/// Connect to a pod and read its prelude's Snapshot line, as every client must first.
+fn connect(sock: &std::path::Path) -> (UnixStream, BufReader<UnixStream>, Value) {
+    let stream = UnixStream::connect(sock).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut first = String::new();
     reader.read_line(&mut first).unwrap();
-    let snapshot: Value = serde_json::from_str(&first).unwrap();
+    (stream, reader, serde_json::from_str(&first).unwrap())
+}
+
+#[test]
+fn a_run_produces_the_runtime_event_sequence() {
+    let home = Home::demo(&["child1"]);
+    let _pod = PodProcess::start(&home, "child1", &["--turn-ms", "50"]);
+    let sock = home.path().join("run/child1/sock");
+    let (stream, mut reader, snapshot) = connect(&sock);
     assert_eq!(snapshot["event"], "snapshot");
     assert_eq!(snapshot["data"]["status"], "idle");
     assert_eq!(snapshot["data"]["entries"], Value::Array(vec![]));
@@ -52,10 +57,7 @@ fn a_run_produces_the_runtime_event_sequence() {
     // Same events, same data, in the same order as the real runtime's run.
     assert_eq!(got, expected);
     // The history grew like the runtime's (one turn: segment_start then 6 entries).
-    let again = UnixStream::connect(&sock).unwrap();
-    let mut line = String::new();
-    BufReader::new(again).read_line(&mut line).unwrap();
-    let snap: Value = serde_json::from_str(&line).unwrap();
+    let (_, _, snap) = connect(&sock);
     let kinds: Vec<&str> = snap["data"]["entries"]
         .as_array()
         .unwrap()
@@ -80,13 +82,8 @@ fn a_run_produces_the_runtime_event_sequence() {
 fn a_busy_pod_answers_already_running() {
     let home = Home::demo(&["child1"]);
     let _pod = PodProcess::start(&home, "child1", &["--turn-ms", "2000"]);
-    let stream = UnixStream::connect(home.path().join("run/child1/sock")).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let (stream, mut reader, _) = connect(&home.path().join("run/child1/sock"));
     let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
     let run =
         b"{\"method\":\"run\",\"params\":{\"input\":[{\"kind\":\"text\",\"content\":\"a\"}]}}\n";
     (&stream).write_all(run).unwrap();
@@ -109,16 +106,9 @@ fn a_busy_pod_answers_already_running() {
 fn shutdown_reports_to_the_parent_which_reclaims() {
     let home = Home::demo(&["child1", "child2"]);
     let pods = demo_pods(&home, &["child1", "child2"]);
-    let sock = home.path().join("run/child1/sock");
-    let stream = UnixStream::connect(&sock).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
+    let (stream, mut reader, _) = connect(&home.path().join("run/child1/sock"));
     (&stream).write_all(b"{\"method\":\"shutdown\"}\n").unwrap();
-    line.clear();
+    let mut line = String::new();
     reader.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), r#"{"event":"shutdown"}"#);
     wait_for(Duration::from_secs(5), || {

@@ -537,19 +537,7 @@ fn random_writes_to_cursor_are_all_or_nothing() {
             .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
             .collect();
         let expect = podfs_parse(&data);
-        let result = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&cursor)
-            .and_then(|mut f| {
-                f.write_all(&data)?;
-                // close() reports an empty write; File's drop would swallow that.
-                use std::os::fd::IntoRawFd;
-                let fd = f.into_raw_fd();
-                if unsafe { libc::close(fd) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        let result = write_and_close(&cursor, &data);
         let now: u64 = std::fs::read_to_string(&cursor)
             .unwrap()
             .trim()
@@ -569,6 +557,20 @@ fn random_writes_to_cursor_are_all_or_nothing() {
         assert_eq!(now, current, "after {data:?}");
     }
     eprintln!("cursor fuzz through the mount: {accepted} accepted, {rejected} refused, none changed anything");
+}
+
+/// Open for writing, write `data`, and close, reporting an error from any step; `close()`
+/// matters here (an empty cursor write and an input message are judged there), and
+/// `File`'s drop would swallow its error.
+fn write_and_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all(data)?;
+    let fd = f.into_raw_fd();
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The cursor grammar, restated independently of the implementation.
@@ -749,18 +751,7 @@ fn random_writes_to_input_are_one_run_or_nothing() {
         let text = std::str::from_utf8(&data).ok();
         let valid = text.is_some_and(|t| !t.strip_suffix('\n').unwrap_or(t).is_empty());
         let before = history_len(&sock);
-        let result = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&input)
-            .and_then(|mut f| {
-                use std::os::fd::IntoRawFd;
-                f.write_all(&data)?;
-                let fd = f.into_raw_fd();
-                if unsafe { libc::close(fd) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        let result = write_and_close(&input, &data);
         if data.is_empty() {
             // No write reached podfs at all: nothing to send, nothing sent.
             assert!(result.is_ok());
