@@ -138,14 +138,14 @@ fn daemon_returns_once_the_mount_is_ready() {
     assert!(err.contains("not empty"), "{err}");
 }
 
-#[test]
-fn install_script_stages_binary_helper_units_man_page_and_completions() {
-    let stage = tempfile::tempdir().unwrap();
+/// Run mount-scripts/install.sh with the binary under test; it must succeed.
+fn install(args: &[&str], env: (&str, &Path)) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-scripts/install.sh");
     let out = Command::new("bash")
         .arg(&script)
+        .args(args)
         .args(["--bin", BIN])
-        .env("DESTDIR", stage.path())
+        .env(env.0, env.1)
         .output()
         .unwrap();
     assert!(
@@ -153,6 +153,12 @@ fn install_script_stages_binary_helper_units_man_page_and_completions() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn install_script_stages_binary_helper_units_man_page_and_completions() {
+    let stage = tempfile::tempdir().unwrap();
+    install(&[], ("DESTDIR", stage.path()));
     let read = |rel: &str| {
         std::fs::read_to_string(stage.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
     };
@@ -170,17 +176,7 @@ fn install_script_stages_binary_helper_units_man_page_and_completions() {
     assert!(!unit.contains("@BINDIR@"));
 
     let home = tempfile::tempdir().unwrap();
-    let out = Command::new("bash")
-        .arg(&script)
-        .args(["--user", "--bin", BIN])
-        .env("HOME", home.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    install(&["--user"], ("HOME", home.path()));
     let unit =
         std::fs::read_to_string(home.path().join(".config/systemd/user/podfs.service")).unwrap();
     assert!(
