@@ -17,9 +17,10 @@ use fuser::{
     KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
 };
+use podfs::generation::INSOMNIA_5472 as GEN;
 use podfs::scope::StoredRule;
+use podfs::store::alloc::{AllocTable, Allocation};
 use podfs::store::metadata::{Metadata, SpawnedChild};
-use podfs::store::pods_table::{Allocation, PodsTable};
 
 const PODFS: &str = env!("CARGO_BIN_EXE_podfs");
 const FILES: [&str; 8] = [
@@ -370,9 +371,10 @@ fn make_home(parents: &[(String, usize)]) -> tempfile::TempDir {
     let home = dir.path();
     let run = home.join("run");
     std::fs::create_dir_all(&run).unwrap();
-    let mut table = PodsTable::default();
+    let mut table = AllocTable::empty(&GEN);
     for (parent, n) in parents {
-        let mut meta = Metadata::new(parent);
+        let mut meta = Metadata::new(parent, &GEN);
+        let mut children = Vec::with_capacity(*n);
         for j in 0..*n {
             let name = child_name(j);
             let full = format!("{parent}-{name}");
@@ -384,24 +386,23 @@ fn make_home(parents: &[(String, usize)]) -> tempfile::TempDir {
                 ),
                 StoredRule::new(&home.join("work").display().to_string(), "read", true),
             ];
-            meta.spawned_children.push(SpawnedChild {
-                pod_name: name.clone(),
+            children.push(SpawnedChild {
+                name: name.clone(),
                 socket_path: run.join(&full).join("sock").display().to_string(),
                 scope_delegated: rules.clone(),
                 callback_address: run.join(parent).join("sock").display().to_string(),
-                extra: Default::default(),
             });
-            table.allocations.push(Allocation {
-                pod_name: full.clone(),
+            table.push(&Allocation {
+                name: full.clone(),
                 pid: 0,
                 socket: run.join(&full).join("sock").display().to_string(),
                 scope_allow: rules.iter().map(StoredRule::to_wire).collect(),
                 scope_deny: Vec::new(),
                 delegated_from: Some(parent.clone()),
                 segment_id: None,
-                extra: Default::default(),
             });
         }
+        meta.set_children(&children);
         let path = home.join("pods").join(parent).join("metadata.json");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, meta.to_bytes()).unwrap();

@@ -1,28 +1,33 @@
-//! The command line: `podfs mount`, `podfs demo`, `podfs unmount`, and the hidden
-//! `podfs pod` that runs one reference pod (used by the demo and by the tests).
+//! The command line: `podfs mount`, `podfs demo`, `podfs unmount`, `podfs man`,
+//! `podfs completions`, and the hidden `podfs pod` that runs reference pods (used by the
+//! demo and by the tests).
+//!
+//! Exit status, in the spirit of mount(8): 0 success; 1 a command the user can fix (bad
+//! arguments, mount point or home); 2 any other failure; 32 the mount itself failed.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use crate::demo::{generation_id, DemoArgs};
 use crate::error::{Error, Result};
-use crate::fs::PodFs;
+use crate::generation::Generation;
 use crate::mount::{self, MountSettings};
-use crate::paths::{Overrides, Paths};
-use crate::protocol::Timeouts;
-use crate::registry::Registry;
+use crate::paths::Overrides;
+use crate::pod_client::Timeouts;
+use crate::watch::WatchConfig;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "podfs",
     version,
-    about = "Browse and steer an insomnia pod's spawned children as files",
-    long_about = "podfs mounts the registry of spawned child pods of the insomnia runtime as a \
-                  filesystem: one directory per parent pod, one per child, with control files \
-                  (socket, scope, cursor, output, log, input, status, callback). `rm -r` of a \
-                  child stops it and reclaims its delegated scope."
+    about = "Browse and steer an agent runtime's spawned child pods as files",
+    long_about = "podfs mounts the registry of spawned child pods of the insomnia/yoi agent \
+                  runtime as a filesystem: one directory per parent pod, one per child, with \
+                  control files (socket, scope, cursor, output, log, input, status, callback). \
+                  `rm -r` of a child stops it and reclaims its delegated scope."
 )]
 pub struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG wins.
@@ -37,20 +42,25 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Mount an insomnia home; stays in the foreground until unmounted or interrupted.
+    /// Mount a runtime home; stays in the foreground until unmounted or interrupted.
     Mount(MountArgs),
     /// Start a throw-away home with live demo pods and mount it.
     Demo(DemoArgs),
     /// Unmount a podfs mount point.
     Unmount {
-        /// The mount point.
+        /// The mount point (relative paths and trailing slashes are fine).
         mountpoint: PathBuf,
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to standard output.
     Completions { shell: clap_complete::Shell },
-    /// Print the manual page (roff) to standard output.
-    Man,
-    /// Run one reference pod that speaks the runtime's socket protocol (for demo and tests).
+    /// Write the manual pages: podfs(1) to standard output, or every page into DIR.
+    Man {
+        /// Write podfs.1, podfs-mount.1, podfs-demo.1, podfs-unmount.1 and
+        /// mount.fuse.podfs.8 into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Run reference pods that speak the runtime's socket protocol (for demo and tests).
     #[command(hide = true)]
     Pod(crate::demo::pod::PodArgs),
 }
@@ -59,15 +69,21 @@ pub enum Command {
 pub struct MountArgs {
     /// Where to mount (an existing, empty directory).
     pub mountpoint: PathBuf,
-    /// The insomnia home (like INSOMNIA_HOME): data in DIR, runtime files in DIR/run.
+    /// The runtime home (like INSOMNIA_HOME or YOI_HOME): data in DIR, runtime files in
+    /// DIR/run. Default: found like the runtime finds it (the variables of each generation,
+    /// then their default directories).
     #[arg(long)]
     pub home: Option<PathBuf>,
-    /// The data dir (pods/<name>/metadata.json live here); overrides --home.
+    /// The data dir (pods/<name>/metadata.json or workers/<name>/metadata.json); overrides
+    /// --home.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// The runtime dir (pods.json and sockets live here); overrides --home.
+    /// The runtime dir (the allocation table and sockets live here); overrides --home.
     #[arg(long)]
     pub runtime_dir: Option<PathBuf>,
+    /// The runtime generation to serve, instead of reading it off the home's layout.
+    #[arg(long, value_name = "NAME", value_parser = generation_id)]
+    pub generation: Option<&'static Generation>,
     /// Return once the mount is ready and keep serving in the background.
     #[arg(long)]
     pub daemon: bool,
@@ -75,6 +91,8 @@ pub struct MountArgs {
     pub mount: MountFlags,
     #[command(flatten)]
     pub timeouts: TimeoutFlags,
+    #[command(flatten)]
+    pub watch: WatchFlags,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -83,12 +101,21 @@ pub struct MountFlags {
     /// the kernel then enforces the file modes (default_permissions).
     #[arg(long)]
     pub allow_other: bool,
-    /// Mount options, comma-separated, passed through (e.g. -o ro,allow_other).
+    /// Mount options, comma-separated (e.g. -o ro for a look-only mount).
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// FUSE request threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Threads that run removals (stopping children, editing files); more removals wait.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Mount through fusermount3 even when a direct mount would be allowed.
+    #[arg(long, hide = true)]
+    pub fusermount: bool,
+    /// Find registry changes by stat instead of inotify.
+    #[arg(long, hide = true)]
+    pub no_inotify: bool,
 }
 
 /// Every bound, in milliseconds, for tests and slow machines.
@@ -97,10 +124,11 @@ pub struct TimeoutFlags {
     /// connect() to a pod socket.
     #[arg(long, value_name = "MS", default_value_t = 500)]
     pub connect_timeout_ms: u64,
-    /// Status probe: reading the prelude up to the Snapshot.
+    /// How long a `status` read waits for a child that has not answered yet.
     #[arg(long, value_name = "MS", default_value_t = 1500)]
-    pub probe_timeout_ms: u64,
-    /// Each read or write of a conversation with a pod.
+    pub status_timeout_ms: u64,
+    /// Each step of a conversation with a pod; `output` and `log` of a child that does not
+    /// answer fail with ETIMEDOUT after this.
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     pub io_timeout_ms: u64,
     /// rmdir: how long a child may take to stop before EBUSY.
@@ -109,7 +137,7 @@ pub struct TimeoutFlags {
     /// rmdir: how long a live parent may take to record the reclaim before EIO.
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     pub confirm_timeout_ms: u64,
-    /// rmdir: how long to wait for the pods.json lock.
+    /// rmdir: how long to wait for the allocation table's lock.
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     pub lock_timeout_ms: u64,
 }
@@ -119,13 +147,34 @@ impl TimeoutFlags {
         let ms = Duration::from_millis;
         Timeouts {
             connect: ms(self.connect_timeout_ms),
-            probe: ms(self.probe_timeout_ms),
-            prelude: ms(self.io_timeout_ms),
-            answer: ms(self.io_timeout_ms),
+            status_wait: ms(self.status_timeout_ms),
+            io: ms(self.io_timeout_ms),
             stop_wait: ms(self.stop_timeout_ms),
             confirm_wait: ms(self.confirm_timeout_ms),
             lock_wait: ms(self.lock_timeout_ms),
             ..Timeouts::default()
+        }
+    }
+}
+
+/// How long children stay watched and how much of their text podfs keeps.
+#[derive(Debug, Args, Clone)]
+pub struct WatchFlags {
+    /// A watched child nobody has looked at for this long is no longer watched.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub watch_idle_secs: u64,
+    /// The assistant text all watches may hold; least recently used watches are dropped
+    /// first.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    pub memory_budget_mib: usize,
+}
+
+impl WatchFlags {
+    pub fn config(&self) -> WatchConfig {
+        WatchConfig {
+            idle: Duration::from_secs(self.watch_idle_secs),
+            budget: self.memory_budget_mib << 20,
+            ..WatchConfig::default()
         }
     }
 }
@@ -162,6 +211,7 @@ impl MountFlags {
             options: options.into_iter().filter(|o| o != "allow_other").collect(),
             threads: self.threads,
             fsname,
+            force_fusermount: self.fusermount,
         }
     }
 }
@@ -212,31 +262,16 @@ pub fn from_mount_helper_convention(args: Vec<std::ffi::OsString>) -> Vec<std::f
     out
 }
 
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Where to mount (created if missing; must be empty).
-    pub mountpoint: PathBuf,
-    /// How many live demo children the demo parent has.
-    #[arg(long, default_value_t = 3)]
-    pub children: usize,
-}
-
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Mount(args) => run_mount(args),
         Command::Demo(args) => crate::demo::run(&args),
         Command::Unmount { mountpoint } => mount::unmount_path(&mountpoint),
         Command::Completions { shell } => {
-            use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "podfs", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man => {
-            use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .map_err(|e| Error::io("write the manual page", e))
-        }
+        Command::Man { dir } => crate::manual::write(dir.as_deref()),
         Command::Pod(args) => crate::demo::pod::run(args),
     }
 }
@@ -246,29 +281,50 @@ fn run_mount(args: MountArgs) -> Result<()> {
         home: args.home.clone(),
         data_dir: args.data_dir.clone(),
         runtime_dir: args.runtime_dir.clone(),
+        generation: args.generation,
     };
-    let paths = Paths::from_env(&overrides)?;
+    let located = crate::paths::locate_from_env(&overrides)?;
+    let paths = located.paths;
     if !paths.data.is_dir() {
         return Err(Error::Usage(format!(
-            "insomnia home {} does not exist; pass --home DIR (or --data-dir) pointing at a home \
-             with pods/<name>/metadata.json",
-            paths.data.display()
+            "runtime home {} does not exist; pass --home DIR (or --data-dir) pointing at a home \
+             with {}/<name>/metadata.json",
+            paths.data.display(),
+            paths.generation.store_dir
         )));
     }
+    // Checked before daemonising, so the caller sees the error and its exit status.
+    let mountpoint = mount::absolute(&args.mountpoint)?;
+    mount::preflight(&mountpoint)?;
     if args.daemon && std::env::var_os(crate::daemon::CHILD_ENV).is_none() {
         return crate::daemon::start_in_background();
     }
+    tracing::info!(
+        generation = paths.generation.id,
+        versions = paths.generation.versions,
+        home = %paths.data.display(),
+        runtime = %paths.runtime.display(),
+        found_by = %located.source,
+        "serving {}", paths.generation.id
+    );
     let signals = mount::StopSignals::install()?;
     let fsname = format!("podfs:{}", paths.data.display());
-    let reg = Arc::new(Registry::new(paths, args.timeouts.timeouts()));
-    let fs = Arc::new(PodFs::new(reg));
-    let mounted = mount::mount(fs, &args.mountpoint, &args.mount.settings(fsname))?;
+    let fs = Arc::new(crate::fs::build(
+        paths,
+        args.timeouts.timeouts(),
+        args.watch.config(),
+        &crate::fs::Settings {
+            pool_threads: args.mount.workers,
+        },
+        !args.mount.no_inotify,
+    )?);
+    let mounted = mount::mount(fs, &mountpoint, &args.mount.settings(fsname))?;
     if args.daemon {
         crate::daemon::report_ready();
     } else {
         eprintln!(
             "podfs: mounted at {}; Ctrl-C to unmount",
-            args.mountpoint.display()
+            mountpoint.display()
         );
     }
     signals.serve(mounted)
@@ -327,9 +383,17 @@ mod tests {
                 "ro".into(),
             ],
             threads: 2,
+            workers: 4,
+            fusermount: false,
+            no_inotify: false,
         };
         let s = flags.settings("podfs".into());
         assert!(s.allow_other);
         assert_eq!(s.options, ["ro"]);
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -54,7 +54,15 @@ pub fn start_in_background() -> Result<()> {
         .find_map(|l| l.strip_prefix("podfs: "))
         .map(str::to_string)
         .unwrap_or_else(|| format!("the background podfs exited with {status} before mounting"));
-    Err(Error::Usage(message))
+    // The background podfs's own exit status says what kind of failure it was.
+    Err(match status.code() {
+        Some(1) => Error::Usage(message),
+        Some(32) => Error::MountFailed(message),
+        _ => Error::io(
+            message,
+            std::io::Error::other("the background podfs failed"),
+        ),
+    })
 }
 
 /// In the child: tell the parent the mount is ready, then detach from its pipes.

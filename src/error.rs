@@ -69,6 +69,9 @@ pub enum Error {
     /// Command-line level problems (bad mount point, missing /dev/fuse, ...).
     #[error("{0}")]
     Usage(String),
+    /// The kernel or fusermount3 refused the mount itself.
+    #[error("{0}")]
+    MountFailed(String),
     /// Any other I/O failure, with what podfs was doing.
     #[error("{context}: {source}")]
     Io {
@@ -114,7 +117,19 @@ impl Error {
             Error::NotConfirmed(_) => libc::EIO,
             Error::OutsideRuntimeDir(_) => libc::EACCES,
             Error::Usage(_) => libc::EINVAL,
+            Error::MountFailed(_) => libc::EPERM,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+
+    /// The exit status of the command line, in the spirit of mount(8): 1 for what the user
+    /// can fix in the command (arguments, mount point, home), 32 when the mount itself
+    /// failed, 2 for any other failure of the system or a pod.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) | Error::InvalidName(_) => 1,
+            Error::MountFailed(_) => 32,
+            _ => 2,
         }
     }
 
@@ -132,7 +147,7 @@ impl Error {
             | Error::NotEmpty(_)
             | Error::Busy(_)
             | Error::Unreachable(_) => Level::DEBUG,
-            Error::Usage(_) => Level::INFO,
+            Error::Usage(_) | Error::MountFailed(_) => Level::INFO,
             Error::Protocol(_)
             | Error::Rejected(_)
             | Error::Timeout(_)

@@ -1,17 +1,35 @@
-//! podfs: the spawned-pod registry of the insomnia runtime, as a filesystem.
+//! podfs: the spawned-pod registry of the insomnia/yoi agent runtime, as a filesystem.
+//!
+//! Layers, from the kernel down:
+//! * [`fs::adapter`]: the only code that knows `fuser`.
+//! * [`fs`]: the tree, attributes, handles, and the meaning of every operation.
+//! * State, one owner each: [`parents`] (the durable registry files), [`cursors`] (the
+//!   mount's read positions), [`watch`] (the live state of watched children), [`pod_client`]
+//!   (the only code that opens pod sockets), [`reclaim`] (stop and reclaim), [`pool`]
+//!   (blocking work).
+//! * The runtime's formats and protocol: [`store`], [`scope`], [`protocol`], described per
+//!   generation by [`generation`] and located by [`paths`].
+//! * The command line: [`cli`], [`mount`], [`daemon`], [`demo`], [`manual`].
 
 pub mod cli;
+pub mod cursors;
 pub mod daemon;
 pub mod demo;
 pub mod error;
-pub mod follow;
 pub mod fs;
-#[cfg(test)]
-mod fuzz;
+pub mod generation;
+pub mod manual;
 pub mod mount;
+pub mod name;
+pub mod parents;
 pub mod paths;
+pub mod pod_client;
+pub mod pool;
 pub mod protocol;
 pub mod reclaim;
-pub mod registry;
 pub mod scope;
 pub mod store;
+pub mod sync;
+#[cfg(test)]
+mod test_fixtures;
+pub mod watch;

@@ -1,30 +1,50 @@
-//! Mounting: pre-flight checks with messages that say what to do, the fuser session, and a
-//! clean unmount on SIGINT, SIGTERM or SIGHUP.
+//! Mounting: pre-flight checks with messages that say what to do, the mount itself (direct
+//! where allowed, otherwise through `fusermount3` with auto-unmount), the fuser session,
+//! and a clean unmount on SIGINT, SIGTERM or SIGHUP.
+//!
+//! podfs makes the mount itself rather than through fuser's mount helpers, for two
+//! reasons: an owner-only unprivileged mount with `auto_unmount` (so a killed podfs leaves
+//! no dead mount behind) is something fuser's API refuses, and a direct mount through
+//! fuser shows as type `fuse` rather than `fuse.podfs`, which `podfs unmount`, `mount -t`
+//! and "already mounted" checks rely on.
 
+use std::io::{IoSliceMut, Read, Seek};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fuser::{Config, MountOption, SessionACL};
-use tracing::{info, warn};
+use fuser::{Config, SessionACL};
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
-use crate::fs::adapter::Adapter;
+use crate::fs::adapter::{Adapter, Notifier};
 use crate::fs::PodFs;
+
+/// The filesystem type podfs mounts as, in `/proc/mounts`.
+pub const FSTYPE: &str = "fuse.podfs";
 
 /// How the filesystem is mounted.
 #[derive(Debug, Clone)]
 pub struct MountSettings {
     /// Let other users in; the kernel then checks the honest file modes.
     pub allow_other: bool,
-    /// Extra `-o` options, passed through as the kernel or fusermount understand them.
+    /// Extra `-o` options, passed to the kernel or fusermount3.
     pub options: Vec<String>,
-    /// Request threads; blocking work runs on threads of its own regardless.
+    /// FUSE request threads.
     pub threads: usize,
     /// Shown as the source in /proc/mounts.
     pub fsname: String,
+    /// Mount through fusermount3 even where a direct mount would work (tests).
+    pub force_fusermount: bool,
 }
 
 impl Default for MountSettings {
@@ -34,7 +54,29 @@ impl Default for MountSettings {
             options: Vec::new(),
             threads: 2,
             fsname: "podfs".into(),
+            force_fusermount: false,
         }
+    }
+}
+
+/// A mount point as the user named it, made absolute without following a FUSE mount that
+/// may be dead (relative paths and trailing slashes work everywhere).
+pub fn absolute(path: &Path) -> Result<PathBuf> {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io("find the current directory", e))?
+            .join(path)
+    };
+    // Normalise `.` and trailing slashes lexically; resolve symlinks of the parent only.
+    let clean: PathBuf = joined.components().collect();
+    match (clean.parent(), clean.file_name()) {
+        (Some(parent), Some(name)) => match parent.canonicalize() {
+            Ok(parent) => Ok(parent.join(name)),
+            Err(_) => Ok(clean),
+        },
+        _ => Ok(clean),
     }
 }
 
@@ -47,6 +89,15 @@ pub fn preflight(mountpoint: &Path) -> Result<()> {
              pass the device through (--device /dev/fuse)"
                 .into(),
         ));
+    }
+    if let Some(fstype) = mount_type(mountpoint) {
+        if fstype == FSTYPE && !is_stale(mountpoint) {
+            return Err(Error::Usage(format!(
+                "{} is already mounted (a podfs mount); unmount it first: podfs unmount {}",
+                mountpoint.display(),
+                mountpoint.display()
+            )));
+        }
     }
     match std::fs::metadata(mountpoint) {
         Ok(meta) if !meta.is_dir() => Err(Error::Usage(format!(
@@ -89,13 +140,18 @@ pub fn preflight(mountpoint: &Path) -> Result<()> {
     }
 }
 
+fn is_stale(mountpoint: &Path) -> bool {
+    std::fs::read_dir(mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
 /// "Transport endpoint is not connected": a FUSE server died without unmounting.
 fn recover_stale(mountpoint: &Path) -> Result<()> {
     warn!(mountpoint = %mountpoint.display(), "stale FUSE mount found; detaching it");
-    let detached = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).is_ok()
-        || std::process::Command::new("fusermount3")
+    let detached = nix::mount::umount2(mountpoint, MntFlags::MNT_DETACH).is_ok()
+        || Command::new("fusermount3")
             .args(["-u", "-z", "--"])
             .arg(mountpoint)
+            .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
     if detached && std::fs::metadata(mountpoint).is_ok() {
@@ -108,51 +164,221 @@ fn recover_stale(mountpoint: &Path) -> Result<()> {
     )))
 }
 
-fn config(settings: &MountSettings) -> Config {
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(settings.fsname.clone()),
-        MountOption::Subtype("podfs".into()),
-        MountOption::NoSuid,
-        MountOption::NoDev,
-        MountOption::NoExec,
-        MountOption::NoAtime,
-    ];
+/// How the mount was made, which decides how it is undone.
+enum Made {
+    Direct,
+    /// fusermount3 keeps running with `auto_unmount`, watching `watchdog`: when podfs's end
+    /// closes (podfs exits, however), it unmounts.
+    Fusermount {
+        watchdog: UnixStream,
+        child: Child,
+    },
+}
+
+/// What a direct or fusermount mount needs to know, as kernel option strings.
+struct Options {
+    flags: MsFlags,
+    /// Options both the kernel and fusermount3 understand.
+    common: Vec<String>,
+}
+
+fn options(settings: &MountSettings) -> Options {
+    let mut flags =
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_NOATIME;
+    let mut common = Vec::new();
     if settings.allow_other {
-        config.acl = SessionACL::All;
-        config.mount_options.push(MountOption::DefaultPermissions);
+        common.push("allow_other".to_string());
+        common.push("default_permissions".to_string());
     }
     for opt in &settings.options {
         match opt.trim() {
             // podfs serves no devices, set-id or executable files: it always mounts nodev,
             // nosuid, noexec, and mount(8)'s implied "dev,suid" are ignored; atime is off.
             "" | "allow_other" | "rw" | "dev" | "suid" | "exec" | "nodev" | "nosuid" | "noexec"
-            | "atime" | "noatime" | "relatime" | "strictatime" => {}
-            "default_permissions" => config.mount_options.push(MountOption::DefaultPermissions),
-            "ro" => config.mount_options.push(MountOption::RO),
-            "sync" => config.mount_options.push(MountOption::Sync),
-            "async" => config.mount_options.push(MountOption::Async),
-            "dirsync" => config.mount_options.push(MountOption::DirSync),
-            "allow_root" if !settings.allow_other => config.acl = SessionACL::RootAndOwner,
-            "allow_root" => {}
-            other => match other.split_once('=') {
-                Some(("fsname", name)) => {
-                    config
-                        .mount_options
-                        .retain(|o| !matches!(o, MountOption::FSName(_)));
-                    config
-                        .mount_options
-                        .push(MountOption::FSName(name.to_string()));
-                }
-                Some(("subtype", _)) => {}
-                _ => config
-                    .mount_options
-                    .push(MountOption::CUSTOM(other.to_string())),
-            },
+            | "atime" | "noatime" | "relatime" | "strictatime" | "allow_root" => {}
+            "default_permissions" => common.push("default_permissions".into()),
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
+            "dirsync" => flags |= MsFlags::MS_DIRSYNC,
+            "async" => {}
+            other if other.starts_with("fsname=") || other.starts_with("subtype=") => {}
+            other => common.push(other.to_string()),
         }
     }
-    config.n_threads = Some(settings.threads.max(1));
-    config
+    common.dedup();
+    Options { flags, common }
+}
+
+fn fsname(settings: &MountSettings) -> String {
+    settings
+        .options
+        .iter()
+        .find_map(|o| o.trim().strip_prefix("fsname=").map(str::to_string))
+        .unwrap_or_else(|| settings.fsname.clone())
+}
+
+/// Whether this process may mount directly: root, with /dev/fuse openable.
+fn direct_allowed() -> Option<OwnedFd> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let fd = nix::fcntl::open(
+        "/dev/fuse",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    Some(fd)
+}
+
+fn mount_direct(dev: OwnedFd, mountpoint: &Path, settings: &MountSettings) -> Result<OwnedFd> {
+    let o = options(settings);
+    let mode = std::fs::metadata(mountpoint)
+        .map_err(|e| Error::io(format!("stat {}", mountpoint.display()), e))?
+        .mode()
+        & libc::S_IFMT;
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={}",
+        dev.as_raw_fd(),
+        mode,
+        nix::unistd::getuid(),
+        nix::unistd::getgid()
+    );
+    for opt in &o.common {
+        data.push(',');
+        data.push_str(opt);
+    }
+    nix::mount::mount(
+        Some(fsname(settings).as_str()),
+        mountpoint,
+        Some(FSTYPE),
+        o.flags,
+        Some(data.as_str()),
+    )
+    .map_err(|e| mount_error(mountpoint, std::io::Error::from(e)))?;
+    Ok(dev)
+}
+
+fn mount_fusermount(mountpoint: &Path, settings: &MountSettings) -> Result<(OwnedFd, Made)> {
+    let o = options(settings);
+    let mut opts = vec![
+        format!("fsname={}", fsname(settings).replace(',', "_")),
+        "subtype=podfs".to_string(),
+        "nosuid".into(),
+        "nodev".into(),
+        "noexec".into(),
+        "noatime".into(),
+        "auto_unmount".into(),
+    ];
+    if o.flags.contains(MsFlags::MS_RDONLY) {
+        opts.push("ro".into());
+    }
+    if o.flags.contains(MsFlags::MS_SYNCHRONOUS) {
+        opts.push("sync".into());
+    }
+    if o.flags.contains(MsFlags::MS_DIRSYNC) {
+        opts.push("dirsync".into());
+    }
+    opts.extend(o.common);
+    let (ours, theirs) = UnixStream::pair().map_err(|e| Error::io("create a socket pair", e))?;
+    let theirs_fd = theirs.as_raw_fd();
+    // fusermount3's messages go to an anonymous file: read on failure, and never a pipe
+    // that could break while it keeps watching for our exit.
+    let mut errors = tempfile::tempfile().map_err(|e| Error::io("create a temporary file", e))?;
+    let stderr = errors
+        .try_clone()
+        .map_err(|e| Error::io("duplicate a file", e))?;
+    let mut command = Command::new("fusermount3");
+    command
+        .arg("-o")
+        .arg(opts.join(","))
+        .arg("--")
+        .arg(mountpoint)
+        .env("_FUSE_COMMFD", theirs_fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    // SAFETY: between fork and exec only the async-signal-safe fcntl runs, on a descriptor
+    // the child owns.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(theirs_fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            "; fusermount3 was not found: install fuse3 (apt-get install fuse3), or mount as root"
+        } else {
+            ""
+        };
+        Error::Usage(format!("cannot run fusermount3: {e}{hint}"))
+    })?;
+    drop(theirs);
+    match receive_fd(&ours) {
+        Ok(fd) => Ok((
+            fd,
+            Made::Fusermount {
+                watchdog: ours,
+                child,
+            },
+        )),
+        Err(e) => {
+            drop(ours);
+            let _ = child.wait();
+            let mut message = String::new();
+            let _ = errors.rewind();
+            let _ = errors.read_to_string(&mut message);
+            let message = message.trim();
+            let detail = if message.is_empty() {
+                e.to_string()
+            } else {
+                message.to_string()
+            };
+            let hint = if detail.contains("user_allow_other") {
+                "; --allow-other as an ordinary user needs 'user_allow_other' in /etc/fuse.conf"
+            } else {
+                ""
+            };
+            Err(Error::Usage(format!(
+                "cannot mount {}: {detail}{hint}",
+                mountpoint.display()
+            )))
+        }
+    }
+}
+
+/// The /dev/fuse descriptor fusermount3 sends back over the socket.
+fn receive_fd(socket: &UnixStream) -> std::io::Result<OwnedFd> {
+    let mut byte = [0u8];
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!(RawFd);
+    let msg = loop {
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => break msg,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just installed this descriptor for us.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "fusermount3 sent no descriptor",
+    ))
 }
 
 /// A mounted podfs; dropping it unmounts.
@@ -161,12 +387,23 @@ pub struct Mounted {
     mountpoint: PathBuf,
     /// The kernel's id of this mount, to tell it from a later mount at the same path.
     mount_id: Option<u64>,
+    made: Option<Made>,
+    fs: Arc<PodFs>,
 }
 
 impl Mounted {
     /// Whether the kernel side went away (someone ran `umount` or `fusermount -u`).
     pub fn finished(&self) -> bool {
         self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+    }
+
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Whether the mount went through fusermount3 (unprivileged).
+    pub fn via_fusermount(&self) -> bool {
+        matches!(self.made, Some(Made::Fusermount { .. }))
     }
 
     /// Unmount and wait (bounded) for the session to end. A busy mount (a process still
@@ -180,14 +417,19 @@ impl Mounted {
             return;
         };
         if !session.guard.is_finished() && self.still_ours() {
-            // Plain unmount first; if busy, detach, then give the session a moment to end.
-            if nix::mount::umount(&self.mountpoint).is_err() {
-                let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
-                let _ = std::process::Command::new("fusermount3")
-                    .args(["-u", "-z", "-q", "--"])
-                    .arg(&self.mountpoint)
-                    .stderr(std::process::Stdio::null())
-                    .status();
+            match &self.made {
+                Some(Made::Fusermount { .. }) => {
+                    let _ = Command::new("fusermount3")
+                        .args(["-u", "-z", "-q", "--"])
+                        .arg(&self.mountpoint)
+                        .stderr(Stdio::null())
+                        .status();
+                }
+                _ => {
+                    if nix::mount::umount(&self.mountpoint).is_err() {
+                        let _ = nix::mount::umount2(&self.mountpoint, MntFlags::MNT_DETACH);
+                    }
+                }
             }
             let deadline = Instant::now() + Duration::from_secs(3);
             while !session.guard.is_finished() && Instant::now() < deadline {
@@ -197,9 +439,17 @@ impl Mounted {
                 warn!("session still busy after unmount; exiting anyway");
             }
         }
-        // Not joined: joining drops fuser's own mount handle, which unmounts by path when it
-        // cannot yet tell that the kernel has let go, and by then the path may hold a new
-        // mount (the next `podfs mount` at the same place). The process is about to end.
+        if let Some(Made::Fusermount {
+            watchdog,
+            mut child,
+        }) = self.made.take()
+        {
+            drop(watchdog);
+            let _ = child.wait();
+        }
+        self.fs.shutdown();
+        // Not joined: the session thread may still be finishing a request; the process is
+        // about to end.
         std::mem::forget(session);
         info!(mountpoint = %self.mountpoint.display(), "unmounted");
     }
@@ -211,7 +461,7 @@ impl Mounted {
     /// request is in userspace, the thread that would answer it is gone, and the kernel
     /// waits uninterruptibly for the answer).
     fn still_ours(&self) -> bool {
-        match (self.mount_id, top_mount_id(&self.mountpoint)) {
+        match (self.mount_id, top_mount(&self.mountpoint).map(|m| m.0)) {
             (Some(ours), Some(top)) => ours == top,
             (_, None) => false,
             (None, Some(_)) => true,
@@ -227,42 +477,83 @@ impl Drop for Mounted {
 
 /// Mount `fs` at `mountpoint` and return once the kernel has completed the handshake.
 pub fn mount(fs: Arc<PodFs>, mountpoint: &Path, settings: &MountSettings) -> Result<Mounted> {
-    preflight(mountpoint)?;
-    // Resolved before mounting, while the path still shows the plain directory.
-    let mountpoint = mountpoint
-        .canonicalize()
-        .map_err(|e| Error::io(format!("resolve {}", mountpoint.display()), e))?;
-    let session = fuser::Session::new(Adapter::new(fs), &mountpoint, &config(settings))
-        .map_err(|e| mount_error(&mountpoint, e))?;
-    let session = session
-        .spawn()
-        .map_err(|e| Error::io("start the FUSE session", e))?;
+    let mountpoint = absolute(mountpoint)?;
+    preflight(&mountpoint)?;
+    let direct = if settings.force_fusermount {
+        None
+    } else {
+        direct_allowed()
+    };
+    let (fd, made) = match direct {
+        Some(dev) => (mount_direct(dev, &mountpoint, settings)?, Made::Direct),
+        None => mount_fusermount(&mountpoint, settings)?,
+    };
+    debug!(
+        fusermount = matches!(made, Made::Fusermount { .. }),
+        "mounted"
+    );
+    let mount_id = top_mount(&mountpoint).map(|m| m.0);
+    let acl = if settings.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let mut config = Config::default();
+    config.n_threads = Some(settings.threads.max(1));
+    let undo = |made: &Made| match made {
+        Made::Direct => {
+            let _ = nix::mount::umount2(&mountpoint, MntFlags::MNT_DETACH);
+        }
+        Made::Fusermount { .. } => {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z", "-q", "--"])
+                .arg(&mountpoint)
+                .stderr(Stdio::null())
+                .status();
+        }
+    };
+    let session = match fuser::Session::from_fd(Adapter::new(fs.clone()), fd, acl, config) {
+        Ok(s) => s,
+        Err(e) => {
+            undo(&made);
+            return Err(Error::io("the FUSE handshake", e));
+        }
+    };
+    fs.kernel.connect(Arc::new(Notifier(session.notifier())));
+    let session = match session.spawn() {
+        Ok(s) => s,
+        Err(e) => {
+            undo(&made);
+            return Err(Error::io("start the FUSE session", e));
+        }
+    };
     Ok(Mounted {
-        mount_id: top_mount_id(&mountpoint),
+        mount_id,
         session: Some(session),
         mountpoint,
+        made: Some(made),
+        fs,
     })
 }
 
 fn mount_error(mountpoint: &Path, e: std::io::Error) -> Error {
     let hint = match e.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => {
-            "; mounting needs root, or fusermount3 (apt-get install fuse3), and for \
-             --allow-other 'user_allow_other' in /etc/fuse.conf"
+            "; mounting needs root, or fusermount3 (apt-get install fuse3)"
         }
         Some(libc::ENODEV) => "; the fuse kernel module is not loaded (modprobe fuse)",
-        _ if e.kind() == std::io::ErrorKind::NotFound => {
-            "; fusermount3 was not found: install fuse3 or run as root"
-        }
+        Some(libc::EINVAL) => "; an -o option is not one the kernel knows",
         _ => "",
     };
-    Error::Usage(format!("cannot mount {}: {e}{hint}", mountpoint.display()))
+    Error::MountFailed(format!("cannot mount {}: {e}{hint}", mountpoint.display()))
 }
 
 /// SIGINT, SIGTERM and SIGHUP, caught from the moment this is created. Create it before
 /// mounting: a signal that arrives between the mount and the serving loop must still
 /// unmount cleanly rather than kill the process and leave a stale mount.
-pub struct StopSignals(Arc<AtomicBool>);
+pub struct StopSignals {
+    stop: Arc<AtomicBool>,
+}
 
 impl StopSignals {
     pub fn install() -> Result<StopSignals> {
@@ -275,11 +566,16 @@ impl StopSignals {
             signal_hook::flag::register(sig, stop.clone())
                 .map_err(|e| Error::io("install signal handler", e))?;
         }
-        Ok(StopSignals(stop))
+        Ok(StopSignals { stop })
     }
 
     pub fn received(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Clear a received signal (the demo counts them).
+    pub fn reset(&self) {
+        self.stop.store(false, Ordering::SeqCst);
     }
 
     /// Block until a signal or until the mount disappears, then unmount.
@@ -299,41 +595,47 @@ impl StopSignals {
 
 /// `podfs unmount MNT`: unmount as root directly, otherwise through fusermount3.
 pub fn unmount_path(mountpoint: &Path) -> Result<()> {
-    let fuse = std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| {
-            let mut f = l.split(' ');
-            let (_, target, fstype) = (f.next(), f.next(), f.next());
-            target.map(unescape_mounts) == Some(mountpoint.display().to_string())
-                && fstype.is_some_and(|t| t.starts_with("fuse"))
-        });
-    if !fuse {
-        return Err(Error::Usage(format!(
-            "{} is not a FUSE mount; nothing to unmount",
-            mountpoint.display()
-        )));
+    let mountpoint = absolute(mountpoint)?;
+    match mount_type(&mountpoint) {
+        Some(t) if t.starts_with("fuse") => {}
+        Some(t) => {
+            return Err(Error::Usage(format!(
+                "{} is a {t} mount, not podfs; not unmounting it",
+                mountpoint.display()
+            )))
+        }
+        None => {
+            return Err(Error::Usage(format!(
+                "{} is not a mount point; nothing to unmount",
+                mountpoint.display()
+            )))
+        }
     }
-    if nix::mount::umount(mountpoint).is_ok() {
+    if nix::mount::umount(&mountpoint).is_ok() {
         return Ok(());
     }
-    let status = std::process::Command::new("fusermount3")
+    let status = Command::new("fusermount3")
         .args(["-u", "--"])
-        .arg(mountpoint)
+        .arg(&mountpoint)
         .status();
     match status {
         Ok(s) if s.success() => Ok(()),
-        _ => Err(Error::Usage(format!(
-            "could not unmount {m}: it may be busy (a shell inside it, an open file); \
-             close those, or detach it lazily: fusermount3 -u -z {m}",
+        _ => Err(Error::MountFailed(format!(
+            "could not unmount {m}: it may be busy (a shell inside it, an open file); close \
+             those, or detach it lazily: fusermount3 -u -z {m}",
             m = mountpoint.display()
         ))),
     }
 }
 
-/// The id of the topmost mount at `path`, from /proc/self/mountinfo (the last entry for a
-/// mount point is the one on top, so search from the end).
-fn top_mount_id(path: &Path) -> Option<u64> {
+/// The type of the topmost mount at `path`, if `path` is a mount point.
+pub fn mount_type(path: &Path) -> Option<String> {
+    top_mount(path).map(|m| m.1)
+}
+
+/// The id and type of the topmost mount at `path`, from /proc/self/mountinfo (the last
+/// entry for a mount point is the one on top, so search from the end).
+fn top_mount(path: &Path) -> Option<(u64, String)> {
     let wanted = path.display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
         .ok()?
@@ -343,7 +645,12 @@ fn top_mount_id(path: &Path) -> Option<u64> {
             let mut fields = l.split(' ');
             let id = fields.next()?.parse().ok()?;
             let target = fields.nth(3)?;
-            (unescape_mounts(target) == wanted).then_some(id)
+            if unescape_mounts(target) != wanted {
+                return None;
+            }
+            // After the optional fields comes "-", then the type.
+            let fstype = l.split(" - ").nth(1)?.split(' ').next()?.to_string();
+            Some((id, fstype))
         })
 }
 
@@ -356,6 +663,11 @@ fn unescape_mounts(field: &str) -> String {
         .replace("\\134", "\\")
 }
 
+/// Whether `path` is the mount point of a podfs mount (for tests and the CLI).
+pub fn is_podfs_mount(path: &Path) -> bool {
+    absolute(path).ok().and_then(|p| mount_type(&p)).as_deref() == Some(FSTYPE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,23 +678,36 @@ mod tests {
         let missing = dir.path().join("nope");
         let err = preflight(&missing).unwrap_err().to_string();
         if Path::new("/dev/fuse").exists() {
-            assert!(err.contains("does not exist"), "{err}");
+            assert!(matches!(preflight(&missing), Err(Error::Usage(_))), "{err}");
             std::fs::write(dir.path().join("f"), b"").unwrap();
-            let err = preflight(dir.path()).unwrap_err().to_string();
-            assert!(err.contains("not empty"), "{err}");
-            let err = preflight(&dir.path().join("f")).unwrap_err().to_string();
-            assert!(err.contains("not a directory"), "{err}");
+            assert!(matches!(preflight(dir.path()), Err(Error::Usage(_))));
+            assert!(matches!(
+                preflight(&dir.path().join("f")),
+                Err(Error::Usage(_))
+            ));
         } else {
-            assert!(err.contains("/dev/fuse"), "{err}");
+            assert!(matches!(preflight(&missing), Err(Error::Usage(_))), "{err}");
         }
     }
 
     #[test]
     fn the_topmost_mount_is_found_without_touching_it() {
-        let root = top_mount_id(Path::new("/")).expect("/ is a mount point");
-        let proc_id = top_mount_id(Path::new("/proc")).expect("/proc is a mount point");
+        let (root, _) = top_mount(Path::new("/")).expect("/ is a mount point");
+        let (proc_id, proc_type) = top_mount(Path::new("/proc")).expect("/proc is a mount point");
         assert_ne!(root, proc_id);
-        assert_eq!(top_mount_id(Path::new("/no/such/mount")), None);
+        assert_eq!(proc_type, "proc");
+        assert_eq!(top_mount(Path::new("/no/such/mount")), None);
+    }
+
+    #[test]
+    fn relative_paths_and_trailing_slashes_are_made_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let canonical = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(canonical.join("m1")).unwrap();
+        let with_slash = PathBuf::from(format!("{}/m1/", canonical.display()));
+        assert_eq!(absolute(&with_slash).unwrap(), canonical.join("m1"));
+        let dotted = canonical.join(".").join("m1");
+        assert_eq!(absolute(&dotted).unwrap(), canonical.join("m1"));
     }
 
     #[test]
@@ -403,22 +728,14 @@ mod tests {
             ],
             ..Default::default()
         };
-        let c = config(&s);
-        assert_eq!(c.acl, SessionACL::All);
-        assert!(c.mount_options.contains(&MountOption::DefaultPermissions));
-        assert!(c.mount_options.contains(&MountOption::RO));
-        assert!(c
-            .mount_options
-            .contains(&MountOption::CUSTOM("max_read=65536".into())));
-        assert!(
-            c.mount_options.contains(&MountOption::NoSuid),
-            "mount(8)'s implied suid is ignored"
+        let o = options(&s);
+        assert!(o
+            .flags
+            .contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV));
+        assert_eq!(
+            o.common,
+            ["allow_other", "default_permissions", "max_read=65536"]
         );
-        assert!(c
-            .mount_options
-            .contains(&MountOption::FSName("mine".into())));
-        assert!(!c
-            .mount_options
-            .contains(&MountOption::FSName("podfs".into())));
+        assert_eq!(fsname(&s), "mine");
     }
 }

@@ -1,20 +1,26 @@
-//! Where the runtime keeps its files, resolved exactly as the runtime resolves them.
+//! Where the runtime keeps its files, resolved exactly as the runtime of each generation
+//! resolves them, and which generation a home belongs to.
 //!
-//! The precedence table is the runtime's (see the runtime reference, section 1); podfs adds
-//! only command-line overrides on top, so that `podfs mount --home H` and
-//! `INSOMNIA_HOME=H insomnia-pod ...` look at the same files.
+//! The precedence table is the runtime's (reference, section 1): the specific variable, then
+//! the home variable, then an XDG variable where the runtime reads one, then a default under
+//! `$HOME`. podfs adds only command-line overrides on top, so that `podfs mount --home H`
+//! and `INSOMNIA_HOME=H insomnia-pod ...` (or `YOI_HOME=H yoi worker ...`) look at the same
+//! files.
 
-use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::generation::{self, Default, Generation};
+use crate::name::PodName;
 
-/// The base directories podfs needs.
+/// The base directories of one home, and the generation whose names apply there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
     pub data: PathBuf,
     pub runtime: PathBuf,
     pub config: PathBuf,
+    pub generation: &'static Generation,
 }
 
 /// Command-line overrides, stronger than any environment variable.
@@ -23,155 +29,247 @@ pub struct Overrides {
     pub home: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub runtime_dir: Option<PathBuf>,
+    /// `--generation`: skip detection.
+    pub generation: Option<&'static Generation>,
+}
+
+/// How a home was found, for the first log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub paths: Paths,
+    /// Where the data dir came from: "--home", "YOI_HOME", "default", ...
+    pub source: String,
+}
+
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<OsString>;
+
+/// An environment variable as the runtime reads it: empty or non-UTF-8 counts as unset.
+fn var(lookup: Lookup, key: &str) -> Option<PathBuf> {
+    let value = lookup(key)?;
+    let text = value.to_str()?;
+    (!text.is_empty()).then(|| PathBuf::from(text))
+}
+
+fn home_dir(lookup: Lookup) -> Result<PathBuf> {
+    var(lookup, "HOME").ok_or_else(|| {
+        Error::Usage("cannot locate the runtime home: HOME is unset; pass --home DIR".into())
+    })
+}
+
+fn default_dir(default: Default, lookup: Lookup) -> Result<PathBuf> {
+    match default {
+        Default::Home(rel) => Ok(home_dir(lookup)?.join(rel)),
+        Default::Xdg { var: v, sub, home } => match var(lookup, v) {
+            Some(base) => Ok(base.join(sub)),
+            None => Ok(home_dir(lookup)?.join(home)),
+        },
+    }
 }
 
 impl Paths {
-    /// Resolve from the process environment.
-    pub fn from_env(overrides: &Overrides) -> Result<Self> {
-        Self::resolve(overrides, |key| std::env::var_os(key))
-    }
-
-    /// Resolve with an explicit environment lookup (so tests need not touch the real one).
-    /// An empty or non-UTF-8 variable counts as unset, as in the runtime.
-    pub fn resolve<F>(overrides: &Overrides, lookup: F) -> Result<Self>
-    where
-        F: Fn(&str) -> Option<std::ffi::OsString>,
-    {
-        let var = |key: &str| -> Option<PathBuf> {
-            let value = lookup(key)?;
-            let text = value.to_str()?;
-            (!text.is_empty()).then(|| PathBuf::from(text))
+    /// Resolve the three base directories with `gen`'s rules. `--home H` behaves like the
+    /// home variable and beats the more specific variables too: a user who names a home on
+    /// the command line means that home.
+    pub fn resolve(gen: &'static Generation, o: &Overrides, lookup: Lookup) -> Result<Paths> {
+        let env = |key| {
+            if o.home.is_some() {
+                None
+            } else {
+                var(lookup, key)
+            }
         };
-        // `--home H` behaves like INSOMNIA_HOME=H, and beats the more specific variables too,
-        // because a user who names a home on the command line means that home.
-        let (insomnia_home, env_data, env_runtime, env_config) = match &overrides.home {
-            Some(home) => (Some(home.clone()), None, None, None),
-            None => (
-                var("INSOMNIA_HOME"),
-                var("INSOMNIA_DATA_DIR"),
-                var("INSOMNIA_RUNTIME_DIR"),
-                var("INSOMNIA_CONFIG_DIR"),
-            ),
-        };
-        let home = || {
-            var("HOME").ok_or_else(|| {
-                Error::Usage(
-                    "cannot locate the insomnia home: HOME is unset; pass --home DIR".into(),
-                )
-            })
-        };
-
-        let data = match (&overrides.data_dir, env_data, &insomnia_home) {
+        let home = o.home.clone().or_else(|| env(gen.env.home));
+        let data = match (&o.data_dir, env(gen.env.data_dir), &home) {
             (Some(dir), _, _) => dir.clone(),
             (None, Some(dir), _) => dir,
             (None, None, Some(h)) => h.clone(),
-            (None, None, None) => home()?.join(".insomnia"),
+            (None, None, None) => default_dir(gen.data_default, lookup)?,
         };
-        let runtime = match (&overrides.runtime_dir, env_runtime, &insomnia_home) {
+        let runtime = match (&o.runtime_dir, env(gen.env.runtime_dir), &home) {
             (Some(dir), _, _) => dir.clone(),
             (None, Some(dir), _) => dir,
             (None, None, Some(h)) => h.join("run"),
-            (None, None, None) => match var("XDG_RUNTIME_DIR") {
-                Some(xdg) => xdg.join("insomnia"),
-                None => home()?.join(".insomnia").join("run"),
-            },
+            (None, None, None) => default_dir(gen.runtime_default, lookup)?,
         };
-        let config = match (env_config, &insomnia_home) {
+        let config = match (env(gen.env.config_dir), &home) {
             (Some(dir), _) => dir,
             (None, Some(h)) => h.join("config"),
-            (None, None) => match var("XDG_CONFIG_HOME") {
-                Some(xdg) => xdg.join("insomnia"),
-                None => home()?.join(".config").join("insomnia"),
-            },
+            (None, None) => default_dir(gen.config_default, lookup)?,
         };
         Ok(Paths {
             data,
             runtime,
             config,
+            generation: gen,
         })
     }
 
-    /// Paths for a home laid out like `INSOMNIA_HOME=home`.
-    pub fn for_home(home: &Path) -> Self {
+    /// Paths for a home laid out like `INSOMNIA_HOME=home` (or `YOI_HOME=home`).
+    pub fn for_home(home: &Path, generation: &'static Generation) -> Self {
         Paths {
             data: home.to_path_buf(),
             runtime: home.join("run"),
             config: home.join("config"),
+            generation,
         }
     }
 
-    pub fn pods_dir(&self) -> PathBuf {
-        self.data.join("pods")
+    /// `<data>/pods` or `<data>/workers`: one directory per pod with its `metadata.json`.
+    pub fn store_dir(&self) -> PathBuf {
+        self.data.join(self.generation.store_dir)
     }
 
-    pub fn metadata(&self, pod: &str) -> PathBuf {
-        self.pods_dir().join(pod).join("metadata.json")
+    pub fn pod_dir(&self, pod: &PodName) -> PathBuf {
+        self.store_dir().join(pod.as_str())
     }
 
-    pub fn sessions_dir(&self) -> PathBuf {
-        self.data.join("sessions")
+    pub fn metadata(&self, pod: &PodName) -> PathBuf {
+        self.pod_dir(pod).join("metadata.json")
     }
 
-    pub fn pods_json(&self) -> PathBuf {
-        self.runtime.join("pods.json")
+    /// `pods.json` or `workers.json`.
+    pub fn alloc_table(&self) -> PathBuf {
+        self.runtime.join(self.generation.alloc_file)
     }
 
-    pub fn pod_runtime_dir(&self, pod: &str) -> PathBuf {
-        self.runtime.join(pod)
+    pub fn pod_runtime_dir(&self, pod: &PodName) -> PathBuf {
+        self.runtime.join(pod.as_str())
     }
 
     /// The runtime names the socket `sock`, not `socket`.
-    pub fn socket(&self, pod: &str) -> PathBuf {
+    pub fn socket(&self, pod: &PodName) -> PathBuf {
         self.pod_runtime_dir(pod).join("sock")
     }
 
-    pub fn spawned_pods(&self, pod: &str) -> PathBuf {
-        self.pod_runtime_dir(pod).join("spawned_pods.json")
+    /// `spawned_pods.json` or `spawned_workers.json`.
+    pub fn mirror(&self, pod: &PodName) -> PathBuf {
+        self.pod_runtime_dir(pod).join(self.generation.mirror_file)
     }
 
     /// True when `socket` lies strictly inside the runtime dir, compared component-wise
     /// after removing `.` and refusing `..`, so that a registry entry cannot steer podfs to
     /// an arbitrary socket on the machine.
     pub fn socket_is_allowed(&self, socket: &Path) -> bool {
-        use std::path::Component;
-        if !socket.is_absolute() {
-            return false;
-        }
-        if socket
-            .components()
-            .any(|c| matches!(c, Component::ParentDir))
-        {
+        if !socket.is_absolute() || socket.components().any(|c| c == Component::ParentDir) {
             return false;
         }
         let clean: PathBuf = socket.components().collect();
         let base: PathBuf = self.runtime.components().collect();
         clean != base && clean.starts_with(&base)
     }
-}
 
-/// The runtime's pod-name rule: not empty, not `.` or `..`, no `/` and no NUL.
-pub fn validate_pod_name(name: &str) -> Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(Error::InvalidName(name.to_string()));
+    /// Whether the data dir holds this generation's store (`pods/` or `workers/`).
+    fn has_store(&self) -> bool {
+        self.store_dir().is_dir()
     }
-    Ok(())
 }
 
-/// Same rule for names coming from the kernel, which may not be UTF-8; the runtime cannot
-/// represent a non-UTF-8 name, so such names are invalid here.
-pub fn pod_name_from_os(name: &OsStr) -> Result<&str> {
-    let text = name
-        .to_str()
-        .ok_or_else(|| Error::InvalidName(name.to_string_lossy().into_owned()))?;
-    validate_pod_name(text)?;
-    Ok(text)
+/// Find the home to serve and its generation, the way the runtime of each generation would
+/// find it: `--home`/`--data-dir`, then each generation's variables, then their defaults.
+/// The generation is read off the disk (`pods/` or `workers/` in the data dir) unless
+/// `--generation` forces one. An empty, missing or ambiguous home is an error that names the
+/// possibilities.
+pub fn locate(o: &Overrides, lookup: Lookup) -> Result<Located> {
+    if let Some(gen) = o.generation {
+        let paths = Paths::resolve(gen, o, lookup)?;
+        let source = source_of(gen, o, lookup);
+        return Ok(Located { paths, source });
+    }
+    // Each candidate: a generation, its resolution, and whether an explicit setting (flag
+    // or variable) chose that data dir rather than a default.
+    let mut candidates: Vec<(Paths, String, bool)> = Vec::new();
+    for gen in generation::ALL {
+        let source = source_of(gen, o, lookup);
+        let explicit = source != "default";
+        // A variable of another family must not make this family's default count.
+        if let Ok(paths) = Paths::resolve(gen, o, lookup) {
+            candidates.push((paths, source, explicit));
+        }
+    }
+    let explicit: Vec<_> = candidates.iter().filter(|c| c.2).collect();
+    let pool: Vec<_> = if explicit.is_empty() {
+        candidates.iter().collect()
+    } else {
+        explicit
+    };
+    let found: Vec<_> = pool.iter().filter(|c| c.0.has_store()).collect();
+    // Two generations with the same store layout on the same data dir are one home; the
+    // insomnia entry comes first and behaves identically.
+    let mut distinct: Vec<&&(Paths, String, bool)> = Vec::new();
+    for c in &found {
+        let same = distinct.iter().any(|d| {
+            d.0.data == c.0.data
+                && d.0.generation.store_dir == c.0.generation.store_dir
+                && d.0.generation.name_key == c.0.generation.name_key
+        });
+        if !same {
+            distinct.push(c);
+        }
+    }
+    match distinct.as_slice() {
+        [one] => Ok(Located {
+            paths: one.0.clone(),
+            source: one.1.clone(),
+        }),
+        [] => {
+            let looked: Vec<String> = pool
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} ({}, from {})",
+                        c.0.store_dir().display(),
+                        c.0.generation.id,
+                        c.1
+                    )
+                })
+                .collect();
+            Err(Error::Usage(format!(
+                "no runtime home found: none of {} exists; pass --home DIR (a home with \
+                 pods/<name>/metadata.json for insomnia, workers/<name>/metadata.json for yoi \
+                 workers) or --generation {}",
+                looked.join(", "),
+                Generation::ids()
+            )))
+        }
+        many => {
+            let names: Vec<String> = many
+                .iter()
+                .map(|c| format!("{} ({})", c.0.store_dir().display(), c.0.generation.id))
+                .collect();
+            Err(Error::Usage(format!(
+                "ambiguous home: found {}; choose one with --home DIR or --generation {}",
+                names.join(" and "),
+                Generation::ids()
+            )))
+        }
+    }
+}
+
+/// Which setting chose the data dir of `gen`.
+fn source_of(gen: &Generation, o: &Overrides, lookup: Lookup) -> String {
+    if o.data_dir.is_some() {
+        "--data-dir".into()
+    } else if o.home.is_some() {
+        "--home".into()
+    } else if var(lookup, gen.env.data_dir).is_some() {
+        gen.env.data_dir.into()
+    } else if var(lookup, gen.env.home).is_some() {
+        gen.env.home.into()
+    } else {
+        "default".into()
+    }
+}
+
+/// [`locate`] with the process environment.
+pub fn locate_from_env(o: &Overrides) -> Result<Located> {
+    locate(o, &|key| std::env::var_os(key))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generation::{INSOMNIA_5472, YOI_POD, YOI_WORKER_485918EB};
     use std::collections::HashMap;
-    use std::ffi::OsString;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
         let map: HashMap<String, OsString> = pairs
@@ -181,13 +279,13 @@ mod tests {
         move |k| map.get(k).cloned()
     }
 
-    fn resolve(pairs: &[(&str, &str)]) -> Paths {
-        Paths::resolve(&Overrides::default(), env(pairs)).unwrap()
+    fn resolve(gen: &'static Generation, pairs: &[(&str, &str)]) -> Paths {
+        Paths::resolve(gen, &Overrides::default(), &env(pairs)).unwrap()
     }
 
     #[test]
-    fn defaults_follow_home() {
-        let p = resolve(&[("HOME", "/h")]);
+    fn insomnia_defaults_follow_home() {
+        let p = resolve(&INSOMNIA_5472, &[("HOME", "/h")]);
         assert_eq!(p.data, PathBuf::from("/h/.insomnia"));
         assert_eq!(p.runtime, PathBuf::from("/h/.insomnia/run"));
         assert_eq!(p.config, PathBuf::from("/h/.config/insomnia"));
@@ -195,11 +293,15 @@ mod tests {
 
     #[test]
     fn xdg_dirs_apply_only_to_runtime_and_config() {
-        let p = resolve(&[
-            ("HOME", "/h"),
-            ("XDG_RUNTIME_DIR", "/run/user/7"),
-            ("XDG_CONFIG_HOME", "/c"),
-        ]);
+        let p = resolve(
+            &INSOMNIA_5472,
+            &[
+                ("HOME", "/h"),
+                ("XDG_RUNTIME_DIR", "/run/user/7"),
+                ("XDG_CONFIG_HOME", "/c"),
+                ("XDG_DATA_HOME", "/d"),
+            ],
+        );
         assert_eq!(p.data, PathBuf::from("/h/.insomnia"));
         assert_eq!(p.runtime, PathBuf::from("/run/user/7/insomnia"));
         assert_eq!(p.config, PathBuf::from("/c/insomnia"));
@@ -207,73 +309,117 @@ mod tests {
 
     #[test]
     fn insomnia_home_beats_xdg() {
-        let p = resolve(&[
-            ("HOME", "/h"),
-            ("INSOMNIA_HOME", "/i"),
-            ("XDG_RUNTIME_DIR", "/run/user/7"),
-        ]);
-        assert_eq!(p, Paths::for_home(Path::new("/i")));
+        let p = resolve(
+            &INSOMNIA_5472,
+            &[
+                ("HOME", "/h"),
+                ("INSOMNIA_HOME", "/i"),
+                ("XDG_RUNTIME_DIR", "/run/user/7"),
+            ],
+        );
+        assert_eq!(p, Paths::for_home(Path::new("/i"), &INSOMNIA_5472));
     }
 
     #[test]
     fn specific_variables_beat_insomnia_home() {
-        let p = resolve(&[
-            ("INSOMNIA_HOME", "/i"),
-            ("INSOMNIA_DATA_DIR", "/d"),
-            ("INSOMNIA_RUNTIME_DIR", "/r"),
-            ("INSOMNIA_CONFIG_DIR", "/c"),
-        ]);
-        assert_eq!(p.data, PathBuf::from("/d"));
-        assert_eq!(p.runtime, PathBuf::from("/r"));
-        assert_eq!(p.config, PathBuf::from("/c"));
+        let p = resolve(
+            &INSOMNIA_5472,
+            &[
+                ("INSOMNIA_HOME", "/i"),
+                ("INSOMNIA_DATA_DIR", "/d"),
+                ("INSOMNIA_RUNTIME_DIR", "/r"),
+                ("INSOMNIA_CONFIG_DIR", "/c"),
+            ],
+        );
+        assert_eq!(
+            (p.data, p.runtime, p.config),
+            ("/d".into(), "/r".into(), "/c".into())
+        );
+    }
+
+    #[test]
+    fn yoi_worker_defaults_use_xdg_data_home() {
+        let p = resolve(&YOI_WORKER_485918EB, &[("HOME", "/h")]);
+        assert_eq!(p.data, PathBuf::from("/h/.local/share/yoi"));
+        assert_eq!(p.runtime, PathBuf::from("/h/.yoi/run"));
+        assert_eq!(p.config, PathBuf::from("/h/.config/yoi"));
+        let p = resolve(
+            &YOI_WORKER_485918EB,
+            &[
+                ("HOME", "/h"),
+                ("XDG_DATA_HOME", "/xd"),
+                ("XDG_RUNTIME_DIR", "/run/user/7"),
+            ],
+        );
+        assert_eq!(p.data, PathBuf::from("/xd/yoi"));
+        assert_eq!(p.runtime, PathBuf::from("/run/user/7/yoi"));
+        let p = resolve(&YOI_WORKER_485918EB, &[("YOI_HOME", "/y"), ("HOME", "/h")]);
+        assert_eq!(p, Paths::for_home(Path::new("/y"), &YOI_WORKER_485918EB));
+        let p = resolve(&YOI_POD, &[("HOME", "/h")]);
+        assert_eq!(p.data, PathBuf::from("/h/.yoi"));
     }
 
     #[test]
     fn empty_variables_count_as_unset() {
-        let p = resolve(&[
-            ("HOME", "/h"),
-            ("INSOMNIA_HOME", ""),
-            ("INSOMNIA_DATA_DIR", ""),
-        ]);
+        let p = resolve(
+            &INSOMNIA_5472,
+            &[
+                ("HOME", "/h"),
+                ("INSOMNIA_HOME", ""),
+                ("INSOMNIA_DATA_DIR", ""),
+            ],
+        );
         assert_eq!(p.data, PathBuf::from("/h/.insomnia"));
     }
 
     #[test]
-    fn missing_home_is_a_clear_error() {
-        let err = Paths::resolve(&Overrides::default(), env(&[])).unwrap_err();
-        assert!(err.to_string().contains("--home"), "{err}");
+    fn missing_home_variable_is_a_usage_error() {
+        let err = Paths::resolve(&INSOMNIA_5472, &Overrides::default(), &env(&[])).unwrap_err();
+        assert!(matches!(err, Error::Usage(_)));
     }
 
     #[test]
     fn command_line_overrides_win() {
         let o = Overrides {
             home: Some("/cli".into()),
-            data_dir: None,
             runtime_dir: Some("/rt".into()),
+            ..Overrides::default()
         };
-        let p = Paths::resolve(&o, env(&[("INSOMNIA_DATA_DIR", "/d")])).unwrap();
+        let p = Paths::resolve(&INSOMNIA_5472, &o, &env(&[("INSOMNIA_DATA_DIR", "/d")])).unwrap();
         assert_eq!(p.data, PathBuf::from("/cli"));
         assert_eq!(p.runtime, PathBuf::from("/rt"));
     }
 
     #[test]
-    fn file_locations() {
-        let p = Paths::for_home(Path::new("/i"));
+    fn file_locations_per_generation() {
+        let lead = PodName::new("lead").unwrap();
+        let p = Paths::for_home(Path::new("/i"), &INSOMNIA_5472);
         assert_eq!(
-            p.metadata("lead"),
+            p.metadata(&lead),
             PathBuf::from("/i/pods/lead/metadata.json")
         );
-        assert_eq!(p.socket("lead"), PathBuf::from("/i/run/lead/sock"));
-        assert_eq!(p.pods_json(), PathBuf::from("/i/run/pods.json"));
+        assert_eq!(p.socket(&lead), PathBuf::from("/i/run/lead/sock"));
+        assert_eq!(p.alloc_table(), PathBuf::from("/i/run/pods.json"));
         assert_eq!(
-            p.spawned_pods("lead"),
+            p.mirror(&lead),
             PathBuf::from("/i/run/lead/spawned_pods.json")
         );
+        let w = Paths::for_home(Path::new("/y"), &YOI_WORKER_485918EB);
+        assert_eq!(
+            w.metadata(&lead),
+            PathBuf::from("/y/workers/lead/metadata.json")
+        );
+        assert_eq!(w.alloc_table(), PathBuf::from("/y/run/workers.json"));
+        assert_eq!(
+            w.mirror(&lead),
+            PathBuf::from("/y/run/lead/spawned_workers.json")
+        );
+        assert_eq!(w.socket(&lead), PathBuf::from("/y/run/lead/sock"));
     }
 
     #[test]
     fn sockets_outside_the_runtime_dir_are_refused() {
-        let p = Paths::for_home(Path::new("/i"));
+        let p = Paths::for_home(Path::new("/i"), &INSOMNIA_5472);
         assert!(p.socket_is_allowed(Path::new("/i/run/c/sock")));
         assert!(!p.socket_is_allowed(Path::new("/i/run")));
         assert!(!p.socket_is_allowed(Path::new("/i/runner/sock")));
@@ -282,13 +428,80 @@ mod tests {
         assert!(!p.socket_is_allowed(Path::new("/tmp/sock")));
     }
 
+    fn home_with(dirs: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for d in dirs {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        dir
+    }
+
     #[test]
-    fn pod_names() {
-        for bad in ["", ".", "..", "a/b", "a\0b"] {
-            assert!(validate_pod_name(bad).is_err(), "{bad:?}");
+    fn the_generation_is_read_off_the_disk() {
+        let insomnia = home_with(&["pods"]);
+        let workers = home_with(&["workers"]);
+        let both = home_with(&["pods", "workers"]);
+        let empty = home_with(&[]);
+        let with_home = |d: &tempfile::TempDir| Overrides {
+            home: Some(d.path().to_path_buf()),
+            ..Overrides::default()
+        };
+        let none = env(&[("HOME", "/nonexistent")]);
+        let got = locate(&with_home(&insomnia), &none).unwrap();
+        assert_eq!(got.paths.generation, &INSOMNIA_5472);
+        assert_eq!(got.source, "--home");
+        let got = locate(&with_home(&workers), &none).unwrap();
+        assert_eq!(got.paths.generation, &YOI_WORKER_485918EB);
+        for d in [&both, &empty] {
+            let err = locate(&with_home(d), &none).unwrap_err();
+            assert!(matches!(err, Error::Usage(_)));
+            let text = err.to_string();
+            assert!(
+                text.contains("insomnia") && text.contains("yoi-worker"),
+                "{text}"
+            );
         }
-        for good in ["child1", "a b", "...", ".hidden", "ünï"] {
-            assert!(validate_pod_name(good).is_ok(), "{good:?}");
-        }
+        let mut forced = with_home(&empty);
+        forced.generation = Some(&YOI_WORKER_485918EB);
+        assert_eq!(
+            locate(&forced, &none).unwrap().paths.generation,
+            &YOI_WORKER_485918EB
+        );
+    }
+
+    #[test]
+    fn each_generation_is_found_through_its_own_variables_and_defaults() {
+        let workers = home_with(&["workers"]);
+        let w = workers.path().to_str().unwrap();
+        let got = locate(
+            &Overrides::default(),
+            &env(&[("YOI_HOME", w), ("HOME", "/x")]),
+        )
+        .unwrap();
+        assert_eq!(got.paths.generation, &YOI_WORKER_485918EB);
+        assert_eq!(got.source, "YOI_HOME");
+        assert_eq!(got.paths.runtime, workers.path().join("run"));
+
+        let pods = home_with(&["pods"]);
+        let i = pods.path().to_str().unwrap();
+        let got = locate(&Overrides::default(), &env(&[("INSOMNIA_HOME", i)])).unwrap();
+        assert_eq!(got.paths.generation, &INSOMNIA_5472);
+        // A YOI_HOME holding pods/ is the transitional yoi pod era.
+        let got = locate(&Overrides::default(), &env(&[("YOI_HOME", i)])).unwrap();
+        assert_eq!(got.paths.generation, &YOI_POD);
+
+        // Defaults: a user home with both runtimes installed is ambiguous.
+        let user = home_with(&[".insomnia/pods", ".local/share/yoi/workers"]);
+        let u = user.path().to_str().unwrap();
+        let err = locate(&Overrides::default(), &env(&[("HOME", u)])).unwrap_err();
+        assert!(err.to_string().contains("ambiguous"), "{err}");
+        let only = home_with(&[".local/share/yoi/workers"]);
+        let got = locate(
+            &Overrides::default(),
+            &env(&[("HOME", only.path().to_str().unwrap())]),
+        )
+        .unwrap();
+        assert_eq!(got.paths.generation, &YOI_WORKER_485918EB);
+        assert_eq!(got.source, "default");
     }
 }

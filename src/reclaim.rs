@@ -1,29 +1,27 @@
 //! `rmdir <parent>/<child>`: stop the child, then reclaim its delegated scope, with the
 //! parent live (let it do its own bookkeeping) or not (edit its durable files exactly as
-//! the runtime's `remove` would).
+//! the runtime's `remove` would). Blocking: runs on the worker pool.
 //!
 //! Ordering is what makes this safe: nothing is reclaimed while the child still accepts
-//! connections (the runtime's StopPod does, and leaves two writers), nothing is edited
+//! connections (the runtime's own stop does, and leaves two writers), nothing is edited
 //! behind a live parent's back (it would overwrite the edit from memory), and the offline
-//! path writes `pods.json` first so that a crash in between leaves the child listed and a
-//! repeated `rm -r` finishes the job.
+//! path writes the allocation table first so that a crash in between leaves the child
+//! listed and a repeated `rm -r` finishes the job.
 
 use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tracing::{debug, info, info_span, warn};
 
 use crate::error::{Error, Result};
-use crate::paths::validate_pod_name;
-use crate::protocol::{client, ops};
-use crate::registry::Registry;
-use serde::{Deserialize, Serialize};
-
-use crate::registry::ChildRecord;
-use crate::scope::ScopeRule;
-use crate::store::metadata;
-use crate::store::{atomic, pods_table, spawned};
+use crate::name::PodName;
+use crate::parents::{ParentCache, ParentView};
+use crate::pod_client::PodClient;
+use crate::store::metadata::{self, ChildRecord};
+use crate::store::{alloc, atomic, mirror};
 
 /// How a removal ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,41 +32,53 @@ pub enum Removed {
     Offline,
 }
 
-/// Stop `child` and reclaim its scope from `parent`. Blocking: run it off the FUSE threads.
-pub fn remove_child(reg: &Registry, parent: &str, child: &str) -> Result<Removed> {
-    validate_pod_name(parent)?;
-    validate_pod_name(child)?;
-    let _span = info_span!("rmdir", parent, child).entered();
+/// Stop `child` and reclaim its scope from `parent`.
+pub fn remove_child(
+    parents: &ParentCache,
+    client: &PodClient,
+    parent: &PodName,
+    child: &PodName,
+) -> Result<Removed> {
+    let _span = info_span!("remove", %parent, %child).entered();
     let started = Instant::now();
-    let slot = reg.slot(parent);
+    let slot = parents.mutation_lock(parent);
     // One mutation path per parent: a second `rm -r` of the same child waits here and then
     // finds the child gone (ENOENT) instead of reclaiming twice.
     let _serialised = slot.mutation.lock();
-    let view = reg.parent_fresh(parent)?;
-    clear_stale_journal(reg, parent, &view);
+    let view = parents.refresh(parent)?;
+    clear_stale_journal(parents, parent, &view);
     let record = view
         .child(child)
         .cloned()
         .ok_or_else(|| Error::NotFound(format!("{parent}/{child}")))?;
-    refuse_if_it_has_children(reg, child)?;
+    refuse_if_it_has_children(parents, child)?;
 
-    let socket = stop_socket(reg, &record);
-    stop(reg, child, &socket)?;
+    // A registry socket outside the runtime dir is never connected to; the path the
+    // runtime itself would give the child is.
+    let socket = client
+        .socket(&record.socket_path)
+        .unwrap_or_else(|_| client.own_socket(child));
+    if !client.stop(&socket) {
+        warn!("child still accepts connections; nothing reclaimed");
+        return Err(Error::Busy(format!(
+            "{child} did not stop within {:?}; its scope was not reclaimed",
+            client.timeouts.stop_wait
+        )));
+    }
     debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "child stopped"
     );
 
-    let before = view.times_reclaimed(child);
-    let outcome = if reg.pod_is_live(parent) {
-        reclaim_through_live_parent(reg, parent, child, before)?;
+    let before = view.incarnation(child);
+    let outcome = if client.is_live(&client.own_socket(parent)) {
+        reclaim_through_live_parent(parents, client, parent, child, before)?;
         Removed::ByParent
     } else {
-        reclaim_offline(reg, parent, &record)?;
+        reclaim_offline(parents, client, parent, &record)?;
         Removed::Offline
     };
-    reg.invalidate(parent);
-    reg.forget_child(parent, child, Some(&socket));
+    let _ = parents.refresh(parent);
     info!(
         ?outcome,
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -79,10 +89,10 @@ pub fn remove_child(reg: &Registry, parent: &str, child: &str) -> Result<Removed
 
 /// Grandchildren are not reclaimed implicitly: the child's own registry must be empty
 /// first, so that no scope is handed back while a descendant may still write with it.
-fn refuse_if_it_has_children(reg: &Registry, child: &str) -> Result<()> {
-    match reg.parent_fresh(child) {
+fn refuse_if_it_has_children(parents: &ParentCache, child: &PodName) -> Result<()> {
+    match parents.refresh(child) {
         Ok(own) if !own.is_empty() => {
-            let names: Vec<&str> = own.children().map(|c| &*c.pod_name).collect();
+            let names: Vec<&str> = own.names().map(|c| c.as_str()).collect();
             Err(Error::NotEmpty(format!(
                 "{child} still has children ({}); remove them first",
                 names.join(", ")
@@ -93,50 +103,21 @@ fn refuse_if_it_has_children(reg: &Registry, child: &str) -> Result<()> {
     }
 }
 
-/// The socket to stop: the registry's, unless it lies outside the runtime dir, in which
-/// case podfs uses the path the runtime itself would predict and never the foreign one.
-fn stop_socket(reg: &Registry, record: &ChildRecord) -> PathBuf {
-    reg.child_socket(record)
-        .unwrap_or_else(|_| reg.paths.socket(&record.pod_name))
-}
-
-fn stop(reg: &Registry, child: &str, socket: &std::path::Path) -> Result<()> {
-    let t = &reg.timeouts;
-    if client::refuses_connections(socket, t.connect) {
-        debug!("child already gone");
-        return Ok(());
-    }
-    if let Err(e) = ops::request_shutdown(socket, t) {
-        debug!(error = %e, "shutdown request failed; waiting for the socket anyway");
-    }
-    if ops::wait_gone(socket, t.stop_wait) {
-        return Ok(());
-    }
-    warn!(
-        child,
-        "child still accepts connections after shutdown; nothing reclaimed"
-    );
-    Err(Error::Busy(format!(
-        "{child} did not stop within {:?}; its scope was not reclaimed",
-        t.stop_wait
-    )))
-}
-
-fn reclaimed(reg: &Registry, parent: &str, child: &str, before: usize) -> Result<bool> {
-    let view = reg.parent_fresh(parent)?;
-    Ok(view.child(child).is_none() && view.times_reclaimed(child) > before)
+fn reclaimed(parents: &ParentCache, parent: &PodName, child: &str, before: u64) -> Result<bool> {
+    let view = parents.refresh(parent)?;
+    Ok(view.child(child).is_none() && view.incarnation(child) > before)
 }
 
 fn poll_reclaimed(
-    reg: &Registry,
-    parent: &str,
+    parents: &ParentCache,
+    parent: &PodName,
     child: &str,
-    before: usize,
+    before: u64,
     wait: Duration,
 ) -> Result<bool> {
     let deadline = Instant::now() + wait;
     loop {
-        if reclaimed(reg, parent, child, before)? {
+        if reclaimed(parents, parent, child, before)? {
             return Ok(true);
         }
         if Instant::now() >= deadline {
@@ -150,25 +131,26 @@ fn poll_reclaimed(
 /// `shut_down` event only if that has not taken effect (the event is unauthenticated and
 /// always shown to the parent's LLM, so it is sent only while the child is still listed).
 fn reclaim_through_live_parent(
-    reg: &Registry,
-    parent: &str,
-    child: &str,
-    before: usize,
+    parents: &ParentCache,
+    client: &PodClient,
+    parent: &PodName,
+    child: &PodName,
+    before: u64,
 ) -> Result<()> {
-    let t = &reg.timeouts;
+    let t = &client.timeouts;
     let grace = t.confirm_wait.min(Duration::from_millis(500));
-    if poll_reclaimed(reg, parent, child, before, grace)? {
+    if poll_reclaimed(parents, parent, child, before, grace)? {
         debug!("parent reclaimed on the child's own report");
         return Ok(());
     }
-    if reg.parent_fresh(parent)?.child(child).is_some() {
-        ops::send_shut_down(&reg.paths.socket(parent), child, t)?;
+    if parents.refresh(parent)?.child(child).is_some() {
+        client.send_shut_down(&client.own_socket(parent), child)?;
         debug!("shut_down event sent to the parent");
     }
-    if poll_reclaimed(reg, parent, child, before, t.confirm_wait)? {
+    if poll_reclaimed(parents, parent, child, before, t.confirm_wait)? {
         return Ok(());
     }
-    let left = reg.parent_fresh(parent)?;
+    let left = parents.refresh(parent)?;
     warn!(
         still_listed = left.child(child).is_some(),
         "live parent did not confirm the reclaim; its files were not edited"
@@ -182,27 +164,29 @@ fn reclaim_through_live_parent(
 /// podfs's own journal of a reclaim in progress, next to the parent's `metadata.json`
 /// (the runtime lists pods by `metadata.json` and never reads this file).
 ///
-/// Removing a deny layer from `pods.json` is the one step that is not idempotent: a restored
-/// parent may hold two identical layers, and a repeat after a crash would remove both. So
-/// before `pods.json` is rewritten with a layer removed, the journal records what the
-/// parent's deny list becomes; a repeat that finds the list already in that state skips the
-/// removal. Written only when a layer is removed, so the common case costs nothing.
+/// Removing a deny layer from the allocation table is the one step that is not idempotent:
+/// a restored parent may hold two identical layers, and a repeat after a crash would remove
+/// both. So before the table is rewritten with a layer removed, the journal records what
+/// the parent's deny list becomes; a repeat that finds the list already in that state skips
+/// the removal. It is written (and synced) before the table's lock is taken, because
+/// runtime pods wait on that lock; and only when a layer is removed, so the common case
+/// costs nothing.
 const JOURNAL: &str = "podfs-reclaim.json";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Journal {
     child: String,
-    parent_deny_after: Vec<ScopeRule>,
+    parent_deny_after: Vec<Value>,
 }
 
-fn journal_path(reg: &Registry, parent: &str) -> PathBuf {
-    reg.paths.pods_dir().join(parent).join(JOURNAL)
+fn journal_path(parents: &ParentCache, parent: &PodName) -> PathBuf {
+    parents.paths.pod_dir(parent).join(JOURNAL)
 }
 
 /// A journal whose child is no longer listed is left from a crash after the metadata step:
 /// that reclaim is complete, so the journal must not steer a later one.
-fn clear_stale_journal(reg: &Registry, parent: &str, view: &crate::registry::ParentView) {
-    let path = journal_path(reg, parent);
+fn clear_stale_journal(parents: &ParentCache, parent: &PodName, view: &ParentView) {
+    let path = journal_path(parents, parent);
     if let Some(j) = read_journal(&path) {
         if view.child(&j.child).is_none() {
             debug!(child = %j.child, "removing the journal of a completed reclaim");
@@ -216,71 +200,129 @@ fn read_journal(path: &std::path::Path) -> Option<Journal> {
     match serde_json::from_slice(&bytes) {
         Ok(j) => Some(j),
         Err(e) => {
-            warn!(path = %path.display(), error = %e, "ignoring unreadable reclaim journal");
+            warn!(path = %path.display(), error = %e, "ignoring an unreadable reclaim journal");
             None
         }
     }
 }
 
+/// What the locked step of an offline reclaim found.
+enum Step {
+    Done(Option<alloc::ReclaimReport>),
+    /// The parent's deny list changed between planning and locking.
+    Moved,
+}
+
 /// The runtime's `remove` effects, applied to the files of a parent that is not running:
-/// `pods.json` first (so a crash leaves the child listed and a repeat finishes the job),
-/// then `metadata.json`, then `spawned_pods.json`.
-fn reclaim_offline(reg: &Registry, parent: &str, record: &ChildRecord) -> Result<()> {
-    let child = &*record.pod_name;
+/// the allocation table first (so a crash leaves the child listed and a repeat finishes the
+/// job), then `metadata.json`, then the mirror.
+fn reclaim_offline(
+    parents: &ParentCache,
+    client: &PodClient,
+    parent: &PodName,
+    record: &ChildRecord,
+) -> Result<()> {
+    let paths = &parents.paths;
+    let gen = paths.generation;
+    let child = &*record.name;
     // The parent could have been restored since the probe; a live owner rewrites its
     // metadata from memory, so re-check as late as possible.
-    if reg.pod_is_live(parent) {
+    if client.is_live(&client.own_socket(parent)) {
         return Err(Error::Busy(format!(
             "{parent} came up during the removal; retry"
         )));
     }
     let rules = record.stored_rules();
-    let journal = journal_path(reg, parent);
+    let table_path = paths.alloc_table();
+    let journal = journal_path(parents, parent);
     let pending = read_journal(&journal).filter(|j| j.child == child);
-    let outcome = pods_table::update(&reg.paths.pods_json(), reg.timeouts.lock_wait, |table| {
-        if let Some(j) = &pending {
-            if table.get(parent).map(|a| &a.scope_deny) == Some(&j.parent_deny_after) {
-                info!("resuming a reclaim interrupted after its pods.json step");
-                let (removed, _) = table.remove_child_allocation(child);
-                return (removed, Ok(None));
+    let mut outcome = None;
+    for _ in 0..5 {
+        // Plan without the lock.
+        let planned = read_table_settled(&table_path, gen)?;
+        let deny_before = planned.deny(parent);
+        let resuming = pending
+            .as_ref()
+            .is_some_and(|j| deny_before.as_ref() == Some(&j.parent_deny_after));
+        if !resuming {
+            let mut after = planned.clone();
+            let report = after.reclaim_delegated_scope(parent, child, &rules);
+            if report.denies_removed > 0 {
+                let entry = Journal {
+                    child: child.to_string(),
+                    parent_deny_after: after.deny(parent).unwrap_or_default(),
+                };
+                let bytes = serde_json::to_vec(&entry).expect("journal serialises");
+                atomic::replace_file(&journal, &bytes, 0o600)?;
             }
         }
-        let report = table.reclaim_delegated_scope(parent, child, &rules);
-        let denies_left = table.get(parent).is_some_and(|a| !a.scope_deny.is_empty());
-        if report.denies_removed > 0 {
-            let entry = Journal {
-                child: child.to_string(),
-                parent_deny_after: table
-                    .get(parent)
-                    .map(|a| a.scope_deny.clone())
-                    .unwrap_or_default(),
-            };
-            let bytes = serde_json::to_vec(&entry).expect("journal serialises");
-            if let Err(e) = atomic::replace_file(&journal, &bytes, 0o600) {
-                return (false, Err(e));
+        // Apply under the lock, if the parent's deny list is still what the plan saw.
+        let step = alloc::update(&table_path, gen, client.timeouts.lock_wait, |t| {
+            if t.deny(parent) != deny_before {
+                return (false, Step::Moved);
             }
+            if resuming {
+                info!("resuming a reclaim interrupted after its allocation-table step");
+                let (removed, _) = t.remove_child_allocation(child);
+                return (removed, Step::Done(None));
+            }
+            (
+                true,
+                Step::Done(Some(t.reclaim_delegated_scope(parent, child, &rules))),
+            )
+        })?;
+        if let Step::Done(report) = step {
+            outcome = Some(report);
+            break;
         }
-        (true, Ok(Some((report, denies_left))))
-    })??;
-    if let Some((report, denies_left)) = &outcome {
-        debug!(?report, "pods.json reclaimed");
+        debug!("the allocation table changed while planning; planning again");
+    }
+    let Some(report) = outcome else {
+        return Err(Error::Busy(format!(
+            "{} kept changing under the removal; retry",
+            table_path.display()
+        )));
+    };
+    if let Some(report) = report {
+        debug!(?report, "allocation table reclaimed");
         // The runtime compares deny layers as raw strings while a restored parent's are
         // canonical: a rule that found no equal layer may have left one behind.
-        if *denies_left && !report.denies_not_found.is_empty() {
+        let denies_left = read_table_settled(&table_path, gen)
+            .ok()
+            .and_then(|t| t.deny(parent))
+            .is_some_and(|d| !d.is_empty());
+        if denies_left && !report.denies_not_found.is_empty() {
             warn!(rules = ?report.denies_not_found, "no exactly-equal deny layer for these rules; a layer may remain");
         }
     }
 
-    let path = reg.paths.metadata(parent);
-    let mut meta = metadata::read(&path)?;
-    if meta.reclaim_child(child).is_some() {
+    let path = paths.metadata(parent);
+    let mut meta = metadata::read_settled(&path, gen)?;
+    if meta.reclaim_child(child) {
         metadata::write(&path, &meta)?;
     }
-    spawned::remove_child(&reg.paths.spawned_pods(parent), child)?;
+    mirror::remove_child(&paths.mirror(parent), child, gen)?;
     if let Err(e) = std::fs::remove_file(&journal) {
         if e.kind() != std::io::ErrorKind::NotFound {
             warn!(error = %e, "cannot remove the reclaim journal");
         }
     }
     Ok(())
+}
+
+/// An unlocked read for planning; the runtime rewrites in place, so retry a torn one.
+fn read_table_settled(
+    path: &std::path::Path,
+    gen: &'static crate::generation::Generation,
+) -> Result<alloc::AllocTable> {
+    let mut attempt = 0;
+    loop {
+        match alloc::read(path, gen) {
+            Err(Error::Corrupt { .. }) if attempt < 3 => {
+                attempt += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }

@@ -1,11 +1,13 @@
-//! The reference pods speak the runtime's protocol, and `podfs demo` sets up, mounts and
-//! cleans up after itself.
+//! The reference pods speak each generation's protocol as the real runtime does, and
+//! `podfs demo` sets up, mounts and cleans up after itself, however its pods behave.
+#[macro_use]
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
@@ -25,7 +27,7 @@ fn events_until_idle(reader: &mut BufReader<UnixStream>) -> Vec<Value> {
 }
 
 /// Connect to a pod and read its prelude's Snapshot line, as every client must first.
-fn connect(sock: &std::path::Path) -> (UnixStream, BufReader<UnixStream>, Value) {
+fn connect(sock: &Path) -> (UnixStream, BufReader<UnixStream>, Value) {
     let stream = UnixStream::connect(sock).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -36,21 +38,21 @@ fn connect(sock: &std::path::Path) -> (UnixStream, BufReader<UnixStream>, Value)
     (stream, reader, serde_json::from_str(&first).unwrap())
 }
 
-#[test]
-fn a_run_produces_the_runtime_event_sequence() {
-    let home = Home::demo(&["child1"]);
+fn a_run_produces_the_runtime_event_sequence(gen: Gen) {
+    let home = Home::demo(gen, &["child1"]);
     let _pod = PodProcess::start(&home, "child1", &["--turn-ms", "50"]);
     let sock = home.path().join("run/child1/sock");
     let (stream, mut reader, snapshot) = connect(&sock);
     assert_eq!(snapshot["event"], "snapshot");
     assert_eq!(snapshot["data"]["status"], "idle");
     assert_eq!(snapshot["data"]["entries"], Value::Array(vec![]));
+    assert_eq!(snapshot["data"]["greeting"][gen.name_key], "child1");
     (&stream)
         .write_all(br#"{"method":"run","params":{"input":[{"kind":"text","content":"hello from podfs"}]}}"#)
         .unwrap();
     (&stream).write_all(b"\n").unwrap();
     let got = events_until_idle(&mut reader);
-    let expected: Vec<Value> = fixture_text("socket/child1-run.jsonl", "/h")
+    let expected: Vec<Value> = fixture_text(gen, "socket/child1-run.jsonl", "/h")
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -79,8 +81,18 @@ fn a_run_produces_the_runtime_event_sequence() {
 }
 
 #[test]
+fn the_event_sequence_of_insomnia() {
+    a_run_produces_the_runtime_event_sequence(&INSOMNIA);
+}
+
+#[test]
+fn the_event_sequence_of_yoi_workers() {
+    a_run_produces_the_runtime_event_sequence(&YOI);
+}
+
+#[test]
 fn a_busy_pod_answers_already_running() {
-    let home = Home::demo(&["child1"]);
+    let home = Home::demo(&INSOMNIA, &["child1"]);
     let _pod = PodProcess::start(&home, "child1", &["--turn-ms", "2000"]);
     let (stream, mut reader, _) = connect(&home.path().join("run/child1/sock"));
     let mut line = String::new();
@@ -102,9 +114,8 @@ fn a_busy_pod_answers_already_running() {
     assert!(saw_busy);
 }
 
-#[test]
-fn shutdown_reports_to_the_parent_which_reclaims() {
-    let home = Home::demo(&["child1", "child2"]);
+fn shutdown_reports_to_the_parent_which_reclaims(gen: Gen) {
+    let home = Home::demo(gen, &["child1", "child2"]);
     let pods = demo_pods(&home, &["child1", "child2"]);
     let (stream, mut reader, _) = connect(&home.path().join("run/child1/sock"));
     (&stream).write_all(b"{\"method\":\"shutdown\"}\n").unwrap();
@@ -115,87 +126,214 @@ fn shutdown_reports_to_the_parent_which_reclaims() {
         !home.path().join("run/child1").exists()
     });
     wait_for(Duration::from_secs(5), || {
-        home.json("pods/parent/metadata.json")["reclaimed_children"][0]["pod_name"] == "child1"
+        home.names(&home.json(&home.meta("parent"))["reclaimed_children"]) == ["child1"]
     });
-    let meta = home.json("pods/parent/metadata.json");
-    assert_eq!(meta["spawned_children"].as_array().unwrap().len(), 1);
-    let table = home.json("run/pods.json");
-    let names: Vec<&str> = table["allocations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["pod_name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["parent", "child2"]);
-    let mirror = home.json("run/parent/spawned_pods.json");
-    assert_eq!(mirror.as_array().unwrap().len(), 1);
+    let meta = home.json(&home.meta("parent"));
+    assert_eq!(home.names(&meta["spawned_children"]), ["child2"]);
+    assert_eq!(
+        home.names(&home.json(&home.table())["allocations"]),
+        ["parent", "child2"]
+    );
+    assert_eq!(home.names(&home.json(&home.mirror("parent"))), ["child2"]);
     drop(pods);
 }
 
 #[test]
-fn podfs_demo_mounts_and_cleans_up() {
-    if !fuse_available() {
-        return;
+fn shutdown_reaches_an_insomnia_parent() {
+    shutdown_reports_to_the_parent_which_reclaims(&INSOMNIA);
+}
+
+#[test]
+fn shutdown_reaches_a_yoi_parent() {
+    shutdown_reports_to_the_parent_which_reclaims(&YOI);
+}
+
+/// A running `podfs demo`, stopped and unmounted on drop whatever happens.
+struct Demo {
+    child: Option<Child>,
+    out: BufReader<std::process::ChildStdout>,
+    mnt: PathBuf,
+    home: PathBuf,
+}
+
+impl Demo {
+    fn start(args: &[&str]) -> Demo {
+        let mut child = Command::new(BIN)
+            .args(["--log-level", "warn", "demo"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            let mut l = String::new();
+            out.read_line(&mut l).unwrap();
+            lines.push(l);
+        }
+        assert!(lines[0].contains("podfs demo"), "{lines:?}");
+        let mnt = PathBuf::from(lines[1].trim());
+        let home = lines[2]
+            .trim()
+            .strip_prefix("(home: ")
+            .and_then(|s| s.split(';').next())
+            .map(PathBuf::from)
+            .unwrap();
+        Demo {
+            child: Some(child),
+            out,
+            mnt,
+            home,
+        }
     }
+
+    fn m(&self) -> String {
+        self.mnt.display().to_string()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Wait for the demo to exit; its status and how long it took.
+    fn wait(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        let mut child = self.child.take().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                panic!("the demo did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), nix::sys::signal::Signal::SIGINT);
+            std::thread::sleep(Duration::from_secs(1));
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        force_unmount(&self.mnt);
+        let _ = &self.out;
+    }
+}
+
+/// Processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.get(1).and_then(|s| s.parse::<u32>().ok()) == Some(pid) {
+            out.push((p, fields[0].to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn podfs_demo_mounts_and_cleans_up() {
+    need_fuse!();
     let parent = tempfile::tempdir().unwrap();
     let mnt = parent.path().join("pods");
-    let mut demo = Command::new(BIN)
-        .args(["--log-level", "warn", "demo"])
-        .arg(&mnt)
-        .args(["--children", "2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(demo.stdout.take().unwrap());
-    let mut banner = String::new();
-    out.read_line(&mut banner).unwrap();
-    assert!(banner.contains("mounted at"), "{banner}");
-    let m = mnt.display().to_string();
-    let guard = scopeguard(&mnt, demo.id());
+    let mut demo = Demo::start(&[mnt.to_str().unwrap(), "--children", "2"]);
+    let m = demo.m();
     assert_eq!(ok(&format!("ls {m}/parent")), "child1\nchild2\n");
-    let home_line = {
-        let mut l = String::new();
-        out.read_line(&mut l).unwrap();
-        l
-    };
-    let home = home_line
-        .trim()
-        .strip_prefix("(home: ")
-        .and_then(|s| s.split(';').next())
-        .unwrap()
-        .to_string();
-    assert!(std::path::Path::new(&home).exists());
+    assert!(demo.home.exists());
     wait_for(Duration::from_secs(5), || {
         sh(&format!("cat {m}/parent/child1/status")).1 == "idle\n"
     });
     assert!(ok(&format!("cat {m}/parent/child1/output")).starts_with("echo: child1 task"));
-    signal(demo.id(), nix::sys::signal::Signal::SIGINT);
-    assert!(demo.wait().unwrap().success());
+    signal(demo.pid(), nix::sys::signal::Signal::SIGINT);
+    assert!(demo.wait(Duration::from_secs(10)).0.success());
     assert!(!is_mounted(&mnt));
     assert!(
         !mnt.exists(),
         "the demo created the mount point and must remove it"
     );
-    assert!(
-        !std::path::Path::new(&home).exists(),
-        "demo home left behind"
-    );
-    drop(guard);
+    assert!(!demo.home.exists(), "demo home left behind");
 }
 
-/// Stop the demo and unmount `path` on drop, in case an assertion fails while mounted.
-fn scopeguard(path: &std::path::Path, pid: u32) -> impl Drop + '_ {
-    struct G<'a>(&'a std::path::Path, u32);
-    impl Drop for G<'_> {
-        fn drop(&mut self) {
-            if std::thread::panicking() {
-                signal(self.1, nix::sys::signal::Signal::SIGINT);
-                std::thread::sleep(Duration::from_secs(2));
-                signal(self.1, nix::sys::signal::Signal::SIGKILL);
-            }
-            force_unmount(self.0);
-        }
+#[test]
+fn podfs_demo_without_a_mount_point_uses_a_temporary_one() {
+    need_fuse!();
+    let mut demo = Demo::start(&["--children", "1", "--generation", "yoi-worker-485918eb"]);
+    let m = demo.m();
+    assert!(is_mounted(&demo.mnt));
+    assert_eq!(ok(&format!("ls {m}/parent")), "child1\n");
+    assert!(demo.home.join("workers/parent/metadata.json").exists());
+    signal(demo.pid(), nix::sys::signal::Signal::SIGTERM);
+    assert!(demo.wait(Duration::from_secs(10)).0.success());
+    assert!(!demo.mnt.exists() && !demo.home.exists());
+}
+
+#[test]
+fn the_demo_ends_with_a_stopped_child_and_reaps_removed_ones() {
+    need_fuse!();
+    let mut demo = Demo::start(&["--children", "3"]);
+    let m = demo.m();
+    let pods = children_of(demo.pid());
+    assert_eq!(pods.len(), 4, "{pods:?}");
+    // A child removed with rm -r exits, and the demo reaps it: no zombie.
+    ok(&format!("rm -r {m}/parent/child3"));
+    wait_for(Duration::from_secs(5), || {
+        children_of(demo.pid()).len() == 3
+    });
+    assert!(children_of(demo.pid())
+        .iter()
+        .all(|(_, state)| state != "Z"));
+    // A stopped child ignores SIGTERM; the demo kills it after its grace period.
+    let stopped = children_of(demo.pid())[0].0;
+    signal(stopped, nix::sys::signal::Signal::SIGSTOP);
+    let pid = demo.pid();
+    signal(pid, nix::sys::signal::Signal::SIGINT);
+    let (status, took) = demo.wait(Duration::from_secs(15));
+    assert!(status.success());
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(children_of(pid).is_empty());
+    assert!(
+        eventually(Duration::from_secs(2), || !Path::new(&format!(
+            "/proc/{stopped}"
+        ))
+        .exists()),
+        "the stopped child was left behind"
+    );
+    assert!(!demo.home.exists());
+}
+
+#[test]
+fn a_second_interrupt_skips_the_wait() {
+    need_fuse!();
+    let mut demo = Demo::start(&["--children", "1"]);
+    let stopped = children_of(demo.pid())
+        .into_iter()
+        .map(|c| c.0)
+        .collect::<Vec<_>>();
+    for p in &stopped {
+        signal(*p, nix::sys::signal::Signal::SIGSTOP);
     }
-    G(path, pid)
+    signal(demo.pid(), nix::sys::signal::Signal::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(demo.pid(), nix::sys::signal::Signal::SIGINT);
+    let (status, took) = demo.wait(Duration::from_secs(15));
+    assert!(status.success());
+    // Well under the three-second grace the first interrupt grants.
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    assert!(!is_mounted(&demo.mnt));
+    assert!(!demo.home.exists());
 }

@@ -1,22 +1,15 @@
 //! The read side over a real mount of a staged fixture home (contract §1, §2, §4).
+#[macro_use]
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-
-macro_rules! need_fuse {
-    () => {
-        if !fuse_available() {
-            return;
-        }
-    };
-}
 
 #[test]
 fn root_lists_pods_and_parent_lists_every_child() {
     need_fuse!();
-    let home = Home::fixture("live");
+    let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     assert_eq!(ok(&format!("ls {}", m.s())), "child1\nparent\n");
     // All three children, although none of them is reachable.
@@ -34,7 +27,7 @@ fn root_lists_pods_and_parent_lists_every_child() {
 #[test]
 fn value_files_hold_the_registry() {
     need_fuse!();
-    let home = Home::fixture("live");
+    let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     let c1 = format!("{}/parent/child1", m.s());
     let h = home.s();
@@ -64,9 +57,11 @@ fn value_files_hold_the_registry() {
 #[test]
 fn stat_sizes_match_what_cat_returns() {
     need_fuse!();
-    let home = Home::fixture("live");
+    let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
-    for file in ["socket", "scope", "cursor", "callback"] {
+    for file in [
+        "socket", "scope", "cursor", "callback", "status", "log", "output", "input",
+    ] {
         let path = format!("{}/parent/child3/{file}", m.s());
         let size: usize = ok(&format!("stat -c %s {path}")).trim().parse().unwrap();
         let content = ok(&format!("cat {path}"));
@@ -77,14 +72,14 @@ fn stat_sizes_match_what_cat_returns() {
         m.s()
     ));
     assert!(modes.contains("cursor -rw-r--r--"), "{modes}");
-    assert!(modes.contains("input --w-------"), "{modes}");
+    assert!(modes.contains("input -rw-r--r--"), "{modes}");
     assert!(modes.contains("socket -r--r--r--"), "{modes}");
 }
 
 #[test]
 fn standard_tools_see_whole_files() {
     need_fuse!();
-    let home = Home::fixture("live");
+    let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     let h = home.s();
     let copy = tempfile::tempdir().unwrap();
@@ -123,28 +118,34 @@ fn standard_tools_see_whole_files() {
 #[test]
 fn cursor_writes_are_strict() {
     need_fuse!();
-    let home = Home::fixture("live");
+    let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     let cursor = format!("{}/parent/child2/cursor", m.s());
     ok(&format!("echo 12 > {cursor}"));
     assert_eq!(ok(&format!("cat {cursor}")), "12\n");
     ok(&format!("printf 7 > {cursor}"));
     assert_eq!(ok(&format!("cat {cursor}")), "7\n");
-    for bad in ["abc", "-1", "'1 2'", "99999999999999999999999", "' 3'"] {
-        let err = fails(&format!("echo {bad} > {cursor}"));
-        assert!(err.contains("Invalid argument"), "{bad}: {err}");
+    for bad in ["abc", "-1", "1 2", "99999999999999999999999", " 3"] {
+        assert_eq!(
+            py_errno(&format!(
+                "fd = os.open('{cursor}', os.O_WRONLY); os.write(fd, b'{bad}\\n')"
+            )),
+            "EINVAL",
+            "{bad}"
+        );
+        fails(&format!("echo '{bad}' > {cursor}"));
         assert_eq!(
             ok(&format!("cat {cursor}")),
             "7\n",
             "{bad} changed the cursor"
         );
     }
+    // An open closed without writing changes nothing (O_TRUNC included).
     assert_eq!(
         py_errno(&format!(
             "fd = os.open('{cursor}', os.O_WRONLY | os.O_TRUNC); os.write(fd, b''); os.close(fd)"
         )),
-        "EINVAL",
-        "an empty write must fail (at close: the kernel never forwards a zero-length write)"
+        "OK"
     );
     assert_eq!(ok(&format!("cat {cursor}")), "7\n");
     // Cursors are per child.
@@ -154,7 +155,7 @@ fn cursor_writes_are_strict() {
 #[test]
 fn read_only_files_and_refused_operations() {
     need_fuse!();
-    let home = Home::fixture("live");
+    let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     let c = format!("{}/parent/child1", m.s());
     for file in ["socket", "scope", "status", "callback", "output", "log"] {
@@ -164,7 +165,8 @@ fn read_only_files_and_refused_operations() {
             "{file}"
         );
     }
-    assert_eq!(py_errno(&format!("open('{c}/input').read()")), "EACCES");
+    // Reading input returns nothing, so tree-walking tools do not fail on it.
+    assert_eq!(ok(&format!("cat {c}/input")), "");
     assert_eq!(
         py_errno(&format!("os.mkdir('{}/parent/newchild')", m.s())),
         "EPERM"
@@ -188,7 +190,7 @@ fn read_only_files_and_refused_operations() {
 #[test]
 fn inode_numbers_are_stable() {
     need_fuse!();
-    let home = Home::fixture("live");
+    let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     let cmd = format!(
         "stat -c %i {0}/parent {0}/parent/child1 {0}/parent/child1/cursor {0}/parent/child2/cursor",
@@ -204,24 +206,18 @@ fn inode_numbers_are_stable() {
 #[test]
 fn runtime_changes_appear_within_a_second() {
     need_fuse!();
-    let home = Home::fixture("live");
+    let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     assert_eq!(
         ok(&format!("ls {}/parent", m.s())),
         "child1\nchild2\nchild3\n"
     );
     // The runtime rewrites metadata.json in place (truncating write, same inode).
-    let after = fixture_text("after-stop/pods/parent/metadata.json", &home.s());
+    let after = fixture_text(&INSOMNIA, "after-stop/pods/parent/metadata.json", &home.s());
     std::fs::write(home.path().join("pods/parent/metadata.json"), after).unwrap();
-    let started = Instant::now();
     wait_for(Duration::from_secs(2), || {
         ok(&format!("ls {}/parent", m.s())) == "child2\nchild3\n"
     });
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        started.elapsed()
-    );
     wait_for(Duration::from_millis(1500), || {
         sh(&format!("stat {}/parent/child1", m.s())).0 != 0
     });
@@ -240,7 +236,7 @@ fn runtime_changes_appear_within_a_second() {
 #[test]
 fn corrupt_metadata_gives_eio_for_that_parent_only() {
     need_fuse!();
-    let home = Home::fixture("live");
+    let home = Home::fixture(&INSOMNIA, "live");
     std::fs::write(
         home.path().join("pods/child1/metadata.json"),
         b"{\"pod_name\": ",
@@ -261,7 +257,7 @@ fn corrupt_metadata_gives_eio_for_that_parent_only() {
 #[test]
 fn invalid_names_are_refused() {
     need_fuse!();
-    let home = Home::fixture("live");
+    let home = Home::fixture(&INSOMNIA, "live");
     // A registry entry with a name the runtime would refuse never appears.
     let path = home.path().join("pods/parent/metadata.json");
     let mut v: serde_json::Value =
@@ -289,7 +285,7 @@ fn invalid_names_are_refused() {
 #[test]
 fn sigterm_unmounts_cleanly() {
     need_fuse!();
-    let home = Home::fixture("live");
+    let home = Home::fixture(&INSOMNIA, "live");
     let mut m = Mount::new(&home);
     assert!(m.is_mounted());
     let status = m.stop();
@@ -301,7 +297,7 @@ fn sigterm_unmounts_cleanly() {
 #[test]
 fn sigint_unmounts_cleanly() {
     need_fuse!();
-    let home = Home::fixture("live");
+    let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     signal(m.pid(), nix::sys::signal::Signal::SIGINT);
     wait_for(Duration::from_secs(5), || !m.is_mounted());

@@ -1,15 +1,18 @@
-//! A realistic insomnia home for demo pods: the files the runtime would have written after
-//! a parent spawned its children (`metadata.json`, `pods.json`, work directories).
+//! A realistic runtime home for demo pods: the files the runtime would have written after a
+//! parent spawned its children (`metadata.json`, the allocation table, work directories),
+//! in the names of either generation.
 
 use std::path::Path;
 
-use serde_json::{json, Map};
+use serde_json::json;
 
 use crate::error::{Error, Result};
+use crate::generation::Generation;
+use crate::name::PodName;
 use crate::paths::Paths;
-use crate::scope::{ScopeRule, StoredRule};
+use crate::scope::StoredRule;
+use crate::store::alloc::{self, Allocation};
 use crate::store::metadata::{Metadata, SpawnedChild};
-use crate::store::pods_table::{Allocation, PodsTable};
 
 /// The rules the demo delegates to child `name`: write on its own work dir, read on all.
 pub fn child_rules(home: &Path, name: &str) -> Vec<StoredRule> {
@@ -20,63 +23,108 @@ pub fn child_rules(home: &Path, name: &str) -> Vec<StoredRule> {
     ]
 }
 
-fn allocation(paths: &Paths, name: &str, allow: Vec<ScopeRule>, from: Option<&str>) -> Allocation {
+fn allocation(
+    paths: &Paths,
+    name: &PodName,
+    allow: Vec<StoredRule>,
+    from: Option<&str>,
+) -> Allocation {
     Allocation {
-        pod_name: name.into(),
+        name: name.to_string(),
         pid: 0,
         socket: paths.socket(name).display().to_string(),
-        scope_allow: allow,
+        scope_allow: allow.iter().map(StoredRule::to_wire).collect(),
         scope_deny: Vec::new(),
         delegated_from: from.map(Into::into),
         segment_id: None,
-        extra: Map::new(),
     }
 }
 
+/// The registry entry of `child` under `parent`, as the runtime writes it.
+pub fn spawned_child(
+    home: &Path,
+    gen: &'static Generation,
+    parent: &str,
+    child: &str,
+) -> SpawnedChild {
+    let paths = Paths::for_home(home, gen);
+    SpawnedChild {
+        name: child.to_string(),
+        socket_path: paths.runtime.join(child).join("sock").display().to_string(),
+        scope_delegated: child_rules(home, child),
+        callback_address: paths
+            .runtime
+            .join(parent)
+            .join("sock")
+            .display()
+            .to_string(),
+    }
+}
+
+fn name(s: &str) -> Result<PodName> {
+    PodName::new(s)
+}
+
 /// Write the files of `parent` with `children` spawned, as the runtime leaves them.
-pub fn create(home: &Path, parent: &str, children: &[String]) -> Result<()> {
-    let paths = Paths::for_home(home);
+pub fn create(
+    home: &Path,
+    gen: &'static Generation,
+    parent: &str,
+    children: &[String],
+) -> Result<()> {
+    let paths = Paths::for_home(home, gen);
     let io = |what: &str, e| Error::io(what.to_string(), e);
     let work = home.join("work");
     std::fs::create_dir_all(&work).map_err(|e| io("create work dir", e))?;
-    let mut meta = Metadata::new(parent);
-    meta.active = Some(json!({"session_id": "00000000-0000-7000-8000-000000000001"}));
-    let mut table = PodsTable::default();
-    table.allocations.push(allocation(
+    let parent_name = name(parent)?;
+    let mut meta = Metadata::new(parent, gen);
+    meta.set(
+        "active",
+        json!({"session_id": "00000000-0000-7000-8000-000000000001"}),
+    );
+    if gen.name_key == "worker_name" {
+        meta.set("workspace_root", json!(work.display().to_string()));
+    }
+    let mut table = alloc::AllocTable::empty(gen);
+    table.push(&allocation(
         &paths,
-        parent,
-        vec![StoredRule::new(&work.display().to_string(), "write", true).to_wire()],
+        &parent_name,
+        vec![StoredRule::new(&work.display().to_string(), "write", true)],
         None,
     ));
+    let mut spawned = Vec::new();
     for child in children {
+        let child_name = name(child)?;
         std::fs::create_dir_all(work.join(child)).map_err(|e| io("create child work dir", e))?;
-        let rules = child_rules(home, child);
-        meta.spawned_children.push(SpawnedChild {
-            pod_name: child.clone(),
-            socket_path: paths.socket(child).display().to_string(),
-            scope_delegated: rules.clone(),
-            callback_address: paths.socket(parent).display().to_string(),
-            extra: Map::new(),
-        });
-        table.allocations.push(allocation(
+        spawned.push(spawned_child(home, gen, parent, child));
+        table.push(&allocation(
             &paths,
-            child,
-            rules.iter().map(StoredRule::to_wire).collect(),
+            &child_name,
+            child_rules(home, child),
             Some(parent),
         ));
-        let mut own = Metadata::new(child);
-        own.active = Some(json!({"session_id": "00000000-0000-7000-8000-000000000002"}));
-        write_new(&paths.metadata(child), &own.to_bytes())?;
+        let mut own = Metadata::new(child, gen);
+        own.set(
+            "active",
+            json!({"session_id": "00000000-0000-7000-8000-000000000002"}),
+        );
+        write_new(&paths.metadata(&child_name), &own.to_bytes())?;
     }
-    write_new(&paths.metadata(parent), &meta.to_bytes())?;
+    meta.set_children(&spawned);
+    write_new(&paths.metadata(&parent_name), &meta.to_bytes())?;
     std::fs::create_dir_all(&paths.runtime).map_err(|e| io("create runtime dir", e))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&paths.runtime, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| io("chmod runtime dir", e))?;
-    crate::store::pods_table::update(&paths.pods_json(), std::time::Duration::from_secs(5), |t| {
-        *t = table;
-        (true, ())
-    })?;
+    alloc::update(
+        &paths.alloc_table(),
+        gen,
+        std::time::Duration::from_secs(5),
+        |t| {
+            *t = table;
+            (true, ())
+        },
+    )?;
     Ok(())
 }
 

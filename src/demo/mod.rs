@@ -1,5 +1,10 @@
 //! `podfs demo`: a throw-away home with a live demo parent and live demo children, mounted,
 //! with a short tour printed, and everything removed again on Ctrl-C.
+//!
+//! The demo must end however its pods behave: Ctrl-C asks every pod to stop (SIGTERM),
+//! kills what has not stopped after a bound, reaps every process it started (children
+//! removed with `rm -r` during the demo are reaped as they exit), removes the home and
+//! exits. A second Ctrl-C skips the wait.
 
 pub mod home;
 pub mod pod;
@@ -10,33 +15,80 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::cli::DemoArgs;
-use crate::error::{Error, Result};
-use crate::fs::PodFs;
-use crate::mount::{self, MountSettings};
-use crate::paths::Paths;
-use crate::protocol::{ops, Timeouts};
-use crate::registry::Registry;
+use clap::Args;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
-/// Demo pod processes, stopped when dropped.
+use crate::error::{Error, Result};
+use crate::generation::Generation;
+use crate::mount::{self, MountSettings};
+use crate::name::PodName;
+use crate::paths::Paths;
+use crate::pod_client::{PodClient, Timeouts};
+
+/// How long pods get to stop after SIGTERM before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to mount (created if missing; must be empty). Default: a new temporary
+    /// directory, removed again at exit.
+    pub mountpoint: Option<PathBuf>,
+    /// How many live demo children the demo parent has.
+    #[arg(long, default_value_t = 3)]
+    pub children: usize,
+    /// The runtime generation the demo pods speak and the home is laid out for.
+    #[arg(long, default_value = "insomnia-5472", value_parser = generation_id)]
+    pub generation: &'static Generation,
+}
+
+/// Parse a `--generation` value.
+pub fn generation_id(s: &str) -> std::result::Result<&'static Generation, String> {
+    Generation::by_id(s)
+        .ok_or_else(|| format!("unknown generation {s:?}; one of {}", Generation::ids()))
+}
+
+/// Reference pod processes, stopped and reaped when dropped.
 pub struct Pods {
-    children: Vec<Child>,
+    children: Vec<(String, Child)>,
 }
 
 impl Pods {
-    /// Start `podfs pod` processes for `parent` and its `children` in `home` and wait until
-    /// every socket answers.
-    pub fn start(exe: &Path, home: &Path, parent: &str, children: &[String]) -> Result<Pods> {
-        let paths = Paths::for_home(home);
+    /// Start one `podfs pod` process for `parent` and one per child in `home`, and wait
+    /// until every socket answers.
+    pub fn start(
+        exe: &Path,
+        home: &Path,
+        gen: &'static Generation,
+        parent: &str,
+        children: &[String],
+    ) -> Result<Pods> {
+        Self::start_with(exe, home, gen, parent, children, &[])
+    }
+
+    /// [`Pods::start`] with extra arguments for the children (`--turn-ms`, ...).
+    pub fn start_with(
+        exe: &Path,
+        home: &Path,
+        gen: &'static Generation,
+        parent: &str,
+        children: &[String],
+        child_args: &[&str],
+    ) -> Result<Pods> {
+        let paths = Paths::for_home(home, gen);
         let mut pods = Pods {
             children: Vec::new(),
         };
         let spawn = |args: Vec<String>| -> Result<Child> {
             Command::new(exe)
-                .arg("--log-level")
-                .arg("warn")
-                .arg("pod")
-                .arg("--home")
+                .args([
+                    "--log-level",
+                    "warn",
+                    "pod",
+                    "--generation",
+                    gen.id,
+                    "--home",
+                ])
                 .arg(home)
                 .args(args)
                 .stdin(Stdio::null())
@@ -44,22 +96,28 @@ impl Pods {
                 .spawn()
                 .map_err(|e| Error::io(format!("start demo pod with {}", exe.display()), e))
         };
-        pods.children
-            .push(spawn(vec!["--name".into(), parent.into()])?);
+        pods.children.push((
+            parent.to_string(),
+            spawn(vec!["--name".into(), parent.into()])?,
+        ));
+        let parent_name = PodName::new(parent)?;
         for child in children {
-            pods.children.push(spawn(vec![
-                "--name".into(),
+            let mut args = vec![
+                "--name".to_string(),
                 child.clone(),
                 "--callback".into(),
-                paths.socket(parent).display().to_string(),
+                paths.socket(&parent_name).display().to_string(),
                 "--task".into(),
-                format!("{child} task: describe your work directory"),
-            ])?);
+                "{name} task: describe your work directory".into(),
+            ];
+            args.extend(child_args.iter().map(|s| s.to_string()));
+            pods.children.push((child.clone(), spawn(args)?));
         }
-        let t = Timeouts::default();
+        let client = PodClient::new(&paths, Timeouts::default());
         let deadline = Instant::now() + Duration::from_secs(10);
         for name in std::iter::once(&parent.to_string()).chain(children) {
-            while ops::probe(&paths.socket(name), &t).is_err() {
+            let socket = client.own_socket(&PodName::new(name)?);
+            while !client.is_live(&socket) {
                 if Instant::now() > deadline {
                     return Err(Error::Timeout(format!("demo pod {name} did not start")));
                 }
@@ -68,72 +126,143 @@ impl Pods {
         }
         Ok(pods)
     }
+
+    /// The process id of pod `name` (tests stop or kill single pods).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.id())
+    }
+
+    /// Reap pods that have exited (a child removed with `rm -r` exits); returns how many
+    /// are still running.
+    pub fn reap(&mut self) -> usize {
+        self.children
+            .retain_mut(|(_, c)| matches!(c.try_wait(), Ok(None)));
+        self.children.len()
+    }
+
+    /// SIGTERM every pod, SIGKILL what is left after the grace period (or at once when
+    /// `hurry` says so), and reap them all.
+    pub fn stop(&mut self, hurry: impl Fn() -> bool) {
+        for (_, c) in &self.children {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while self.reap() > 0 && Instant::now() < deadline && !hurry() {
+            thread::sleep(Duration::from_millis(20));
+        }
+        for (_, c) in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
 }
 
 impl Drop for Pods {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        for child in &mut self.children {
-            let _ = child.wait();
+        self.stop(|| false);
+    }
+}
+
+/// Where the demo may put its throw-away files: `$XDG_RUNTIME_DIR` if set and writable,
+/// else the temporary directory.
+fn scratch_base() -> Result<PathBuf> {
+    let candidates = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(std::iter::once(std::env::temp_dir()));
+    for base in candidates {
+        if nix::unistd::access(
+            &base,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .is_ok()
+        {
+            return Ok(base);
         }
     }
+    Err(Error::Usage(
+        "no writable place for the demo's files: neither $XDG_RUNTIME_DIR nor the temporary \
+         directory ($TMPDIR, else /tmp) is writable by this user; set TMPDIR to a directory \
+         you can write"
+            .into(),
+    ))
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
     // Before anything is started, so Ctrl-C at any moment cleans up.
     let signals = mount::StopSignals::install()?;
+    let gen = args.generation;
+    let base = scratch_base()?;
     let home = tempfile::Builder::new()
-        .prefix("podfs-demo-")
-        .tempdir()
-        .map_err(|e| Error::io("create demo home", e))?;
-    let mountpoint: PathBuf = args.mountpoint.clone();
+        .prefix("podfs-demo-home-")
+        .tempdir_in(&base)
+        .map_err(|e| Error::io(format!("create the demo home in {}", base.display()), e))?;
+    let (mountpoint, temp_mount) = match &args.mountpoint {
+        Some(m) => (m.clone(), None),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("podfs-demo-")
+                .tempdir_in(&base)
+                .map_err(|e| Error::io(format!("create a mount point in {}", base.display()), e))?;
+            (dir.path().to_path_buf(), Some(dir))
+        }
+    };
     let created_mountpoint = !mountpoint.exists();
     if created_mountpoint {
         std::fs::create_dir_all(&mountpoint)
             .map_err(|e| Error::io(format!("create {}", mountpoint.display()), e))?;
     }
     let children: Vec<String> = (1..=args.children).map(|i| format!("child{i}")).collect();
-    home::create(home.path(), "parent", &children)?;
+    home::create(home.path(), gen, "parent", &children)?;
     let exe = std::env::current_exe().map_err(|e| Error::io("locate the podfs binary", e))?;
-    let pods = Pods::start(&exe, home.path(), "parent", &children)?;
+    let mut pods = Pods::start(&exe, home.path(), gen, "parent", &children)?;
 
-    let reg = Arc::new(Registry::new(
-        Paths::for_home(home.path()),
+    let fs = Arc::new(crate::fs::build(
+        Paths::for_home(home.path(), gen),
         Timeouts::default(),
-    ));
-    let fs = Arc::new(PodFs::new(reg));
+        crate::watch::WatchConfig::default(),
+        &crate::fs::Settings::default(),
+        true,
+    )?);
     let settings = MountSettings {
         fsname: "podfs:demo".into(),
         ..Default::default()
     };
     let mounted = mount::mount(fs, &mountpoint, &settings)?;
-    let m = mountpoint.display();
+    let m = mounted.mountpoint().display().to_string();
     let first = children.first().map_or("child1", String::as_str);
     println!(
-        "podfs demo: a live parent with {n} live children, mounted at {m}\n\
+        "podfs demo: a live parent with {n} live children ({g}), mounted at\n  {m}\n\
          (home: {h}; everything is removed on Ctrl-C)\n\n\
          Try, in another shell:\n  \
          ls {m}/parent\n  \
          cat {m}/parent/{first}/scope {m}/parent/{first}/status\n  \
          cat {m}/parent/{first}/output      # new assistant text; moves the cursor\n  \
          cat {m}/parent/{first}/cursor\n  \
-         echo 'hello' > {m}/parent/{first}/input && sleep 1 && cat {m}/parent/{first}/output\n  \
+         echo 'hello' > {m}/parent/{first}/input; sleep 1; cat {m}/parent/{first}/output\n  \
          tail -f {m}/parent/{first}/log     # follow the child live\n  \
          rm -r {m}/parent/{first}           # stop it and reclaim its scope\n",
         n = children.len(),
+        g = gen.id,
         h = home.path().display(),
     );
-    let result = signals.serve(mounted);
-    drop(pods);
+    while !signals.received() && !mounted.finished() {
+        pods.reap();
+        thread::sleep(Duration::from_millis(100));
+    }
+    signals.reset();
+    eprintln!("podfs demo: stopping (Ctrl-C again to skip waiting for the pods)");
+    mounted.unmount();
+    pods.stop(|| signals.received());
     drop(home);
-    if created_mountpoint {
+    if created_mountpoint || temp_mount.is_some() {
         let _ = std::fs::remove_dir(&mountpoint);
     }
+    drop(temp_mount);
     println!("podfs demo: unmounted and cleaned up");
-    result
+    Ok(())
 }

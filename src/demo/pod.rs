@@ -1,13 +1,17 @@
-//! A reference pod that speaks the runtime's socket protocol faithfully enough to drive
-//! every podfs feature: the prelude, `run` with the event sequence of a real run,
-//! `already_running` while busy, `shutdown` with the `shut_down` report to the callback,
-//! and, as a parent, the runtime's own remove-and-reclaim on a `shut_down` pod event.
+//! Reference pods: processes that speak the runtime's socket protocol (either generation)
+//! faithfully enough to drive every podfs feature. The prelude; `run` with the event
+//! sequence and history entries of a real run; `already_running` while busy; `shutdown`
+//! with the `shut_down` report to the callback; and, as a parent, the runtime's own
+//! remove-and-reclaim on a `shut_down` lifecycle event, and a notification turn for each
+//! report. One process can serve many pods (1,000 children for the benchmarks).
 //!
 //! The "LLM" is deterministic: a turn answers `echo: <input>` after `--turn-ms`.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,46 +22,64 @@ use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
+use crate::generation::Generation;
+use crate::name::PodName;
 use crate::paths::Paths;
-use crate::protocol::client::Connection;
-use crate::protocol::wire::Want;
-use crate::store::metadata::{self, Metadata, ReclaimedChild, SpawnedChild};
-use crate::store::{pods_table, spawned, to_runtime_json};
+use crate::pod_client::{PodClient, SocketPath, Timeouts};
+use crate::protocol::wire;
+use crate::store::metadata::{self, Metadata, SpawnedChild};
+use crate::store::{alloc, mirror};
 
 #[derive(Debug, Args, Clone)]
 pub struct PodArgs {
-    /// The insomnia home (INSOMNIA_HOME layout).
+    /// The runtime home (INSOMNIA_HOME / YOI_HOME layout).
     #[arg(long)]
     pub home: PathBuf,
-    /// This pod's name.
-    #[arg(long)]
-    pub name: String,
+    /// The runtime generation to speak.
+    #[arg(long, default_value = "insomnia-5472")]
+    pub generation: String,
+    /// The pod's name; repeat to serve several pods from this one process.
+    #[arg(long = "name", required = true)]
+    pub names: Vec<String>,
     /// The socket to report `turn_ended` and `shut_down` to (a spawned child's parent).
     #[arg(long)]
     pub callback: Option<PathBuf>,
-    /// A first task to run at start, as a spawned child does.
+    /// A first task to run at start, as a spawned child does (`{name}` is replaced).
     #[arg(long)]
     pub task: Option<String>,
     /// How long one turn takes.
     #[arg(long, default_value_t = 200)]
     pub turn_ms: u64,
+    /// Start with a history holding about this many bytes of assistant text.
+    #[arg(long, default_value_t = 0)]
+    pub history_bytes: usize,
     /// Ignore `shutdown` (a child that will not stop, for EBUSY tests).
     #[arg(long)]
     pub ignore_shutdown: bool,
-    /// Ignore `shut_down` pod events (a parent that never confirms, for EIO tests).
+    /// Ignore lifecycle events (a parent that never confirms, for EIO tests).
     #[arg(long)]
     pub ignore_pod_events: bool,
+    /// At exit (SIGTERM), write how many Snapshots each pod served to this file (JSON).
+    #[arg(long)]
+    pub stats: Option<PathBuf>,
 }
 
+type Client = Arc<Mutex<UnixStream>>;
+
 struct Pod {
+    name: String,
     args: PodArgs,
+    gen: &'static Generation,
     paths: Paths,
     entries: Mutex<Vec<Value>>,
     status: Mutex<&'static str>,
-    turns: Mutex<u64>,
-    clients: Mutex<Vec<Arc<Mutex<UnixStream>>>>,
+    turns: AtomicU64,
+    clients: Mutex<Vec<Client>>,
     /// The parent's in-memory registry, loaded once at start like the runtime's.
     registry: Mutex<Vec<SpawnedChild>>,
+    snapshots: AtomicU64,
+    client: PodClient,
+    stopped: AtomicBool,
 }
 
 fn now_ms() -> u64 {
@@ -68,15 +90,57 @@ fn now_ms() -> u64 {
 }
 
 pub fn run(args: PodArgs) -> Result<()> {
-    let paths = Paths::for_home(&args.home);
-    let dir = paths.pod_runtime_dir(&args.name);
+    let gen = Generation::by_id(&args.generation).ok_or_else(|| {
+        Error::Usage(format!(
+            "unknown generation {}; one of {}",
+            args.generation,
+            Generation::ids()
+        ))
+    })?;
+    let paths = Paths::for_home(&args.home, gen);
+    let mut pods = Vec::new();
+    let mut listeners = Vec::new();
+    for name in &args.names {
+        let (pod, listener) = start(name, &args, gen, &paths)?;
+        pods.push(pod);
+        listeners.push(listener);
+    }
+    if let Some(path) = args.stats.clone() {
+        let pods = pods.clone();
+        let term = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())
+            .map_err(|e| Error::io("install signal handler", e))?;
+        thread::spawn(move || {
+            while !term.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let counts: serde_json::Map<String, Value> = pods
+                .iter()
+                .map(|p| (p.name.clone(), p.snapshots.load(Ordering::SeqCst).into()))
+                .collect();
+            let _ = std::fs::write(&path, Value::Object(counts).to_string());
+            std::process::exit(0);
+        });
+    }
+    serve(pods, listeners);
+    Ok(())
+}
+
+fn start(
+    name: &str,
+    args: &PodArgs,
+    gen: &'static Generation,
+    paths: &Paths,
+) -> Result<(Arc<Pod>, UnixListener)> {
+    let pod_name = PodName::new(name)?;
+    let dir = paths.pod_runtime_dir(&pod_name);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    let meta_path = paths.metadata(&args.name);
-    let meta = match metadata::read(&meta_path) {
+    let meta_path = paths.metadata(&pod_name);
+    let meta = match metadata::read_settled(&meta_path, gen) {
         Ok(m) => m,
         Err(Error::NotFound(_)) => {
-            let m = Metadata::new(&args.name);
-            std::fs::create_dir_all(meta_path.parent().unwrap())
+            let m = Metadata::new(name, gen);
+            std::fs::create_dir_all(meta_path.parent().expect("has a parent"))
                 .map_err(|e| Error::io("create pod dir", e))?;
             std::fs::write(&meta_path, m.to_bytes()).map_err(|e| Error::io("write metadata", e))?;
             m
@@ -84,62 +148,135 @@ pub fn run(args: PodArgs) -> Result<()> {
         Err(e) => return Err(e),
     };
     let pod = Arc::new(Pod {
-        registry: Mutex::new(meta.spawned_children.clone()),
+        name: name.to_string(),
+        registry: Mutex::new(meta.children().unwrap_or_default()),
         args: args.clone(),
+        gen,
         paths: paths.clone(),
         entries: Mutex::new(Vec::new()),
         status: Mutex::new("idle"),
-        turns: Mutex::new(0),
+        turns: AtomicU64::new(0),
         clients: Mutex::new(Vec::new()),
+        snapshots: AtomicU64::new(0),
+        client: PodClient::new(paths, Timeouts::default()),
+        stopped: AtomicBool::new(false),
     });
+    pod.prefill(args.history_bytes);
     let pid = std::process::id();
-    let _ = pods_table::update(&paths.pods_json(), Duration::from_secs(5), |t| {
-        match t.allocations.iter_mut().find(|a| a.pod_name == args.name) {
-            Some(a) => {
-                a.pid = pid;
-                (true, ())
-            }
-            None => (false, ()),
-        }
+    let _ = alloc::update(&paths.alloc_table(), gen, Duration::from_secs(5), |t| {
+        (t.set_field(name, "pid", pid.into()), ())
     });
     std::fs::write(dir.join("pid"), pid.to_string()).map_err(|e| Error::io("write pid", e))?;
     pod.write_status();
     pod.write_mirror();
-    let sock = paths.socket(&args.name);
+    let sock = paths.socket(&pod_name);
     let _ = std::fs::remove_file(&sock);
     let listener =
         UnixListener::bind(&sock).map_err(|e| Error::io(format!("bind {}", sock.display()), e))?;
-    info!(pod = %args.name, socket = %sock.display(), "demo pod listening");
+    info!(pod = %name, socket = %sock.display(), generation = gen.id, "reference pod listening");
     if let Some(task) = args.task.clone() {
-        pod.start_turn(task);
+        pod.start_run(task.replace("{name}", name));
     }
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let pod = pod.clone();
-        thread::spawn(move || pod.serve(stream));
+    Ok((pod, listener))
+}
+
+/// Accept on every listener from one thread; one thread per connection.
+fn serve(pods: Vec<Arc<Pod>>, listeners: Vec<UnixListener>) {
+    for l in &listeners {
+        let _ = l.set_nonblocking(true);
     }
-    Ok(())
+    loop {
+        let mut fds: Vec<nix::poll::PollFd> = listeners
+            .iter()
+            .map(|l| nix::poll::PollFd::new(l.as_fd(), nix::poll::PollFlags::POLLIN))
+            .collect();
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)).is_err() {
+            continue;
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        for (i, ready) in ready.into_iter().enumerate() {
+            if !ready || pods[i].stopped.load(Ordering::SeqCst) {
+                continue;
+            }
+            while let Ok((stream, _)) = listeners[i].accept() {
+                let _ = stream.set_nonblocking(false);
+                let pod = pods[i].clone();
+                let _ = thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn(move || pod.serve(stream));
+            }
+        }
+        if pods.iter().all(|p| p.stopped.load(Ordering::SeqCst)) {
+            std::process::exit(0);
+        }
+    }
+}
+
+fn send_line(writer: &Client, event: &Value) -> std::io::Result<()> {
+    let mut line = event.to_string().into_bytes();
+    line.push(b'\n');
+    let mut w = writer.lock();
+    w.write_all(&line)?;
+    w.flush()
 }
 
 impl Pod {
+    fn socket(&self, name: &str) -> Option<SocketPath> {
+        let name = PodName::new(name).ok()?;
+        Some(self.client.own_socket(&name))
+    }
+
     fn write_status(&self) {
-        let dir = self.paths.pod_runtime_dir(&self.args.name);
-        let line =
-            json!({"pod_name": self.args.name, "segment_id": null, "state": *self.status.lock()});
+        let dir = self.paths.runtime.join(&self.name);
+        let mut line = serde_json::Map::new();
+        if self.gen.name_key == "pod_name" {
+            line.insert("pod_name".into(), self.name.clone().into());
+        }
+        line.insert("segment_id".into(), Value::Null);
+        line.insert("state".into(), (*self.status.lock()).into());
+        if self.gen.name_key != "pod_name" {
+            line.insert(self.gen.name_key.into(), self.name.clone().into());
+        }
         let tmp = dir.join("status.tmp");
-        if std::fs::write(&tmp, line.to_string()).is_ok() {
+        if std::fs::write(&tmp, Value::Object(line).to_string()).is_ok() {
             let _ = std::fs::rename(&tmp, dir.join("status.json"));
         }
     }
 
-    /// `spawned_pods.json`, rewritten from memory via temp + rename.
+    /// The mirror, rewritten from memory via temp + rename.
     fn write_mirror(&self) {
-        let records: Vec<spawned::SpawnedRecord> =
-            self.registry.lock().iter().map(Into::into).collect();
-        let dir = self.paths.pod_runtime_dir(&self.args.name);
-        let tmp = dir.join("spawned_pods.tmp");
-        if std::fs::write(&tmp, to_runtime_json(&records)).is_ok() {
-            let _ = std::fs::rename(&tmp, dir.join("spawned_pods.json"));
+        let bytes = mirror::render(&self.registry.lock(), self.gen);
+        let dir = self.paths.runtime.join(&self.name);
+        let tmp = dir.join("spawned.tmp");
+        if std::fs::write(&tmp, bytes).is_ok() {
+            let _ = std::fs::rename(&tmp, dir.join(self.gen.mirror_file));
+        }
+    }
+
+    /// A long history: turns whose replies add up to `bytes` of assistant text.
+    fn prefill(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let reply = "x".repeat(4000);
+        let mut entries = self.entries.lock();
+        let mut total = 0;
+        let ts = now_ms();
+        entries.push(json!({"kind": "segment_start", "ts": ts, "session_id": "demo", "system_prompt": null, "config": {}, "history": []}));
+        while total < bytes {
+            entries.push(json!({"kind": "invoke", "ts": ts, "trigger": "user_send"}));
+            entries.push(json!({"kind": "user_input", "ts": ts, "segments": [{"kind": "text", "content": "more"}]}));
+            entries.push(json!({"kind": "assistant_item", "ts": ts, "item": {"kind": "message", "role": "assistant", "content": [{"kind": "text", "text": reply}]}}));
+            entries.push(json!({"kind": "turn_end", "ts": ts, "turn_count": 1}));
+            entries.push(
+                json!({"kind": "llm_usage", "ts": ts, "input_total_tokens": 5, "output_tokens": 3}),
+            );
+            entries.push(json!({"kind": "run_completed", "ts": ts, "interrupted": false, "result": "finished"}));
+            total += reply.len();
         }
     }
 
@@ -152,12 +289,17 @@ impl Pod {
         {
             // Snapshot and registration under one lock: no event falls between them.
             let mut clients = self.clients.lock();
+            let mut greeting = serde_json::Map::new();
+            greeting.insert(self.gen.name_key.into(), self.name.clone().into());
+            greeting.insert("cwd".into(), "/".into());
+            greeting.insert("provider".into(), "demo".into());
+            greeting.insert("model".into(), "echo".into());
             let snapshot = json!({"event": "snapshot", "data": {
                 "entries": *self.entries.lock(),
-                "greeting": {"pod_name": self.args.name, "cwd": "/", "provider": "demo", "model": "echo",
-                             "scope_summary": "", "tools": [], "context_window": 200000, "context_tokens": 0},
+                "greeting": greeting,
                 "status": *self.status.lock(),
             }});
+            self.snapshots.fetch_add(1, Ordering::SeqCst);
             if send_line(&writer, &snapshot).is_err() {
                 return;
             }
@@ -179,42 +321,46 @@ impl Pod {
                 }
             }
         }
+        self.clients.lock().retain(|c| !Arc::ptr_eq(c, &writer));
     }
 
     fn broadcast(&self, event: Value) {
         self.clients.lock().retain(|c| send_line(c, &event).is_ok());
     }
 
-    fn dispatch(self: Arc<Self>, method: &Value, sender: &Arc<Mutex<UnixStream>>) {
+    fn dispatch(self: Arc<Self>, method: &Value, sender: &Client) {
         let params = &method["params"];
-        match method["method"].as_str().unwrap_or("") {
+        let name = method["method"].as_str().unwrap_or("");
+        match name {
             "run" => {
                 let text: Vec<&str> = params["input"]
                     .as_array()
                     .map(|a| a.iter().filter_map(|s| s["content"].as_str()).collect())
                     .unwrap_or_default();
-                let text = text.join("\n");
                 let busy = *self.status.lock() == "running";
                 if busy {
                     self.broadcast(json!({"event": "error", "data": {"code": "already_running", "message": "a turn is already running"}}));
                 } else {
-                    self.start_turn(text);
+                    self.start_run(text.join("\n"));
                 }
             }
             "shutdown" if !self.args.ignore_shutdown => self.shutdown(),
-            "pod_event" if !self.args.ignore_pod_events => {
-                let child = params["pod_name"].as_str().unwrap_or("").to_string();
+            "compact" => self.compact(),
+            _ if name == self.gen.lifecycle_method && !self.args.ignore_pod_events => {
+                let child = params[self.gen.name_key].as_str().unwrap_or("").to_string();
                 match params["kind"].as_str() {
                     Some("shut_down") => {
                         self.remove_child(&child);
-                        self.notice(format!("Pod `{child}` has stopped."));
+                        self.notice(&child, "shut_down");
                     }
-                    Some("turn_ended") => self.notice(format!("Pod `{child}` finished a turn.")),
+                    Some("turn_ended") => self.notice(&child, "turn_ended"),
                     _ => {}
                 }
             }
-            "compact" => self.compact(),
-            "shutdown" | "pod_event" => debug!("ignored by configuration"),
+            "shutdown" => debug!("shutdown ignored by configuration"),
+            _ if name == self.gen.lifecycle_method => {
+                debug!("lifecycle event ignored by configuration")
+            }
             other => {
                 let _ = send_line(
                     sender,
@@ -224,62 +370,119 @@ impl Pod {
         }
     }
 
-    fn start_turn(self: &Arc<Self>, text: String) {
-        *self.status.lock() = "running";
-        self.write_status();
-        let turn = {
-            let mut t = self.turns.lock();
-            *t += 1;
-            *t
-        };
-        self.broadcast(json!({"event": "user_message", "data": {"segments": [{"kind": "text", "content": text}]}}));
-        self.broadcast(json!({"event": "status", "data": {"status": "running"}}));
-        self.broadcast(json!({"event": "invoke_start", "data": {"kind": "user_send"}}));
-        self.broadcast(json!({"event": "turn_start", "data": {"turn": turn}}));
-        let pod = self.clone();
-        thread::spawn(move || pod.finish_turn(text, "user_send", turn));
-    }
-
-    fn finish_turn(self: Arc<Self>, text: String, trigger: &str, turn: u64) {
-        thread::sleep(Duration::from_millis(self.args.turn_ms));
-        let reply = format!("echo: {text}");
-        self.broadcast(json!({"event": "llm_call_start", "data": {"llm_call": 1}}));
-        self.broadcast(json!({"event": "text_delta", "data": {"text": reply}}));
-        self.broadcast(json!({"event": "text_done", "data": {"text": reply}}));
-        self.broadcast(json!({"event": "usage", "data": {"input_tokens": 5, "output_tokens": 3}}));
-        self.broadcast(json!({"event": "llm_call_end", "data": {"llm_call": 1}}));
-        self.commit_turn(&text, &reply, trigger, turn);
-        self.broadcast(json!({"event": "turn_end", "data": {"turn": turn, "result": "finished"}}));
-        self.broadcast(json!({"event": "run_end", "data": {"result": "finished"}}));
-        *self.status.lock() = "idle";
-        self.write_status();
-        self.broadcast(json!({"event": "status", "data": {"status": "idle"}}));
-        if trigger == "user_send" {
-            if let Some(cb) = &self.args.callback {
-                let _ = report(
-                    cb,
-                    &json!({"method": "pod_event", "params": {"kind": "turn_ended", "pod_name": self.args.name}}),
-                );
+    fn begin(&self, trigger: &str) -> Option<u64> {
+        {
+            let mut status = self.status.lock();
+            if *status == "running" {
+                return None;
             }
+            *status = "running";
         }
-    }
-
-    fn commit_turn(&self, text: &str, reply: &str, trigger: &str, turn: u64) {
+        self.write_status();
+        let turn = self.turns.fetch_add(1, Ordering::SeqCst) + 1;
         let ts = now_ms();
         let mut entries = self.entries.lock();
         if entries.is_empty() {
             entries.push(json!({"kind": "segment_start", "ts": ts, "session_id": "demo", "system_prompt": null, "config": {}, "history": []}));
         }
         entries.push(json!({"kind": "invoke", "ts": ts, "trigger": trigger}));
-        entries.push(json!({"kind": "user_input", "ts": ts, "segments": [{"kind": "text", "content": text}]}));
-        entries.push(json!({"kind": "assistant_item", "ts": ts, "item": {"kind": "message", "role": "assistant", "content": [{"kind": "text", "text": reply}]}}));
-        entries.push(json!({"kind": "turn_end", "ts": ts, "turn_count": turn}));
-        entries.push(
-            json!({"kind": "llm_usage", "ts": ts, "input_total_tokens": 5, "output_tokens": 3}),
+        Some(turn)
+    }
+
+    /// A `run`: the event order of the generation (yoi announces the status first).
+    fn start_run(self: &Arc<Self>, text: String) {
+        let Some(turn) = self.begin("user_send") else {
+            return;
+        };
+        self.entries.lock().push(
+            json!({"kind": "user_input", "ts": now_ms(), "segments": wire::run_segments(&text)}),
         );
-        entries.push(
-            json!({"kind": "run_completed", "ts": ts, "interrupted": false, "result": "finished"}),
+        let user_message =
+            json!({"event": "user_message", "data": {"segments": wire::run_segments(&text)}});
+        let running = json!({"event": "status", "data": {"status": "running"}});
+        let invoke = json!({"event": "invoke_start", "data": {"kind": "user_send"}});
+        if self.gen.name_key == "pod_name" {
+            self.broadcast(user_message);
+            self.broadcast(running);
+            self.broadcast(invoke);
+        } else {
+            self.broadcast(running);
+            self.broadcast(invoke);
+            self.broadcast(user_message);
+        }
+        self.broadcast(json!({"event": "turn_start", "data": {"turn": turn}}));
+        let pod = self.clone();
+        thread::spawn(move || pod.finish(format!("echo: {text}"), turn, true));
+    }
+
+    /// A lifecycle report is shown to the "LLM": an idle pod starts a short turn about it.
+    fn notice(self: &Arc<Self>, child: &str, kind: &str) {
+        let Some(turn) = self.begin(self.gen.lifecycle_method) else {
+            return;
+        };
+        let body = if self.gen.name_key == "pod_name" {
+            match kind {
+                "shut_down" => format!("Pod `{child}` has stopped."),
+                _ => format!("Pod `{child}` finished a turn."),
+            }
+        } else {
+            match kind {
+                "shut_down" => format!("[Notification]\nworker `{child}` shut down"),
+                _ => format!("[Notification]\nworker `{child}` finished a turn"),
+            }
+        };
+        let mut event = serde_json::Map::new();
+        event.insert("kind".into(), kind.into());
+        event.insert(self.gen.name_key.into(), child.into());
+        let item = json!({"kind": self.gen.lifecycle_method, "event": event, "body": body});
+        self.entries
+            .lock()
+            .push(json!({"kind": "system_item", "ts": now_ms(), "item": item}));
+        self.broadcast(json!({"event": "status", "data": {"status": "running"}}));
+        self.broadcast(
+            json!({"event": "invoke_start", "data": {"kind": self.gen.lifecycle_method}}),
         );
+        self.broadcast(json!({"event": "turn_start", "data": {"turn": turn}}));
+        self.broadcast(json!({"event": "system_item", "data": {"item": item}}));
+        let pod = self.clone();
+        let reply = "echo: [Notification]".to_string();
+        thread::spawn(move || pod.finish(reply, turn, false));
+    }
+
+    fn finish(self: Arc<Self>, reply: String, turn: u64, report: bool) {
+        thread::sleep(Duration::from_millis(self.args.turn_ms));
+        self.broadcast(json!({"event": "llm_call_start", "data": {"llm_call": turn}}));
+        self.broadcast(json!({"event": "text_delta", "data": {"text": reply}}));
+        self.broadcast(json!({"event": "text_done", "data": {"text": reply}}));
+        self.broadcast(json!({"event": "usage", "data": {"input_tokens": 5, "output_tokens": 3}}));
+        let ts = now_ms();
+        self.entries.lock().push(json!({"kind": "assistant_item", "ts": ts, "item": {"kind": "message", "role": "assistant", "content": [{"kind": "text", "text": reply}]}}));
+        self.broadcast(json!({"event": "llm_call_end", "data": {"llm_call": turn}}));
+        self.broadcast(json!({"event": "turn_end", "data": {"turn": turn, "result": "finished"}}));
+        {
+            let mut entries = self.entries.lock();
+            entries.push(json!({"kind": "turn_end", "ts": ts, "turn_count": turn}));
+            entries.push(
+                json!({"kind": "llm_usage", "ts": ts, "input_total_tokens": 5, "output_tokens": 3}),
+            );
+            entries.push(json!({"kind": "run_completed", "ts": ts, "interrupted": false, "result": "finished"}));
+        }
+        self.broadcast(json!({"event": "run_end", "data": {"result": "finished"}}));
+        *self.status.lock() = "idle";
+        self.write_status();
+        self.broadcast(json!({"event": "status", "data": {"status": "idle"}}));
+        if report {
+            if let Some(cb) = self.callback() {
+                let method = wire::lifecycle_method(self.gen, "turn_ended", &self.name);
+                let _ = self.client.report(&cb, &method);
+            }
+        }
+    }
+
+    fn callback(&self) -> Option<SocketPath> {
+        let path = self.args.callback.as_ref()?;
+        let parent = path.parent()?.file_name()?.to_str()?;
+        self.socket(parent)
     }
 
     /// Compaction replaces the history with a new segment whose `history` carries a summary,
@@ -298,94 +501,67 @@ impl Pod {
         self.broadcast(json!({"event": "compact_done", "data": {"summary": summary}}));
     }
 
-    /// A pod event is shown to the "LLM": an idle pod starts a short turn about it.
-    fn notice(self: &Arc<Self>, message: String) {
-        if *self.status.lock() != "idle" {
-            return;
-        }
-        *self.status.lock() = "running";
-        self.broadcast(json!({"event": "status", "data": {"status": "running"}}));
-        self.broadcast(json!({"event": "invoke_start", "data": {"kind": "pod_event"}}));
-        let turn = {
-            let mut t = self.turns.lock();
-            *t += 1;
-            *t
-        };
-        let pod = self.clone();
-        thread::spawn(move || pod.finish_turn(message, "pod_event", turn));
-    }
-
-    /// The runtime's `registry.remove(name)`: memory, mirror, metadata, pods.json, in its
-    /// order and with its plain truncating writes.
+    /// The runtime's `registry.remove(name)`: memory, mirror, metadata, allocation table, in
+    /// its order and with its plain truncating writes.
     fn remove_child(&self, child: &str) {
         let record = {
             let mut reg = self.registry.lock();
-            let pos = reg.iter().position(|c| c.pod_name == child);
+            let pos = reg.iter().position(|c| c.name == child);
             pos.map(|i| reg.remove(i))
         };
         self.write_mirror();
-        let path = self.paths.metadata(&self.args.name);
-        let in_memory = self.registry.lock().clone();
-        let mut meta = metadata::read(&path).unwrap_or_else(|_| Metadata::new(&self.args.name));
-        meta.spawned_children = in_memory;
+        let Ok(own) = PodName::new(&self.name) else {
+            return;
+        };
+        let path = self.paths.metadata(&own);
+        let mut meta = metadata::read_settled(&path, self.gen)
+            .unwrap_or_else(|_| Metadata::new(&self.name, self.gen));
+        meta.set_children(&self.registry.lock());
         let _ = std::fs::write(&path, meta.to_bytes());
         let Some(record) = record else { return };
-        let _ = pods_table::update(&self.paths.pods_json(), Duration::from_secs(5), |t| {
-            (
-                true,
-                t.reclaim_delegated_scope(&self.args.name, child, &record.scope_delegated),
-            )
-        });
-        let mut meta = metadata::read(&path).unwrap_or_else(|_| Metadata::new(&self.args.name));
-        meta.spawned_children.retain(|c| c.pod_name != child);
-        meta.reclaimed_children.push(ReclaimedChild {
-            pod_name: record.pod_name,
-            scope_delegated: record.scope_delegated,
-            extra: Default::default(),
-        });
+        let _ = alloc::update(
+            &self.paths.alloc_table(),
+            self.gen,
+            Duration::from_secs(5),
+            |t| {
+                (
+                    true,
+                    t.reclaim_delegated_scope(&self.name, child, &record.scope_delegated),
+                )
+            },
+        );
+        let mut meta = metadata::read_settled(&path, self.gen)
+            .unwrap_or_else(|_| Metadata::new(&self.name, self.gen));
+        meta.set_children(&self.registry.lock());
+        meta.push_reclaimed(&record.name, &record.scope_delegated);
         let _ = std::fs::write(&path, meta.to_bytes());
         info!(child, "child removed and reclaimed");
     }
 
     fn shutdown(&self) {
         self.broadcast(json!({"event": "shutdown"}));
-        if let Some(cb) = &self.args.callback {
-            if let Err(e) = report(
-                cb,
-                &json!({"method": "pod_event", "params": {"kind": "shut_down", "pod_name": self.args.name}}),
-            ) {
+        if let Some(cb) = self.callback() {
+            let method = wire::lifecycle_method(self.gen, "shut_down", &self.name);
+            if let Err(e) = self.client.report(&cb, &method) {
                 warn!(error = %e, "shut_down report failed");
             }
         }
-        let _ = pods_table::update(&self.paths.pods_json(), Duration::from_secs(5), |t| {
-            (t.release_pod(&self.args.name), ())
-        });
-        let _ = std::fs::remove_file(self.paths.socket(&self.args.name));
-        let _ = std::fs::remove_dir_all(self.paths.pod_runtime_dir(&self.args.name));
-        info!(pod = %self.args.name, "demo pod shut down");
-        std::process::exit(0);
+        let _ = alloc::update(
+            &self.paths.alloc_table(),
+            self.gen,
+            Duration::from_secs(5),
+            |t| (t.release(&self.name), ()),
+        );
+        self.stopped.store(true, Ordering::SeqCst);
+        for c in self.clients.lock().drain(..) {
+            let _ = c.lock().shutdown(std::net::Shutdown::Both);
+        }
+        let dir = self.paths.runtime.join(&self.name);
+        let _ = std::fs::remove_file(dir.join("sock"));
+        let _ = std::fs::remove_dir_all(&dir);
+        info!(pod = %self.name, "reference pod shut down");
+        if self.args.names.len() == 1 {
+            std::process::exit(0);
+        }
     }
-}
-
-fn send_line(writer: &Arc<Mutex<UnixStream>>, event: &Value) -> std::io::Result<()> {
-    let mut line = event.to_string().into_bytes();
-    line.push(b'\n');
-    let mut w = writer.lock();
-    w.write_all(&line)?;
-    w.flush()
-}
-
-/// Send a method to another pod the careful way: prelude first, linger after.
-fn report(socket: &Path, method: &Value) -> Result<()> {
-    let (mut conn, _) = Connection::open(
-        socket,
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-        256 << 20,
-        Want::Status,
-    )?;
-    conn.send(method, Duration::from_secs(5))?;
-    let deadline = std::time::Instant::now() + Duration::from_millis(300);
-    while let Ok(Some(_)) = conn.next_event(deadline) {}
-    Ok(())
 }

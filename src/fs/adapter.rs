@@ -1,33 +1,63 @@
 //! The only code that knows `fuser`: decode a request, call one operation of [`PodFs`],
-//! turn its `Result` into a reply.
+//! turn its answer into a reply.
 //!
-//! Operations that may talk to a socket (opening `output`, `log` or an uncached `status`,
-//! writing `input`, `rmdir`) run on a thread of their own with the reply moved there, so a
-//! child that accepts connections and never answers cannot stall any other request.
+//! An operation that must wait for a child's watch hands its reply to that watch, which
+//! runs it again when the child's state is known: waiting costs no thread. Removals run on
+//! the worker pool. Nothing here blocks a request thread, so a child that accepts
+//! connections and never answers cannot stall anything else.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request,
-    TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, PollEvents, PollFlags,
+    PollNotifier, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
-use tracing::{debug_span, event, Level};
+use tracing::{debug_span, event, Level, Span};
 
 use crate::error::{Error, Result};
-use crate::fs::{Attr, PodFs};
+use crate::fs::kernel::Kernel;
+use crate::fs::{Attr, PodFs, Step};
 
-/// Attribute and entry TTL: short, so runtime changes show within a second.
+/// Attribute and entry TTL: short, so changes show within a second even where the
+/// registry's changes cannot be pushed (no inotify).
 pub const TTL: Duration = Duration::from_secs(1);
 
 pub struct Adapter {
     fs: Arc<PodFs>,
     uid: u32,
     gid: u32,
+}
+
+/// fuser's notifier as the logic layer's [`Kernel`].
+pub struct Notifier(pub fuser::Notifier);
+
+impl Kernel for Notifier {
+    fn inval_entry(&self, parent: u64, name: &str) {
+        let _ = self.0.inval_entry(INodeNo(parent), OsStr::new(name));
+    }
+    fn inval_inode(&self, ino: u64) {
+        let _ = self.0.inval_inode(INodeNo(ino), 0, 0);
+    }
+}
+
+/// Log a failure at the level its variant deserves and return its errno.
+fn errno(op: &str, e: &Error) -> Errno {
+    match e.level() {
+        Level::ERROR => event!(Level::ERROR, op, error = %e),
+        Level::WARN => event!(Level::WARN, op, error = %e),
+        Level::INFO => event!(Level::INFO, op, error = %e),
+        _ => event!(Level::DEBUG, op, error = %e),
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn access_mode(flags: OpenFlags) -> bool {
+    !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY)
 }
 
 impl Adapter {
@@ -39,25 +69,7 @@ impl Adapter {
         }
     }
 
-    /// Run `op` on this request thread, or on a worker of its own when it may talk to a
-    /// socket (`blocks`), so a silent pod never holds up the other requests.
-    fn dispatch(&self, blocks: bool, op: impl FnOnce(&PodFs) + Send + 'static) {
-        if blocks {
-            let fs = self.fs.clone();
-            offload(move || op(&fs));
-        } else {
-            op(&self.fs);
-        }
-    }
-
-    fn reply_attr(&self, op: &str, reply: ReplyAttr, result: Result<Attr>) {
-        match result {
-            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
-            Err(e) => reply.error(errno(op, &e)),
-        }
-    }
-
-    fn attr(&self, a: &Attr) -> FileAttr {
+    fn attr(uid: u32, gid: u32, a: &Attr) -> FileAttr {
         FileAttr {
             ino: INodeNo(a.ino),
             size: a.size,
@@ -73,12 +85,53 @@ impl Adapter {
             },
             perm: a.perm,
             nlink: a.nlink,
-            uid: self.uid,
-            gid: self.gid,
+            uid,
+            gid,
             rdev: 0,
             blksize: 4096,
             flags: 0,
         }
+    }
+
+    /// Answer with `first`, or, if it must wait, with `again` once the watch is ready.
+    fn answer<T: Send + 'static>(
+        &self,
+        first: Step<T>,
+        again: impl FnOnce(&PodFs) -> Step<T> + Send + 'static,
+        reply: impl FnOnce(Result<T>) + Send + 'static,
+    ) {
+        match first {
+            Step::Ready(r) => reply(r),
+            Step::Wait(watch, bound) => {
+                let fs = self.fs.clone();
+                let span = Span::current();
+                watch.when_ready(
+                    bound,
+                    Box::new(move || {
+                        let _entered = span.enter();
+                        reply(again(&fs).into_result())
+                    }),
+                );
+            }
+        }
+    }
+
+    fn reply_attr(&self, op: &'static str, reply: ReplyAttr) -> impl FnOnce(Result<Attr>) + Send {
+        let (uid, gid) = (self.uid, self.gid);
+        move |r| match r {
+            Ok(a) => reply.attr(&attr_ttl(&a), &Self::attr(uid, gid, &a)),
+            Err(e) => reply.error(errno(op, &e)),
+        }
+    }
+}
+
+/// How long the kernel may cache attributes: not at all for content that changes by
+/// itself, so `stat` (and `tar`, `rsync`, `cp`) always see the size a read returns.
+fn attr_ttl(a: &Attr) -> Duration {
+    if a.volatile {
+        Duration::ZERO
+    } else {
+        TTL
     }
 }
 
@@ -89,30 +142,8 @@ fn reply_empty(op: &str, reply: ReplyEmpty, result: Result<()>) {
     }
 }
 
-/// Log a failure at the level its variant deserves and return its errno.
-fn errno(op: &str, e: &Error) -> Errno {
-    match e.level() {
-        Level::ERROR => event!(Level::ERROR, op, error = %e),
-        Level::WARN => event!(Level::WARN, op, error = %e),
-        Level::INFO => event!(Level::INFO, op, error = %e),
-        _ => event!(Level::DEBUG, op, error = %e),
-    }
-    Errno::from_i32(e.errno())
-}
-
-fn name_str(name: &OsStr) -> std::result::Result<&str, Errno> {
-    name.to_str().ok_or(Errno::from_i32(libc::EINVAL))
-}
-
-/// Run `work` off the request thread, keeping the request's span.
-fn offload(work: impl FnOnce() + Send + 'static) {
-    let span = tracing::Span::current();
-    let spawned = thread::Builder::new()
-        .name("podfs-worker".into())
-        .spawn(move || span.in_scope(work));
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start a worker thread");
-    }
+fn span(op: &'static str, req: &Request, ino: u64) -> tracing::span::EnteredSpan {
+    debug_span!("fuse", op, req = req.unique().0, pid = req.pid(), ino).entered()
 }
 
 impl Filesystem for Adapter {
@@ -120,29 +151,41 @@ impl Filesystem for Adapter {
         // readdirplus saves one lookup per entry for `ls -l`; the kernel may decline it.
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        // Without this the kernel serialises lookups within a directory: a `stat` of one
+        // child's `status` waiting for a silent child would hold up `cat socket` beside it.
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _s = debug_span!("lookup", parent = parent.0, ?name).entered();
-        let name = match name_str(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _s = span("lookup", req, parent.0);
         match self.fs.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
+            Ok(a) => reply.entry_with_ttls(
+                &attr_ttl(&a),
+                &TTL,
+                &Self::attr(self.uid, self.gid, &a),
+                Generation(0),
+            ),
             Err(e) => reply.error(errno("lookup", &e)),
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _s = debug_span!("getattr", ino = ino.0).entered();
-        self.reply_attr("getattr", reply, self.fs.getattr(ino.0))
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _s = span("getattr", req, ino.0);
+        self.answer(
+            self.fs.getattr(ino.0, false),
+            move |fs| fs.getattr(ino.0, true),
+            self.reply_attr("getattr", reply),
+        );
     }
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -158,25 +201,22 @@ impl Filesystem for Adapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _s = debug_span!("setattr", ino = ino.0, ?size).entered();
-        let result = match (mode, uid, gid, size) {
+        let _s = span("setattr", req, ino.0);
+        let step = match (mode, uid, gid, size) {
             (None, None, None, Some(size)) => self.fs.truncate(ino.0, size),
-            (None, None, None, None) => self.fs.getattr(ino.0),
-            _ => Err(Error::NotPermitted("attributes are fixed".into())),
+            // touch(1): times are not kept, and that is not an error worth failing on.
+            (None, None, None, None) => self.fs.getattr(ino.0, false),
+            _ => Step::Ready(Err(Error::NotPermitted("attributes are fixed".into()))),
         };
-        self.reply_attr("setattr", reply, result)
+        self.answer(
+            step,
+            move |fs| fs.getattr(ino.0, true),
+            self.reply_attr("setattr", reply),
+        );
     }
 
-    fn mkdir(
-        &self,
-        _req: &Request,
-        _p: INodeNo,
-        name: &OsStr,
-        _m: u32,
-        _u: u32,
-        reply: ReplyEntry,
-    ) {
-        let _s = debug_span!("mkdir", ?name).entered();
+    fn mkdir(&self, req: &Request, p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
+        let _s = span("mkdir", req, p.0);
         reply.error(errno(
             "mkdir",
             &Error::NotPermitted("spawning from the filesystem is not supported".into()),
@@ -200,33 +240,46 @@ impl Filesystem for Adapter {
         &self,
         _req: &Request,
         _p: INodeNo,
-        name: &OsStr,
+        _n: &OsStr,
         _m: u32,
         _u: u32,
         _f: i32,
         reply: ReplyCreate,
     ) {
-        let _s = debug_span!("create", ?name).entered();
         reply.error(Errno::from_i32(libc::EACCES));
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _s = debug_span!("unlink", parent = parent.0, ?name).entered();
-        let name = match name_str(name) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
+    fn symlink(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _t: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::from_i32(libc::EPERM));
+    }
+
+    fn link(&self, _req: &Request, _i: INodeNo, _p: INodeNo, _n: &OsStr, reply: ReplyEntry) {
+        reply.error(Errno::from_i32(libc::EPERM));
+    }
+
+    fn readlink(&self, _req: &Request, _ino: INodeNo, reply: ReplyData) {
+        reply.error(Errno::from_i32(libc::EINVAL));
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _s = span("unlink", req, parent.0);
         reply_empty("unlink", reply, self.fs.unlink(parent.0, name))
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _s = debug_span!("rmdir", parent = parent.0, ?name).entered();
-        let name = match name_str(name) {
-            Ok(n) => n.to_string(),
-            Err(e) => return reply.error(e),
-        };
-        self.dispatch(true, move |fs| {
-            reply_empty("rmdir", reply, fs.rmdir(parent.0, &name))
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _s = span("rmdir", req, parent.0);
+        let fs = self.fs.clone();
+        let name = name.to_os_string();
+        // Stopping a child and reclaiming its scope blocks: always on the pool.
+        self.fs.pool.submit(move || {
+            reply_empty("rmdir", reply, fs.rmdir(parent.0, &name));
         });
     }
 
@@ -243,30 +296,30 @@ impl Filesystem for Adapter {
         reply.error(Errno::from_i32(libc::EPERM));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _s = debug_span!("open", ino = ino.0, flags = flags.0).entered();
-        let (read, write) = match flags.acc_mode() {
-            OpenAccMode::O_RDONLY => (true, false),
-            OpenAccMode::O_WRONLY => (false, true),
-            OpenAccMode::O_RDWR => (true, true),
-        };
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _s = span("open", req, ino.0);
+        let write = access_mode(flags);
         // Direct I/O: every read reaches podfs, so values are never stale and readers see
-        // the whole content whatever size `stat` reported.
-        let open = move |fs: &PodFs, reply: ReplyOpen| match fs.open(ino.0, read, write) {
-            // A read-only descriptor has nothing to flush: skip that round trip on close.
-            Ok(fh) if !write => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
-            ),
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
-            Err(e) => reply.error(errno("open", &e)),
+        // the whole content whatever size `stat` reported. A read-only descriptor has
+        // nothing to flush: skip that round trip on close.
+        let open_flags = if write {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
         };
-        self.dispatch(self.fs.open_blocks(ino.0), move |fs| open(fs, reply));
+        self.answer(
+            self.fs.open(ino.0, write, false),
+            move |fs| fs.open(ino.0, write, true),
+            move |r| match r {
+                Ok(fh) => reply.opened(FileHandle(fh), open_flags),
+                Err(e) => reply.error(errno("open", &e)),
+            },
+        );
     }
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -275,7 +328,7 @@ impl Filesystem for Adapter {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _s = debug_span!("read", ino = ino.0, fh = fh.0, offset, size).entered();
+        let _s = span("read", req, ino.0);
         match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno("read", &e)),
@@ -284,53 +337,49 @@ impl Filesystem for Adapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
-        offset: u64,
+        _offset: u64,
         data: &[u8],
         _wf: WriteFlags,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _s = debug_span!("write", ino = ino.0, fh = fh.0, offset, len = data.len()).entered();
-        let done = |r: Result<usize>, reply: ReplyWrite| match r {
-            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
-            Err(e) => reply.error(errno("write", &e)),
+        let _s = span("write", req, ino.0);
+        let first = self.fs.write(fh.0, data, false);
+        // Only a write that must wait keeps a copy of its data.
+        let data = match &first {
+            Step::Wait(..) => data.to_vec(),
+            Step::Ready(_) => Vec::new(),
         };
-        if self.fs.write_blocks(ino.0) {
-            let data = data.to_vec();
-            self.dispatch(true, move |fs| done(fs.write(ino.0, fh.0, &data), reply));
-        } else {
-            done(self.fs.write(ino.0, fh.0, data), reply);
-        }
+        self.answer(
+            first,
+            move |fs| fs.write(fh.0, &data, true),
+            move |r| match r {
+                Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+                Err(e) => reply.error(errno("write", &e)),
+            },
+        );
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        _lock: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        let _s = debug_span!("flush", ino = ino.0, fh = fh.0).entered();
-        let flush =
-            move |fs: &PodFs, reply: ReplyEmpty| reply_empty("flush", reply, fs.flush(ino.0, fh.0));
-        self.dispatch(self.fs.flush_blocks(fh.0), move |fs| flush(fs, reply));
+    fn flush(&self, req: &Request, ino: INodeNo, fh: FileHandle, _l: LockOwner, reply: ReplyEmpty) {
+        let _s = span("flush", req, ino.0);
+        reply_empty("flush", reply, self.fs.flush(fh.0))
     }
 
     fn release(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _s = span("release", req, ino.0);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -339,8 +388,8 @@ impl Filesystem for Adapter {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _s = debug_span!("opendir", ino = ino.0).entered();
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _s = span("opendir", req, ino.0);
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("opendir", &e)),
@@ -349,14 +398,14 @@ impl Filesystem for Adapter {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _s = debug_span!("readdir", ino = ino.0, offset).entered();
-        let result = self.fs.readdir(fh.0, offset, |next, entry| {
+        let _s = span("readdir", req, ino.0);
+        let result = self.fs.readdir(fh.0, offset, false, |next, entry| {
             let kind = if entry.is_dir {
                 FileType::Directory
             } else {
@@ -372,29 +421,23 @@ impl Filesystem for Adapter {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _s = debug_span!("readdirplus", ino = ino.0, offset).entered();
-        let result = self.fs.readdir(fh.0, offset, |next, entry| {
-            // An entry that vanished since opendir is skipped rather than failing the listing.
-            let attr = match entry.attr {
-                Some(attr) => attr,
-                None => match self.fs.getattr(entry.ino) {
-                    Ok(attr) => attr,
-                    Err(_) => return false,
-                },
-            };
-            let attr = self.attr(&attr);
+        let _s = span("readdirplus", req, ino.0);
+        let (uid, gid) = (self.uid, self.gid);
+        let result = self.fs.readdir(fh.0, offset, true, |next, entry| {
+            let attr = entry.attr.expect("readdirplus entries carry attributes");
+            // One TTL for the entry and its attributes here: live files get none.
             reply.add(
                 INodeNo(entry.ino),
                 next,
                 entry.name,
-                &TTL,
-                &attr,
+                &attr_ttl(&attr),
+                &Self::attr(uid, gid, &attr),
                 Generation(0),
             )
         });
@@ -402,29 +445,6 @@ impl Filesystem for Adapter {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("readdirplus", &e)),
         }
-    }
-
-    fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        let _s = debug_span!("access", ino = ino.0, mask = mask.bits()).entered();
-        let read = mask.contains(fuser::AccessFlags::R_OK);
-        let write = mask.contains(fuser::AccessFlags::W_OK);
-        reply_empty("access", reply, self.fs.access(ino.0, read, write))
-    }
-
-    /// No extended attributes; ENOSYS tells the kernel not to ask again.
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: fuser::ReplyXattr,
-    ) {
-        reply.error(Errno::from_i32(libc::ENOSYS));
-    }
-
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
-        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 
     fn releasedir(
@@ -437,5 +457,137 @@ impl Filesystem for Adapter {
     ) {
         self.fs.releasedir(fh.0);
         reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _i: INodeNo, _fh: FileHandle, _d: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let _s = span("access", req, ino.0);
+        let write = mask.contains(fuser::AccessFlags::W_OK);
+        reply_empty("access", reply, self.fs.access(ino.0, write))
+    }
+
+    /// No extended attributes; ENOSYS tells the kernel not to ask again.
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, _s: u32, reply: ReplyXattr) {
+        reply.error(Errno::from_i32(libc::ENOSYS));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::from_i32(libc::ENOSYS));
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _n: &OsStr,
+        _v: &[u8],
+        _f: i32,
+        _p: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::from_i32(libc::ENOTSUP));
+    }
+
+    /// No ioctls: `isatty()` (Python's `open()` asks) gets the answer a regular file gives.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
+    /// `status`, `log` and `output` are readable when their content changed since the
+    /// descriptor last read it (`output`: when a new open would return text); the kernel
+    /// is told when that happens. Everything else is always ready, like a regular file.
+    fn poll(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        ph: PollNotifier,
+        _events: PollEvents,
+        flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        let _s = span("poll", req, ino.0);
+        let wake: crate::watch::live::Callback =
+            if flags.contains(PollFlags::FUSE_POLL_SCHEDULE_NOTIFY) {
+                Box::new(move || {
+                    let _ = ph.notify();
+                })
+            } else {
+                Box::new(|| {})
+            };
+        match self.fs.poll(fh.0, wake) {
+            Ok(true) => reply.poll(
+                PollEvents::POLLIN
+                    | PollEvents::POLLRDNORM
+                    | PollEvents::POLLOUT
+                    | PollEvents::POLLWRNORM,
+            ),
+            Ok(false) => reply.poll(PollEvents::empty()),
+            Err(e) => reply.error(errno("poll", &e)),
+        }
+    }
+
+    /// The kernel seeks on its own; ENOSYS tells it not to ask again.
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        _whence: i32,
+        reply: ReplyLseek,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOSYS));
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // The kernel falls back to reading and writing.
+        reply.error(Errno::from_i32(libc::ENOSYS));
+    }
+
+    fn bmap(&self, _req: &Request, _ino: INodeNo, _bs: u32, _idx: u64, reply: fuser::ReplyBmap) {
+        reply.error(Errno::from_i32(libc::ENOSYS));
     }
 }

@@ -1,120 +1,179 @@
-//! Stable inode numbers for the tree root → pod → child → control file.
+//! Inode numbers for the tree root → pod → child → control file, and the table of the
+//! numbers the kernel currently holds.
 //!
-//! Every pod and every (pod, child) pair gets a slot the first time it is seen and keeps it
-//! for the life of the mount, so an inode number always names the same (parent, child,
-//! file) triple: `ino = (slot + 1) << 4 | file code`, with code 0 for the directory itself.
+//! A number is a hash of the names it stands for (`pod`, or `pod` and `child`, plus the
+//! file's code in the low four bits), so it is the same every time a path is looked up,
+//! a listing can report it without storing anything, and a lookup of a name that does not
+//! exist allocates nothing. The table maps the numbers the kernel holds back to names and
+//! counts the kernel's references: `forget` drops an entry when its count reaches zero, so
+//! the table shrinks with the kernel's cache. Two names hashing to the same number (about
+//! one chance in 2^58 per pair) get a rehashed number for the later one.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use parking_lot::RwLock;
 
 use crate::fs::files::FileKind;
+use crate::name::PodName;
 
 pub const ROOT: u64 = 1;
-const SHIFT: u32 = 4;
+const CODE_BITS: u32 = 4;
+const CODE_MASK: u64 = (1 << CODE_BITS) - 1;
+/// Always set, so no number collides with ROOT.
+const BASE_BIT: u64 = 1 << 62;
+/// Set for pods, clear for children: a pod never collides with a child.
+const POD_BIT: u64 = 1 << 61;
+const HASH_MASK: u64 = (POD_BIT - 1) & !CODE_MASK;
 
 /// What an inode number names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
     Root,
-    Pod(Arc<str>),
-    Child(Arc<str>, Arc<str>),
-    File(Arc<str>, Arc<str>, FileKind),
+    Pod(PodName),
+    Child(PodName, PodName),
+    File(PodName, PodName, FileKind),
 }
 
-enum Slot {
-    Pod(Arc<str>),
-    Child(u32, Arc<str>),
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Base {
+    Pod(PodName),
+    Child(PodName, PodName),
 }
 
-#[derive(Default)]
-struct Table {
-    slots: Vec<Slot>,
-    pods: HashMap<Arc<str>, u32>,
-    children: HashMap<u32, HashMap<Arc<str>, u32>>,
+struct Entry {
+    base: Base,
+    /// The kernel's references: index 0 the directory, then one per file code.
+    counts: [u64; 9],
+}
+
+fn hash_of(parts: &[&str], salt: u64) -> u64 {
+    let mut h = DefaultHasher::new();
+    salt.hash(&mut h);
+    for p in parts {
+        p.hash(&mut h);
+    }
+    h.finish()
+}
+
+fn base_of(b: &Base, salt: u64) -> u64 {
+    match b {
+        Base::Pod(p) => BASE_BIT | POD_BIT | (hash_of(&[p], salt) & HASH_MASK),
+        Base::Child(p, c) => BASE_BIT | (hash_of(&[p, c], salt) & HASH_MASK),
+    }
+}
+
+/// The number of pod `pod`'s directory.
+pub fn pod_ino(pod: &str) -> u64 {
+    BASE_BIT | POD_BIT | (hash_of(&[pod], 0) & HASH_MASK)
+}
+
+/// The number of child `child`'s directory under `pod`.
+pub fn child_ino(pod: &str, child: &str) -> u64 {
+    BASE_BIT | (hash_of(&[pod, child], 0) & HASH_MASK)
+}
+
+pub fn file_ino(pod: &str, child: &str, kind: FileKind) -> u64 {
+    child_ino(pod, child) | kind.code()
 }
 
 #[derive(Default)]
 pub struct Inodes {
-    table: RwLock<Table>,
-}
-
-fn ino_of(slot: u32, code: u64) -> u64 {
-    ((slot as u64 + 1) << SHIFT) | code
+    table: RwLock<HashMap<u64, Entry>>,
 }
 
 impl Inodes {
-    pub fn pod(&self, name: &str) -> u64 {
-        if let Some(&slot) = self.table.read().pods.get(name) {
-            return ino_of(slot, 0);
+    /// The number for `node`, counting one more kernel reference to it (a successful
+    /// lookup, or an entry of readdirplus).
+    pub fn remember(&self, node: &Node) -> u64 {
+        let (base, code) = match node {
+            Node::Root => return ROOT,
+            Node::Pod(p) => (Base::Pod(p.clone()), 0),
+            Node::Child(p, c) => (Base::Child(p.clone(), c.clone()), 0),
+            Node::File(p, c, k) => (Base::Child(p.clone(), c.clone()), k.code()),
+        };
+        let mut table = self.table.write();
+        let mut salt = 0;
+        loop {
+            let ino = base_of(&base, salt);
+            match table.get_mut(&ino) {
+                Some(e) if e.base == base => {
+                    e.counts[code as usize] += 1;
+                    return ino | code;
+                }
+                Some(_) => salt += 1,
+                None => {
+                    let mut counts = [0; 9];
+                    counts[code as usize] = 1;
+                    table.insert(ino, Entry { base, counts });
+                    return ino | code;
+                }
+            }
         }
-        let mut t = self.table.write();
-        if let Some(&slot) = t.pods.get(name) {
-            return ino_of(slot, 0);
-        }
-        let slot = t.slots.len() as u32;
-        let name: Arc<str> = Arc::from(name);
-        t.slots.push(Slot::Pod(name.clone()));
-        t.pods.insert(name, slot);
-        ino_of(slot, 0)
     }
 
-    pub fn child(&self, pod: &str, child: &str) -> u64 {
-        self.child_of(self.pod(pod), child)
-    }
-
-    /// The child's number given its pod's directory inode (saves a lookup per entry when
-    /// listing a pod with thousands of children).
-    pub fn child_of(&self, pod_ino: u64, child: &str) -> u64 {
-        let pod_slot = ((pod_ino >> SHIFT) - 1) as u32;
-        if let Some(&slot) = self
-            .table
-            .read()
-            .children
-            .get(&pod_slot)
-            .and_then(|m| m.get(child))
-        {
-            return ino_of(slot, 0);
+    /// The number `node` has, without counting a reference (listings, invalidations).
+    pub fn number(&self, node: &Node) -> u64 {
+        let (base, code) = match node {
+            Node::Root => return ROOT,
+            Node::Pod(p) => (Base::Pod(p.clone()), 0),
+            Node::Child(p, c) => (Base::Child(p.clone(), c.clone()), 0),
+            Node::File(p, c, k) => (Base::Child(p.clone(), c.clone()), k.code()),
+        };
+        let table = self.table.read();
+        let mut salt = 0;
+        loop {
+            let ino = base_of(&base, salt);
+            match table.get(&ino) {
+                Some(e) if e.base != base => salt += 1,
+                _ => return ino | code,
+            }
         }
-        let mut t = self.table.write();
-        if let Some(&slot) = t.children.get(&pod_slot).and_then(|m| m.get(child)) {
-            return ino_of(slot, 0);
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
         }
-        let slot = t.slots.len() as u32;
-        let name: Arc<str> = Arc::from(child);
-        t.slots.push(Slot::Child(pod_slot, name.clone()));
-        t.children.entry(pod_slot).or_default().insert(name, slot);
-        ino_of(slot, 0)
+        let mut table = self.table.write();
+        let base = ino & !CODE_MASK;
+        let code = (ino & CODE_MASK) as usize;
+        if let Some(e) = table.get_mut(&base) {
+            if let Some(count) = e.counts.get_mut(code) {
+                *count = count.saturating_sub(n);
+            }
+            if e.counts.iter().all(|&c| c == 0) {
+                table.remove(&base);
+            }
+        }
     }
 
-    pub fn file(&self, pod: &str, child: &str, kind: FileKind) -> u64 {
-        self.child(pod, child) | kind.code()
-    }
-
-    /// What `ino` names, or `None` for a number this mount never handed out.
+    /// What `ino` names, or `None` for a number the kernel does not hold.
     pub fn resolve(&self, ino: u64) -> Option<Node> {
         if ino == ROOT {
             return Some(Node::Root);
         }
-        let code = ino & ((1 << SHIFT) - 1);
-        let slot = usize::try_from((ino >> SHIFT).checked_sub(1)?).ok()?;
-        let t = self.table.read();
-        match (t.slots.get(slot)?, code) {
-            (Slot::Pod(name), 0) => Some(Node::Pod(name.clone())),
-            (Slot::Pod(_), _) => None,
-            (Slot::Child(pod_slot, name), code) => {
-                let Slot::Pod(pod) = &t.slots[*pod_slot as usize] else {
-                    return None;
-                };
-                if code == 0 {
-                    Some(Node::Child(pod.clone(), name.clone()))
-                } else {
-                    let kind = FileKind::from_code(code)?;
-                    Some(Node::File(pod.clone(), name.clone(), kind))
-                }
+        let table = self.table.read();
+        let e = table.get(&(ino & !CODE_MASK))?;
+        let code = ino & CODE_MASK;
+        match (&e.base, code) {
+            (Base::Pod(p), 0) => Some(Node::Pod(p.clone())),
+            (Base::Pod(_), _) => None,
+            (Base::Child(p, c), 0) => Some(Node::Child(p.clone(), c.clone())),
+            (Base::Child(p, c), code) => {
+                Some(Node::File(p.clone(), c.clone(), FileKind::from_code(code)?))
             }
         }
+    }
+
+    /// Entries held (pods and children with any reference).
+    pub fn len(&self) -> usize {
+        self.table.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -122,38 +181,54 @@ impl Inodes {
 mod tests {
     use super::*;
 
+    fn n(s: &str) -> PodName {
+        PodName::new(s).unwrap()
+    }
+
     #[test]
-    fn numbers_are_stable_and_distinct() {
+    fn numbers_are_stable_distinct_and_counted() {
         let inodes = Inodes::default();
-        let p = inodes.pod("parent");
-        let c1 = inodes.child("parent", "child1");
-        let c2 = inodes.child("parent", "child2");
-        let other = inodes.child("other", "child1");
-        assert_eq!(inodes.pod("parent"), p);
-        assert_eq!(inodes.child("parent", "child1"), c1);
+        let p = inodes.remember(&Node::Pod(n("parent")));
+        let c1 = inodes.remember(&Node::Child(n("parent"), n("child1")));
+        let c2 = inodes.remember(&Node::Child(n("parent"), n("child2")));
+        let other = inodes.remember(&Node::Child(n("other"), n("child1")));
+        assert_eq!(p, pod_ino("parent"));
+        assert_eq!(c1, child_ino("parent", "child1"));
         let all = [ROOT, p, c1, c2, other];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a, b);
             }
         }
-        let f = inodes.file("parent", "child1", FileKind::Cursor);
+        let f = inodes.remember(&Node::File(n("parent"), n("child1"), FileKind::Cursor));
+        assert_eq!(f, file_ino("parent", "child1", FileKind::Cursor));
         assert_eq!(
             inodes.resolve(f),
-            Some(Node::File(
-                "parent".into(),
-                "child1".into(),
-                FileKind::Cursor
-            ))
+            Some(Node::File(n("parent"), n("child1"), FileKind::Cursor))
         );
-        assert_eq!(
-            inodes.resolve(c2),
-            Some(Node::Child("parent".into(), "child2".into()))
-        );
-        assert_eq!(inodes.resolve(p), Some(Node::Pod("parent".into())));
-        assert_eq!(inodes.resolve(ROOT), Some(Node::Root));
         assert_eq!(inodes.resolve(p | 3), None, "pods have no files");
         assert_eq!(inodes.resolve(1 << 40), None);
         assert_eq!(inodes.resolve(0), None);
+        // The directory entry stays while its file is held, and goes with the last one.
+        inodes.forget(c1, 1);
+        assert!(inodes.resolve(f).is_some());
+        inodes.forget(f, 1);
+        assert_eq!(inodes.resolve(f), None);
+        assert_eq!(inodes.resolve(c1), None);
+        // Looked up again: the same number.
+        assert_eq!(inodes.remember(&Node::Child(n("parent"), n("child1"))), c1);
+    }
+
+    #[test]
+    fn the_table_shrinks_with_forget() {
+        let inodes = Inodes::default();
+        let inos: Vec<u64> = (0..1000)
+            .map(|i| inodes.remember(&Node::Child(n("p"), n(&format!("c{i}")))))
+            .collect();
+        assert_eq!(inodes.len(), 1000);
+        for ino in inos {
+            inodes.forget(ino, 1);
+        }
+        assert_eq!(inodes.len(), 0);
     }
 }

@@ -1,33 +1,46 @@
-//! The filesystem logic: the tree, attributes, open handles, and what each read, write,
-//! unlink and rmdir means. Free of `fuser` types so it can be driven without a mount; the
-//! adapter in [`adapter`] only translates.
+//! The filesystem logic: the tree, attributes, open handles, and what each operation means.
+//! Free of `fuser` types, so it is driven without a mount in tests; [`adapter`] only
+//! translates.
+//!
+//! Every operation decides once, by the kind of file it touches, whether it can answer at
+//! once: the registry files answer from the parent cache, and so do the live files of a
+//! child whose watch is ready. Otherwise the operation returns [`Step::Wait`] with the
+//! watch to wait for; the caller runs it again once the watch is ready (or its bound
+//! passed), and the second answer is final. Nothing here blocks: removals, the one blocking
+//! operation, run on the worker pool ([`PodFs::rmdir`]).
 
 pub mod adapter;
 pub mod files;
 pub mod inode;
+pub mod kernel;
+pub mod writes;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
-use tracing::warn;
+use tracing::{debug, error, info, warn};
 
+use crate::cursors::Cursors;
 use crate::error::{Error, Result};
-use crate::follow::{Feed, Followers};
-use crate::paths::validate_pod_name;
-use crate::protocol::history::{self, as_file_text};
-use crate::protocol::ops;
-use crate::protocol::wire::PodStatus;
+use crate::name::PodName;
+use crate::parents::{ParentCache, ParentView, RegistryChange};
+use crate::pod_client::{PodClient, SocketPath};
+use crate::pool::Pool;
+use crate::protocol::history::{effective_cursor, file_len};
 use crate::reclaim;
-use crate::registry::ChildRecord;
-use crate::registry::{ParentView, Registry};
 use crate::scope::render_scope;
+use crate::store::metadata::ChildRecord;
+use crate::watch::live::{Callback, LiveState, Reach, Topic};
+use crate::watch::{Watch, Watches};
 
 use files::FileKind;
 use inode::{Inodes, Node};
+use kernel::{Inval, KernelQueue};
+use writes::{Child, CursorValue, Delivery, Message};
 
 /// Attributes in a form the adapter can translate.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +51,9 @@ pub struct Attr {
     pub perm: u16,
     pub nlink: u32,
     pub mtime: SystemTime,
+    /// The content changes on its own (live files, the cursor): the kernel must not cache
+    /// these attributes, so `stat` always shows the size a read would return now.
+    pub volatile: bool,
 }
 
 /// One directory entry, borrowed from an open directory's listing.
@@ -46,21 +62,103 @@ pub struct DirEntry<'a> {
     pub ino: u64,
     pub is_dir: bool,
     pub name: &'a str,
-    /// Attributes known when listing (so readdirplus needs no second lookup per entry).
+    /// Attributes, when listing with them (readdirplus).
     pub attr: Option<Attr>,
 }
 
+/// An operation's answer.
+pub enum Step<T> {
+    Ready(Result<T>),
+    /// Ask again once this watch knows the child's state, or after the bound.
+    Wait(Arc<Watch>, Duration),
+}
+
+impl<T> Step<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Step<U> {
+        match self {
+            Step::Ready(r) => Step::Ready(r.map(f)),
+            Step::Wait(w, b) => Step::Wait(w, b),
+        }
+    }
+
+    /// The answer of a second round, which may not wait again.
+    pub fn into_result(self) -> Result<T> {
+        match self {
+            Step::Ready(r) => r,
+            Step::Wait(..) => Err(Error::Timeout("the child did not answer in time".into())),
+        }
+    }
+}
+
+impl<T> From<Result<T>> for Step<T> {
+    fn from(r: Result<T>) -> Self {
+        Step::Ready(r)
+    }
+}
+
+macro_rules! ready {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return Step::Ready(Err(e)),
+        }
+    };
+}
+
+/// A control file of a child.
+#[derive(Debug, Clone)]
+struct ChildFile {
+    pod: PodName,
+    child: PodName,
+    kind: FileKind,
+}
+
 /// What an open file handle holds.
-enum Content {
-    /// A value fixed at open (sysfs-like): re-reading the descriptor gives the same bytes.
-    Bytes(Arc<Vec<u8>>),
-    /// A live feed: `log` grows while it is open.
-    Log(PathBuf, Arc<Feed>),
-    /// An `input` handle: the writes up to `close()` form one message.
-    Input(Arc<Mutex<Vec<u8>>>),
-    /// A write-only `cursor` handle: closing it without a write is an empty write, refused
-    /// at close, because the kernel never forwards a zero-length write.
-    CursorWrite(std::sync::atomic::AtomicBool),
+enum Handle {
+    /// A value fixed at open and made again by a read at offset 0, like sysfs: `cat` sees
+    /// one consistent value, and a program that polls re-reads from 0 to see the new one.
+    Value {
+        file: ChildFile,
+        bytes: Mutex<Arc<[u8]>>,
+        /// For `status`: the version the bytes show (poll wakes when it moves).
+        seen: AtomicU64,
+        watch: Option<Arc<Watch>>,
+    },
+    /// One snapshot of the new text, taken at open (the cursor moved past it then).
+    Output {
+        bytes: Arc<[u8]>,
+        file: ChildFile,
+        watch: Option<Arc<Watch>>,
+    },
+    /// All text of the current history, read live; or, without a watch, fixed text.
+    Log {
+        watch: Option<Arc<Watch>>,
+        fixed: Arc<[u8]>,
+        seen: AtomicU64,
+    },
+    Input {
+        file: ChildFile,
+        watch: Option<Arc<Watch>>,
+        message: Mutex<Message>,
+    },
+    Cursor {
+        file: ChildFile,
+        incarnation: u64,
+        value: Mutex<CursorValue>,
+        bytes: Mutex<Arc<[u8]>>,
+    },
+}
+
+impl Handle {
+    fn watch(&self) -> Option<&Arc<Watch>> {
+        match self {
+            Handle::Value { watch, .. }
+            | Handle::Output { watch, .. }
+            | Handle::Log { watch, .. }
+            | Handle::Input { watch, .. } => watch.as_ref(),
+            Handle::Cursor { .. } => None,
+        }
+    }
 }
 
 /// What an open directory handle holds: the directory as of `opendir`, so that a listing
@@ -69,43 +167,138 @@ enum Listing {
     /// A pod's children, straight from the registry view: no per-entry copies, which
     /// matters for a parent with ten thousand children.
     Pod {
-        ino: u64,
+        pod: PodName,
         view: Arc<ParentView>,
         inos: Arc<Vec<u64>>,
     },
-    /// The root and child directories: a handful of entries.
-    Small {
-        ino: u64,
-        parent: u64,
-        entries: Vec<(u64, bool, String, Option<Attr>)>,
+    Root {
+        pods: Arc<Vec<PodName>>,
+    },
+    Child {
+        pod: PodName,
+        child: PodName,
     },
 }
 
+/// Settings of the logic layer.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Threads of the pool that runs removals.
+    pub pool_threads: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { pool_threads: 4 }
+    }
+}
+
+type CursorKey = (PodName, PodName);
 /// A registry view and its children's inode numbers, in listing order.
 type ChildInos = (Arc<ParentView>, Arc<Vec<u64>>);
+/// The text an `output` open took, and the watch it came from.
+type Taken = (Arc<[u8]>, Option<Arc<Watch>>);
 
 pub struct PodFs {
-    pub reg: Arc<Registry>,
+    pub parents: Arc<ParentCache>,
+    pub client: Arc<PodClient>,
+    pub watches: Arc<Watches>,
+    cursors: Arc<Cursors<CursorKey>>,
     inodes: Inodes,
-    files: Mutex<HashMap<u64, Content>>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     /// Children's inode numbers per pod, computed once per version of its registry.
-    child_inos: Mutex<HashMap<u64, ChildInos>>,
+    child_inos: Arc<Mutex<HashMap<PodName, ChildInos>>>,
+    pub kernel: Arc<KernelQueue>,
+    pub pool: Pool,
     next_fh: AtomicU64,
-    followers: Followers,
     started: SystemTime,
 }
 
+fn dir_attr(ino: u64, perm: u16, subdirs: usize, mtime: SystemTime) -> Attr {
+    Attr {
+        ino,
+        is_dir: true,
+        size: 0,
+        perm,
+        nlink: 2 + u32::try_from(subdirs).unwrap_or(u32::MAX - 2),
+        mtime,
+        volatile: false,
+    }
+}
+
+/// `size` bytes from `offset` of `text` as a file body (newline-terminated).
+fn slice_of_text(text: &str, offset: u64, size: u32) -> Vec<u8> {
+    let total = file_len(text) as usize;
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(total);
+    let end = start.saturating_add(size as usize).min(total);
+    let mut out = Vec::with_capacity(end - start);
+    let body = text.as_bytes();
+    if start < body.len() {
+        out.extend_from_slice(&body[start..end.min(body.len())]);
+    }
+    // The newline a body without one gets sits at `body.len()`.
+    if (start..end).contains(&body.len()) {
+        out.push(b'\n');
+    }
+    out
+}
+
+fn slice(bytes: &[u8], offset: u64, size: u32) -> Vec<u8> {
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    let end = start.saturating_add(size as usize).min(bytes.len());
+    bytes[start..end].to_vec()
+}
+
+/// What `status` shows for a child without a watch (its socket is outside the runtime dir).
+const UNREACHABLE: &[u8] = b"unreachable\n";
+
 impl PodFs {
-    pub fn new(reg: Arc<Registry>) -> Self {
+    pub fn new(
+        parents: Arc<ParentCache>,
+        client: Arc<PodClient>,
+        watches: Arc<Watches>,
+        settings: &Settings,
+    ) -> PodFs {
+        let cursors: Arc<Cursors<CursorKey>> = Arc::new(Cursors::default());
+        let kernel = Arc::new(KernelQueue::default());
+        let child_inos: Arc<Mutex<HashMap<PodName, _>>> = Arc::default();
+        {
+            let (cursors, kernel, child_inos) =
+                (cursors.clone(), kernel.clone(), child_inos.clone());
+            parents.set_listener(Box::new(move |change| match change {
+                RegistryChange::Pods { removed } => {
+                    for pod in removed {
+                        cursors.retain(|(parent, _)| parent != pod);
+                        child_inos.lock().remove(pod);
+                        kernel.push(Inval::Entry(inode::ROOT, pod.to_string()));
+                    }
+                    kernel.push(Inval::Inode(inode::ROOT));
+                }
+                RegistryChange::Parent { parent, removed } => {
+                    let pod_ino = inode::pod_ino(parent);
+                    for child in removed {
+                        cursors.forget(&(parent.clone(), child.clone()));
+                        kernel.push(Inval::Entry(pod_ino, child.to_string()));
+                    }
+                    kernel.push(Inval::Inode(pod_ino));
+                }
+            }));
+        }
         PodFs {
-            reg,
+            parents,
+            client,
+            watches,
+            cursors,
             inodes: Inodes::default(),
-            files: Mutex::default(),
+            handles: Mutex::default(),
             dirs: Mutex::default(),
-            child_inos: Mutex::default(),
+            child_inos,
+            kernel,
+            pool: Pool::new(settings.pool_threads),
             next_fh: AtomicU64::new(1),
-            followers: Followers::default(),
             started: SystemTime::now(),
         }
     }
@@ -116,179 +309,273 @@ impl PodFs {
             .ok_or_else(|| Error::NotFound(format!("inode {ino}")))
     }
 
-    fn dir_attr(&self, ino: u64, perm: u16, subdirs: usize, mtime: SystemTime) -> Attr {
-        Attr {
-            ino,
-            is_dir: true,
-            size: 0,
-            perm,
-            nlink: 2 + u32::try_from(subdirs).unwrap_or(u32::MAX - 2),
-            mtime,
+    fn fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Inode-table entries held (for tests of memory behaviour).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// The watch of a child, counted as interest; `None` for a socket outside the runtime
+    /// dir, which podfs never connects to.
+    fn watch_of(&self, record: &ChildRecord) -> Option<Arc<Watch>> {
+        let socket: SocketPath = self.client.socket(&record.socket_path).ok()?;
+        Some(self.watches.watch(&socket))
+    }
+
+    fn bound(&self, kind: FileKind) -> Duration {
+        match kind {
+            FileKind::Status => self.client.timeouts.status_wait,
+            _ => self.client.timeouts.io,
         }
     }
 
+    fn incarnation(&self, view: &ParentView, child: &PodName) -> u64 {
+        view.incarnation(child)
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Attributes
+
     fn root_attr(&self) -> Result<Attr> {
-        let pods = self.reg.pods()?;
-        Ok(self.dir_attr(inode::ROOT, 0o555, pods.len(), self.started))
+        let pods = self.parents.pods()?;
+        Ok(dir_attr(inode::ROOT, 0o555, pods.len(), self.started))
     }
 
-    fn pod_attr(&self, pod: &str) -> Result<Attr> {
-        let view = self.reg.parent(pod)?;
-        Ok(self.dir_attr(self.inodes.pod(pod), 0o755, view.len(), view.mtime))
+    fn pod_attr(&self, pod: &PodName) -> Result<Attr> {
+        let view = self.parents.parent(pod)?;
+        Ok(dir_attr(
+            self.inodes.number(&Node::Pod(pod.clone())),
+            0o755,
+            view.len(),
+            view.mtime,
+        ))
     }
 
-    fn child_attr(&self, pod: &str, child: &str) -> Result<Attr> {
-        let view = self.reg.child_view(pod, child)?;
-        Ok(self.dir_attr(self.inodes.child(pod, child), 0o755, 0, view.mtime))
+    fn child_attr(&self, pod: &PodName, child: &PodName) -> Result<Attr> {
+        let view = self.parents.child_view(pod, child)?;
+        Ok(dir_attr(
+            self.inodes.number(&Node::Child(pod.clone(), child.clone())),
+            0o755,
+            0,
+            view.mtime,
+        ))
     }
 
-    fn file_attr(&self, pod: &str, child: &str, kind: FileKind) -> Result<Attr> {
-        let view = self.reg.child_view(pod, child)?;
-        let record = view.child(child).expect("checked by child_view");
-        let mut mtime = view.mtime;
-        let size = match kind {
-            FileKind::Socket | FileKind::Scope | FileKind::Callback | FileKind::Cursor => {
-                self.value(pod, record, kind).len() as u64
-            }
-            FileKind::Status => self
-                .reg
-                .child_socket(record)
-                .ok()
-                .and_then(|s| self.reg.cached_status(&s))
-                .map_or(0, |s| s.as_str().len() as u64 + 1),
-            FileKind::Log => match self.reg.child_socket(record) {
-                Ok(socket) => match self.followers.peek(&socket) {
-                    Some(log) => {
-                        mtime = log.mtime;
-                        log.text.len() as u64
-                    }
-                    None => 0,
-                },
-                Err(_) => 0,
-            },
-            // Depends on the child's history at the moment of open; direct I/O lets every
-            // reader see the whole text whatever size stat shows.
-            FileKind::Output | FileKind::Input => 0,
-        };
-        Ok(Attr {
-            ino: self.inodes.file(pod, child, kind),
-            is_dir: false,
-            size,
-            perm: kind.perm(),
-            nlink: 1,
-            mtime,
-        })
-    }
-
-    /// The bytes of a cheap value file (no socket I/O).
-    fn value(&self, pod: &str, record: &ChildRecord, kind: FileKind) -> Vec<u8> {
+    /// The bytes of a value file (no socket I/O).
+    fn value(&self, view: &ParentView, pod: &PodName, child: &PodName, kind: FileKind) -> Vec<u8> {
+        let record = view.child(child).expect("checked by the caller");
         let text = match kind {
             FileKind::Socket => format!("{}\n", record.socket_path),
             FileKind::Scope => render_scope(&record.scope_delegated),
             FileKind::Callback if record.callback_address.is_empty() => String::new(),
             FileKind::Callback => format!("{}\n", record.callback_address),
-            FileKind::Cursor => format!("{}\n", self.reg.cursor(pod, &record.pod_name)),
+            FileKind::Cursor => {
+                let key = (pod.clone(), child.clone());
+                format!("{}\n", self.cursors.get(&key, view.incarnation(child)))
+            }
             _ => unreachable!("not a value file: {kind:?}"),
         };
         text.into_bytes()
     }
 
-    pub fn getattr(&self, ino: u64) -> Result<Attr> {
-        match self.node(ino)? {
-            Node::Root => self.root_attr(),
-            Node::Pod(pod) => self.pod_attr(&pod),
-            Node::Child(pod, child) => self.child_attr(&pod, &child),
-            Node::File(pod, child, kind) => self.file_attr(&pod, &child, kind),
+    /// Size and mtime of a live file, from the child's watch.
+    fn live_size(
+        &self,
+        view: &ParentView,
+        pod: &PodName,
+        child: &PodName,
+        kind: FileKind,
+        now: bool,
+    ) -> Step<(u64, SystemTime)> {
+        let record = view.child(child).expect("checked by the caller");
+        let Some(w) = self.watch_of(record) else {
+            let size = if kind == FileKind::Status {
+                UNREACHABLE.len() as u64
+            } else {
+                0
+            };
+            return Step::Ready(Ok((size, view.mtime)));
+        };
+        // The cursor first: it is locked before the watch elsewhere.
+        let cursor = (kind == FileKind::Output).then(|| {
+            self.cursors
+                .get(&(pod.clone(), child.clone()), view.incarnation(child))
+        });
+        let s = w.state();
+        if !s.ready() && !now {
+            drop(s);
+            return Step::Wait(w, self.bound(kind));
+        }
+        Step::Ready(Ok(match kind {
+            FileKind::Status => (s.status_word().as_str().len() as u64 + 1, s.status_changed),
+            FileKind::Log => (
+                s.history.as_ref().map_or(0, |h| file_len(h.text())),
+                s.text_changed,
+            ),
+            FileKind::Output => {
+                let size = match (&s.history, s.reach, cursor) {
+                    (Some(h), Reach::Live, Some(c)) if s.fresh => {
+                        file_len(h.text_from(effective_cursor(h.len(), c)))
+                    }
+                    _ => 0,
+                };
+                (size, s.text_changed)
+            }
+            _ => unreachable!("not a live file"),
+        }))
+    }
+
+    fn file_attr(&self, pod: &PodName, child: &PodName, kind: FileKind, now: bool) -> Step<Attr> {
+        let view = ready!(self.parents.child_view(pod, child));
+        let ino = self
+            .inodes
+            .number(&Node::File(pod.clone(), child.clone(), kind));
+        let attr = |size, mtime| Attr {
+            ino,
+            is_dir: false,
+            size,
+            perm: kind.perm(),
+            nlink: 1,
+            mtime,
+            volatile: kind.is_live() || kind == FileKind::Cursor,
+        };
+        match kind {
+            FileKind::Socket | FileKind::Scope | FileKind::Callback | FileKind::Cursor => {
+                let size = self.value(&view, pod, child, kind).len() as u64;
+                Step::Ready(Ok(attr(size, view.mtime)))
+            }
+            FileKind::Input => Step::Ready(Ok(attr(0, view.mtime))),
+            FileKind::Status | FileKind::Log | FileKind::Output => self
+                .live_size(&view, pod, child, kind, now)
+                .map(|(size, mtime)| attr(size, mtime)),
         }
     }
 
-    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr> {
-        match self.node(parent)? {
-            Node::Root => {
-                validate_pod_name(name)?;
-                self.pod_attr(name)
-            }
-            Node::Pod(pod) => {
-                validate_pod_name(name)?;
-                self.child_attr(&pod, name)
-            }
-            Node::Child(pod, child) => {
-                let kind = FileKind::from_name(name)
-                    .ok_or_else(|| Error::NotFound(format!("{pod}/{child}/{name}")))?;
-                self.file_attr(&pod, &child, kind)
-            }
-            Node::File(..) => Err(Error::NotDir),
+    fn attr_of(&self, node: &Node, now: bool) -> Step<Attr> {
+        match node {
+            Node::Root => self.root_attr().into(),
+            Node::Pod(pod) => self.pod_attr(pod).into(),
+            Node::Child(pod, child) => self.child_attr(pod, child).into(),
+            Node::File(pod, child, kind) => self.file_attr(pod, child, *kind, now),
         }
     }
+
+    pub fn getattr(&self, ino: u64, now: bool) -> Step<Attr> {
+        let node = ready!(self.node(ino));
+        self.attr_of(&node, now)
+    }
+
+    /// Look `name` up in directory `parent`; a success counts one kernel reference.
+    ///
+    /// Never waits: the kernel holds the directory locked during a lookup, and a shell's
+    /// `> input` (an `O_CREAT` open) in the same directory would wait behind it. A live
+    /// file whose child has not answered yet gets provisional attributes the kernel does
+    /// not cache; the `stat` that follows waits in `getattr`, which holds no lock.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        let node = match self.node(parent)? {
+            Node::Root => Node::Pod(PodName::from_os(name)?),
+            Node::Pod(pod) => Node::Child(pod, PodName::from_os(name)?),
+            Node::Child(pod, child) => {
+                let kind = name
+                    .to_str()
+                    .and_then(FileKind::from_name)
+                    .ok_or_else(|| Error::NotFound(format!("{pod}/{child}/{name:?}")))?;
+                Node::File(pod, child, kind)
+            }
+            Node::File(..) => return Err(Error::NotDir),
+        };
+        let mut attr = self.attr_of(&node, true).into_result()?;
+        attr.ino = self.inodes.remember(&node);
+        Ok(attr)
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    /// `O_TRUNC` on the writable files is accepted; every other attribute change is not.
+    pub fn truncate(&self, ino: u64, size: u64) -> Step<Attr> {
+        match ready!(self.node(ino)) {
+            Node::File(pod, child, kind) if kind.writable() && size == 0 => {
+                self.file_attr(&pod, &child, kind, true)
+            }
+            Node::File(..) => Step::Ready(Err(Error::ReadOnly)),
+            _ => Step::Ready(Err(Error::IsDir)),
+        }
+    }
+
+    /// `access(2)` against the honest modes, so `test -w socket` is false even on a private
+    /// mount where the kernel does not check modes itself.
+    pub fn access(&self, ino: u64, write: bool) -> Result<()> {
+        let perm = match self.node(ino)? {
+            Node::Root => 0o555,
+            Node::Pod(_) | Node::Child(..) => 0o755,
+            Node::File(_, _, kind) => kind.perm(),
+        };
+        if write && perm & 0o222 == 0 {
+            Err(Error::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Directories
 
     /// The inode numbers of `view`'s children, cached while the view is current.
-    fn inos_of(&self, pod_ino: u64, view: &Arc<ParentView>) -> Arc<Vec<u64>> {
-        if let Some((cached, inos)) = self.child_inos.lock().get(&pod_ino) {
+    fn inos_of(&self, pod: &PodName, view: &Arc<ParentView>) -> Arc<Vec<u64>> {
+        if let Some((cached, inos)) = self.child_inos.lock().get(pod) {
             if Arc::ptr_eq(cached, view) {
                 return inos.clone();
             }
         }
         let inos: Arc<Vec<u64>> = Arc::new(
-            view.children()
-                .map(|c| self.inodes.child_of(pod_ino, &c.pod_name))
+            view.names()
+                .map(|c| self.inodes.number(&Node::Child(pod.clone(), c.clone())))
                 .collect(),
         );
         self.child_inos
             .lock()
-            .insert(pod_ino, (view.clone(), inos.clone()));
+            .insert(pod.clone(), (view.clone(), inos.clone()));
         inos
     }
 
-    fn listing_of(&self, ino: u64) -> Result<Listing> {
-        let small = |parent, entries| Listing::Small {
-            ino,
-            parent,
-            entries,
-        };
-        Ok(match self.node(ino)? {
-            Node::Root => {
-                let pods = self.reg.pods()?;
-                let entries = pods
-                    .iter()
-                    .map(|pod| (self.inodes.pod(pod), true, pod.clone(), None))
-                    .collect();
-                small(inode::ROOT, entries)
-            }
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let listing = match self.node(ino)? {
+            Node::Root => Listing::Root {
+                pods: self.parents.pods()?,
+            },
             Node::Pod(pod) => {
-                let view = self.reg.parent(&pod)?;
-                let inos = self.inos_of(ino, &view);
-                Listing::Pod { ino, view, inos }
+                let view = self.parents.parent(&pod)?;
+                let inos = self.inos_of(&pod, &view);
+                Listing::Pod { pod, view, inos }
             }
             Node::Child(pod, child) => {
-                self.reg.child_view(&pod, &child)?;
-                let entries = FileKind::ALL
-                    .iter()
-                    .map(|&k| {
-                        let attr = self.file_attr(&pod, &child, k).ok();
-                        let ino = self.inodes.file(&pod, &child, k);
-                        (ino, false, k.name().to_string(), attr)
-                    })
-                    .collect();
-                small(self.inodes.pod(&pod), entries)
+                let view = self.parents.child_view(&pod, &child)?;
+                // Start watching now: a listing with attributes will need the sizes.
+                let _ = self.watch_of(view.child(&child).expect("checked"));
+                Listing::Child { pod, child }
             }
             Node::File(..) => return Err(Error::NotDir),
-        })
-    }
-
-    pub fn opendir(&self, ino: u64) -> Result<u64> {
-        let listing = Arc::new(self.listing_of(ino)?);
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().insert(fh, listing);
+        };
+        let fh = self.fh();
+        self.dirs.lock().insert(fh, Arc::new(listing));
         Ok(fh)
     }
 
-    /// Feed the entries of an open directory from position `offset` on (`.` and `..` first)
-    /// to `emit`, with the offset of the entry after each, until `emit` says the reply is
-    /// full.
+    /// Feed the entries of an open directory from position `offset` on (`.` and `..`
+    /// first) to `emit`, with the offset of the entry after each, until `emit` says the
+    /// reply is full. With `plus`, entries carry attributes and each one emitted counts a
+    /// kernel reference.
     pub fn readdir(
         &self,
         fh: u64,
         offset: u64,
+        plus: bool,
         mut emit: impl FnMut(u64, DirEntry<'_>) -> bool,
     ) -> Result<()> {
         let listing = self
@@ -297,50 +584,97 @@ impl PodFs {
             .get(&fh)
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("directory handle {fh}")))?;
-        let (ino, parent, len) = match &*listing {
-            Listing::Pod { ino, view, .. } => (*ino, inode::ROOT, view.len()),
-            Listing::Small {
-                ino,
-                parent,
-                entries,
-            } => (*ino, *parent, entries.len()),
-        };
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let (ino, parent_ino, len) = match &*listing {
+            Listing::Root { pods } => (inode::ROOT, inode::ROOT, pods.len()),
+            Listing::Pod { pod, view, .. } => (
+                self.inodes.number(&Node::Pod(pod.clone())),
+                inode::ROOT,
+                view.len(),
+            ),
+            Listing::Child { pod, child } => (
+                self.inodes.number(&Node::Child(pod.clone(), child.clone())),
+                self.inodes.number(&Node::Pod(pod.clone())),
+                FileKind::ALL.len(),
+            ),
+        };
+        // Never waits (the directory is locked meanwhile): live sizes not known yet are
+        // provisional and not cached by the kernel.
+        let mut file_attrs: HashMap<FileKind, Attr> = HashMap::new();
+        if let (true, Listing::Child { pod, child }) = (plus, &*listing) {
+            for kind in FileKind::ALL {
+                if let Ok(a) = self.file_attr(pod, child, kind, true).into_result() {
+                    file_attrs.insert(kind, a);
+                }
+            }
+        }
         for k in start..len + 2 {
-            let entry = match (k, &*listing) {
-                (0, _) => DirEntry {
-                    ino,
-                    is_dir: true,
-                    name: ".",
-                    attr: None,
-                },
-                (1, _) => DirEntry {
-                    ino: parent,
-                    is_dir: true,
-                    name: "..",
-                    attr: None,
-                },
-                (k, Listing::Pod { view, inos, .. }) => {
+            // The kernel takes no reference for `.` and `..`; their attributes are a formality.
+            let dot = |name: &'static str, ino| DirEntry {
+                ino,
+                is_dir: true,
+                name,
+                attr: plus.then(|| dir_attr(ino, 0o755, 0, self.started)),
+            };
+            let (entry, node) = match (k, &*listing) {
+                (0, _) => (dot(".", ino), None),
+                (1, _) => (dot("..", parent_ino), None),
+                (k, Listing::Root { pods }) => {
+                    let pod = &pods[k - 2];
+                    let node = Node::Pod(pod.clone());
+                    let attr = if plus {
+                        match self.pod_attr(pod) {
+                            Ok(a) => Some(a),
+                            // Vanished since opendir: skip rather than fail the listing.
+                            Err(_) => continue,
+                        }
+                    } else {
+                        None
+                    };
+                    let entry = DirEntry {
+                        ino: self.inodes.number(&node),
+                        is_dir: true,
+                        name: pod,
+                        attr,
+                    };
+                    (entry, Some(node))
+                }
+                (k, Listing::Pod { pod, view, inos }) => {
+                    let (name, _) = view.child_at(k - 2);
                     let child_ino = inos[k - 2];
-                    DirEntry {
+                    let entry = DirEntry {
                         ino: child_ino,
                         is_dir: true,
-                        name: &view.child_at(k - 2).pod_name,
-                        attr: Some(self.dir_attr(child_ino, 0o755, 0, view.mtime)),
-                    }
-                }
-                (k, Listing::Small { entries, .. }) => {
-                    let (ino, is_dir, name, attr) = &entries[k - 2];
-                    DirEntry {
-                        ino: *ino,
-                        is_dir: *is_dir,
                         name,
-                        attr: attr.clone(),
-                    }
+                        attr: plus.then(|| dir_attr(child_ino, 0o755, 0, view.mtime)),
+                    };
+                    (entry, Some(Node::Child(pod.clone(), name.clone())))
+                }
+                (k, Listing::Child { pod, child }) => {
+                    let kind = FileKind::ALL[k - 2];
+                    let attr = if plus {
+                        match file_attrs.get(&kind) {
+                            Some(a) => Some(a.clone()),
+                            None => continue,
+                        }
+                    } else {
+                        None
+                    };
+                    let node = Node::File(pod.clone(), child.clone(), kind);
+                    let entry = DirEntry {
+                        ino: self.inodes.number(&node),
+                        is_dir: false,
+                        name: kind.name(),
+                        attr,
+                    };
+                    (entry, Some(node))
                 }
             };
             if emit(k as u64 + 1, entry) {
                 break;
+            }
+            if let (true, Some(node)) = (plus, node) {
+                self.inodes.remember(&node);
             }
         }
         Ok(())
@@ -350,263 +684,462 @@ impl PodFs {
         self.dirs.lock().remove(&fh);
     }
 
-    /// Whether opening `ino` may talk to a socket, so the adapter must run it on a worker.
-    pub fn open_blocks(&self, ino: u64) -> bool {
-        match self.inodes.resolve(ino) {
-            Some(Node::File(pod, child, FileKind::Status)) => {
-                let Ok(view) = self.reg.child_view(&pod, &child) else {
-                    return false;
-                };
-                let record = view.child(&child).expect("checked by child_view");
-                self.reg
-                    .child_socket(record)
-                    .is_ok_and(|s| self.reg.cached_status(&s).is_none())
-            }
-            Some(Node::File(_, _, kind)) => matches!(kind, FileKind::Output | FileKind::Log),
-            _ => false,
-        }
-    }
+    // -----------------------------------------------------------------------------------
+    // Files
 
-    /// Open a file. `read`/`write` say which access the caller asked for.
-    pub fn open(&self, ino: u64, read: bool, write: bool) -> Result<u64> {
-        let Node::File(pod, child, kind) = self.node(ino)? else {
-            return Err(Error::IsDir);
+    /// Open a file; `write` when the caller asked for write access.
+    pub fn open(&self, ino: u64, write: bool, now: bool) -> Step<u64> {
+        let Node::File(pod, child, kind) = ready!(self.node(ino)) else {
+            return Step::Ready(Err(Error::IsDir));
         };
-        if (read && !kind.readable()) || (write && !kind.writable()) {
-            return Err(Error::ReadOnly);
+        if write && !kind.writable() {
+            return Step::Ready(Err(Error::ReadOnly));
         }
-        let view = self.reg.child_view(&pod, &child)?;
+        let view = ready!(self.parents.child_view(&pod, &child));
+        let file = ChildFile {
+            pod: pod.clone(),
+            child: child.clone(),
+            kind,
+        };
         let record = view.child(&child).expect("checked by child_view");
-        let content = match kind {
-            FileKind::Input => Content::Input(Arc::default()),
-            FileKind::Cursor if !read => Content::CursorWrite(Default::default()),
-            FileKind::Socket | FileKind::Scope | FileKind::Callback | FileKind::Cursor => {
-                Content::Bytes(Arc::new(self.value(&pod, record, kind)))
+        let handle = match kind {
+            FileKind::Socket | FileKind::Scope | FileKind::Callback => Handle::Value {
+                bytes: Mutex::new(self.value(&view, &pod, &child, kind).into()),
+                file,
+                seen: AtomicU64::new(0),
+                watch: None,
+            },
+            FileKind::Cursor => Handle::Cursor {
+                bytes: Mutex::new(self.value(&view, &pod, &child, kind).into()),
+                incarnation: self.incarnation(&view, &child),
+                value: Mutex::new(CursorValue::default()),
+                file,
+            },
+            FileKind::Input => {
+                // Start watching: the first write will need the child's state.
+                let watch = self.watch_of(record);
+                Handle::Input {
+                    file,
+                    watch,
+                    message: Mutex::new(Message::default()),
+                }
             }
             FileKind::Status => {
-                let word = self.reg.status(record);
-                Content::Bytes(Arc::new(format!("{word}\n").into_bytes()))
+                let (bytes, seen, watch) = match self.watch_of(record) {
+                    None => (UNREACHABLE.into(), 0, None),
+                    Some(w) => {
+                        let s = w.state();
+                        if !s.ready() && !now {
+                            drop(s);
+                            return Step::Wait(w, self.bound(kind));
+                        }
+                        let bytes = format!("{}\n", s.status_word()).into_bytes();
+                        let seen = s.status_version;
+                        drop(s);
+                        (bytes.into(), seen, Some(w))
+                    }
+                };
+                Handle::Value {
+                    file,
+                    bytes: Mutex::new(bytes),
+                    seen: AtomicU64::new(seen),
+                    watch,
+                }
             }
-            FileKind::Output => Content::Bytes(Arc::new(self.take_output(&pod, record))),
-            FileKind::Log => self.open_log(record),
+            FileKind::Output => {
+                let incarnation = self.incarnation(&view, &child);
+                match self.take_output(&pod, &child, incarnation, record, now) {
+                    Step::Ready(Ok((bytes, watch))) => Handle::Output { bytes, file, watch },
+                    Step::Ready(Err(e)) => return Step::Ready(Err(e)),
+                    Step::Wait(w, b) => return Step::Wait(w, b),
+                }
+            }
+            FileKind::Log => match self.watch_of(record) {
+                None => Handle::Log {
+                    watch: None,
+                    fixed: Arc::from(&b""[..]),
+                    seen: AtomicU64::new(0),
+                },
+                Some(w) => {
+                    let s = w.state();
+                    if !s.ready() && !now {
+                        drop(s);
+                        return Step::Wait(w, self.bound(kind));
+                    }
+                    if let Some(e) = self.no_history(&s) {
+                        return Step::Ready(Err(e));
+                    }
+                    let seen = s.text_version;
+                    drop(s);
+                    Handle::Log {
+                        watch: Some(w),
+                        fixed: Arc::from(&b""[..]),
+                        seen: AtomicU64::new(seen),
+                    }
+                }
+            },
         };
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().insert(fh, content);
-        Ok(fh)
+        if let Some(w) = handle.watch() {
+            w.pin();
+        }
+        let fh = self.fh();
+        self.handles.lock().insert(fh, Arc::new(handle));
+        Step::Ready(Ok(fh))
     }
 
-    /// ReadPodOutput with the mount's cursor: one snapshot of the new text per open.
-    fn take_output(&self, pod: &str, record: &ChildRecord) -> Vec<u8> {
-        let child = &*record.pod_name;
-        let Ok(socket) = self.reg.child_socket(record) else {
-            return Vec::new();
-        };
-        let snapshot = match ops::snapshot(&socket, &self.reg.timeouts) {
-            Ok(s) => s,
-            // Unreachable: an empty read, and the cursor stays where it was.
-            Err(_) => return Vec::new(),
-        };
-        let cursor = self.reg.cursor(pod, child);
-        let len = snapshot.entries.len();
-        let range = history::window(len, cursor);
-        if range.start == 0 && cursor > len as u64 {
-            warn!(
-                pod,
-                child, cursor, len, "history shrank below the cursor; starting over"
-            );
+    /// Why a history cannot be shown, if it cannot: a child that accepted the connection
+    /// and never answered in the I/O bound (`ETIMEDOUT`), never an empty success.
+    fn no_history(&self, s: &LiveState) -> Option<Error> {
+        match s.reach {
+            Reach::Silent => Some(Error::Timeout(
+                "the child accepted the connection but sent no Snapshot in time".into(),
+            )),
+            Reach::Pending => Some(Error::Timeout("the child did not answer in time".into())),
+            Reach::Live if !s.fresh => Some(Error::Timeout(
+                "the child's history could not be refreshed in time".into(),
+            )),
+            Reach::Live | Reach::Gone => None,
         }
-        let extraction = history::extract(&snapshot.entries[range]);
-        if extraction.malformed > 0 {
-            warn!(
-                pod,
-                child,
-                malformed = extraction.malformed,
-                "history entries did not parse; output may be incomplete"
-            );
-        }
-        self.reg.set_cursor(pod, child, len as u64);
-        as_file_text(extraction.text).into_bytes()
     }
 
-    fn open_log(&self, record: &ChildRecord) -> Content {
-        let Ok(socket) = self.reg.child_socket(record) else {
-            return Content::Bytes(Arc::new(Vec::new()));
+    /// ReadPodOutput with the mount's cursor: the new text since the cursor, and the cursor
+    /// moved past it, in one step with the cursor locked (two readers never get the same
+    /// text). An unreachable child gives nothing and leaves the cursor alone.
+    fn take_output(
+        &self,
+        pod: &PodName,
+        child: &PodName,
+        incarnation: u64,
+        record: &ChildRecord,
+        now: bool,
+    ) -> Step<Taken> {
+        let Some(w) = self.watch_of(record) else {
+            return Step::Ready(Ok((Arc::from(&b""[..]), None)));
         };
-        let first = ops::snapshot(&socket, &self.reg.timeouts).ok();
-        let feed = self
-            .followers
-            .subscribe(&socket, first.as_ref(), &self.reg.timeouts);
-        Content::Log(socket, feed)
+        {
+            let s = w.state();
+            if !s.ready() && !now {
+                drop(s);
+                return Step::Wait(w, self.bound(FileKind::Output));
+            }
+            if let Some(e) = self.no_history(&s) {
+                return Step::Ready(Err(e));
+            }
+            if s.reach == Reach::Gone {
+                drop(s);
+                return Step::Ready(Ok((Arc::from(&b""[..]), Some(w))));
+            }
+        }
+        let key = (pod.clone(), child.clone());
+        let bytes = self.cursors.update(&key, incarnation, |cursor| {
+            let s = w.state();
+            let Some(h) = s.history.as_ref() else {
+                return Vec::new();
+            };
+            let start = effective_cursor(h.len(), *cursor);
+            if start < *cursor {
+                warn!(%pod, %child, cursor = *cursor, len = h.len(), "history shrank below the cursor; starting over");
+            }
+            let text = h.text_from(start);
+            let mut bytes = text.as_bytes().to_vec();
+            if !bytes.is_empty() && !text.ends_with('\n') {
+                bytes.push(b'\n');
+            }
+            *cursor = h.len();
+            bytes
+        });
+        Step::Ready(Ok((bytes.into(), Some(w))))
+    }
+
+    fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
+        self.handles
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("file handle {fh}")))
+    }
+
+    /// A value file's bytes now (a read at offset 0 refreshes them).
+    fn regenerate(
+        &self,
+        file: &ChildFile,
+        watch: Option<&Arc<Watch>>,
+        seen: &AtomicU64,
+    ) -> Option<Vec<u8>> {
+        if file.kind == FileKind::Status {
+            let w = watch?;
+            let s = w.state();
+            seen.store(s.status_version, Ordering::Relaxed);
+            return Some(format!("{}\n", s.status_word()).into_bytes());
+        }
+        let view = self.parents.child_view(&file.pod, &file.child).ok()?;
+        Some(self.value(&view, &file.pod, &file.child, file.kind))
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let slice = |bytes: &[u8]| {
-            let start = usize::try_from(offset)
-                .unwrap_or(usize::MAX)
-                .min(bytes.len());
-            let end = start.saturating_add(size as usize).min(bytes.len());
-            bytes[start..end].to_vec()
-        };
-        match self.files.lock().get(&fh) {
-            Some(Content::Bytes(bytes)) => Ok(slice(bytes)),
-            Some(Content::Log(_, feed)) => Ok(slice(feed.current().text.as_bytes())),
-            Some(Content::Input(_)) | Some(Content::CursorWrite(_)) => Err(Error::ReadOnly),
-            None => Err(Error::NotFound(format!("file handle {fh}"))),
-        }
-    }
-
-    /// Whether a write to `ino` talks to a socket (input does).
-    pub fn write_blocks(&self, ino: u64) -> bool {
-        matches!(
-            self.inodes.resolve(ino),
-            Some(Node::File(_, _, FileKind::Input))
-        )
-    }
-
-    pub fn write(&self, ino: u64, fh: u64, data: &[u8]) -> Result<usize> {
-        let Node::File(pod, child, kind) = self.node(ino)? else {
-            return Err(Error::IsDir);
-        };
-        match kind {
-            FileKind::Cursor => {
-                let value = files::parse_cursor(data)?;
-                self.reg.child_view(&pod, &child)?;
-                self.reg.set_cursor(&pod, &child, value);
-                if let Some(Content::CursorWrite(wrote)) = self.files.lock().get(&fh) {
-                    wrote.store(true, Ordering::Relaxed);
-                }
-                Ok(data.len())
-            }
-            FileKind::Input => {
-                let buf = match self.files.lock().get(&fh) {
-                    Some(Content::Input(buf)) => buf.clone(),
-                    _ => return Err(Error::ReadOnly),
-                };
-                let pending = buf.lock().len();
-                if pending + data.len() > files::INPUT_LIMIT {
-                    return Err(Error::TooBig {
-                        size: pending + data.len(),
-                        limit: files::INPUT_LIMIT,
-                    });
-                }
-                // The message is sent at close, but shells ignore errors from close(), so
-                // a child that cannot take it is refused at the first write, where `printf`
-                // sees it (later writes of the same message need not ask again).
-                if pending == 0 {
-                    let socket = self.input_socket(&pod, &child)?;
-                    let snapshot = ops::probe(&socket, &self.reg.timeouts)?;
-                    if snapshot.status() == PodStatus::Running {
-                        return Err(Error::Busy(format!("{child} is already running a turn")));
+        match &*self.handle(fh)? {
+            Handle::Value {
+                file,
+                bytes,
+                seen,
+                watch,
+            } => {
+                if offset == 0 {
+                    if let Some(new) = self.regenerate(file, watch.as_ref(), seen) {
+                        *bytes.lock() = new.into();
                     }
                 }
-                buf.lock().extend_from_slice(data);
-                Ok(data.len())
+                Ok(slice(&bytes.lock(), offset, size))
             }
-            _ => Err(Error::ReadOnly),
-        }
-    }
-
-    /// `O_TRUNC` on the writable files is accepted; every other attribute change is not.
-    pub fn truncate(&self, ino: u64, size: u64) -> Result<Attr> {
-        match self.node(ino)? {
-            Node::File(_, _, kind) if kind.writable() && size == 0 => self.getattr(ino),
-            Node::File(..) => Err(Error::ReadOnly),
-            _ => Err(Error::IsDir),
-        }
-    }
-
-    fn input_socket(&self, pod: &str, child: &str) -> Result<PathBuf> {
-        let (_, record) = self.reg.child(pod, child)?;
-        self.reg
-            .child_socket(&record)
-            .map_err(|_| Error::Unreachable(format!("{child}: socket outside the runtime dir")))
-    }
-
-    /// Whether `flush(fh)` talks to a socket (closing an `input` handle sends the message).
-    pub fn flush_blocks(&self, fh: u64) -> bool {
-        matches!(self.files.lock().get(&fh), Some(Content::Input(_)))
-    }
-
-    /// `close()`: an `input` handle sends what was written as one run; a write-only
-    /// `cursor` handle that received no write was an empty write.
-    pub fn flush(&self, ino: u64, fh: u64) -> Result<()> {
-        let buf = match self.files.lock().get(&fh) {
-            Some(Content::CursorWrite(wrote)) if !wrote.load(Ordering::Relaxed) => {
-                return Err(Error::InvalidValue(
-                    "empty write to cursor; the cursor is unchanged".into(),
-                ))
+            Handle::Cursor {
+                file,
+                bytes,
+                incarnation,
+                ..
+            } => {
+                if offset == 0 {
+                    let key = (file.pod.clone(), file.child.clone());
+                    let value = format!("{}\n", self.cursors.get(&key, *incarnation));
+                    *bytes.lock() = value.into_bytes().into();
+                }
+                Ok(slice(&bytes.lock(), offset, size))
             }
-            Some(Content::Input(buf)) => buf.clone(),
-            _ => return Ok(()),
-        };
-        // Taken, not copied: a descriptor closed twice (dup) sends the message once.
-        let data = std::mem::take(&mut *buf.lock());
-        if data.is_empty() {
-            return Ok(());
+            Handle::Output { bytes, .. } => Ok(slice(bytes, offset, size)),
+            Handle::Log { watch, fixed, seen } => match watch {
+                Some(w) => {
+                    let s = w.state();
+                    seen.store(s.text_version, Ordering::Relaxed);
+                    Ok(s.history
+                        .as_ref()
+                        .map_or_else(Vec::new, |h| slice_of_text(h.text(), offset, size)))
+                }
+                None => Ok(slice(fixed, offset, size)),
+            },
+            // Reading input returns nothing, so tree-walking tools copy it without an error.
+            Handle::Input { .. } => Ok(Vec::new()),
         }
-        let Node::File(pod, child, _) = self.node(ino)? else {
-            return Err(Error::IsDir);
-        };
-        let text = files::parse_input(&data)?;
-        let socket = self.input_socket(&pod, &child)?;
-        ops::send_run(&socket, &text, &self.reg.timeouts)?;
-        self.reg.note_status(&socket, PodStatus::Running);
-        Ok(())
     }
 
+    pub fn write(&self, fh: u64, data: &[u8], now: bool) -> Step<usize> {
+        let handle = ready!(self.handle(fh));
+        match &*handle {
+            Handle::Cursor { file, value, .. } => {
+                // The child may have gone meanwhile; then so has its cursor.
+                ready!(self.parents.child_view(&file.pod, &file.child));
+                value.lock().write(data).into()
+            }
+            Handle::Input { watch, message, .. } => {
+                let child = match watch {
+                    None => Child::Unreachable,
+                    Some(w) => {
+                        let s = w.state();
+                        if !s.ready() && !now {
+                            drop(s);
+                            return Step::Wait(w.clone(), self.client.timeouts.io);
+                        }
+                        match s.reach {
+                            Reach::Live if s.takes_input() => Child::Takes,
+                            Reach::Live => Child::Busy,
+                            _ => Child::Unreachable,
+                        }
+                    }
+                };
+                w_touch(watch);
+                message.lock().write(data, child).into()
+            }
+            _ => Step::Ready(Err(Error::ReadOnly)),
+        }
+    }
+
+    /// `close()` of one descriptor: a cursor value takes effect (so `echo 0 > cursor; cat
+    /// output` sees it), a refused or cut message says so. The message itself is sent when
+    /// the last descriptor closes ([`PodFs::release`]).
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        match &*self.handle(fh)? {
+            Handle::Cursor {
+                file,
+                value,
+                incarnation,
+                ..
+            } => {
+                if let Some(v) = value.lock().at_close()? {
+                    let view = self.parents.child_view(&file.pod, &file.child)?;
+                    if view.incarnation(&file.child) != *incarnation {
+                        return Err(Error::NotFound(format!("{}/{}", file.pod, file.child)));
+                    }
+                    let key = (file.pod.clone(), file.child.clone());
+                    self.cursors.set(&key, *incarnation, v);
+                    debug!(pod = %file.pod, child = %file.child, cursor = v, "cursor set");
+                }
+                Ok(())
+            }
+            Handle::Input { message, .. } => message.lock().at_close(),
+            _ => Ok(()),
+        }
+    }
+
+    /// The last descriptor of an open closed.
     pub fn release(&self, fh: u64) {
-        if let Some(Content::Log(socket, feed)) = self.files.lock().remove(&fh) {
-            self.followers.unsubscribe(&socket, &feed);
+        let Some(handle) = self.handles.lock().remove(&fh) else {
+            return;
+        };
+        if let Some(w) = handle.watch() {
+            w.unpin();
+        }
+        if let Handle::Input {
+            file,
+            watch,
+            message,
+        } = &*handle
+        {
+            let delivery = message.lock().finish();
+            self.deliver(file, watch.as_ref(), delivery);
         }
     }
+
+    /// Hand a finished message to the child. The writer is gone by now, so every outcome
+    /// is logged, and a message that cannot be sent is logged at error level.
+    fn deliver(&self, file: &ChildFile, watch: Option<&Arc<Watch>>, delivery: Delivery) {
+        let (pod, child) = (file.pod.clone(), file.child.clone());
+        match delivery {
+            Delivery::Nothing => {}
+            Delivery::Dropped(writes::Refusal::Incomplete) => {
+                error!(%pod, %child, "message not sent: it ends in the middle of a character");
+            }
+            Delivery::Dropped(why) => {
+                debug!(%pod, %child, ?why, "refused message discarded; its writer was told");
+            }
+            Delivery::Send(text) => {
+                let Some(w) = watch else {
+                    error!(%pod, %child, "message not sent: the child's socket is outside the runtime dir");
+                    return;
+                };
+                let bytes = text.len();
+                w.send_run(
+                    text,
+                    Box::new(move |outcome| match outcome {
+                        Ok(()) => info!(%pod, %child, bytes, "message delivered"),
+                        Err(e) => error!(%pod, %child, bytes, error = %e,
+                            "message not delivered: the child refused it after its writer closed"),
+                    }),
+                );
+            }
+        }
+    }
+
+    /// Whether the file has something new for `poll`; if not, `wake` runs when it has.
+    pub fn poll(&self, fh: u64, wake: Callback) -> Result<bool> {
+        let handle = self.handle(fh)?;
+        match &*handle {
+            Handle::Value {
+                seen,
+                watch: Some(w),
+                file,
+                ..
+            } if file.kind == FileKind::Status => {
+                Ok(!w.when_changed(Topic::Status, seen.load(Ordering::Relaxed), wake))
+            }
+            Handle::Log {
+                seen,
+                watch: Some(w),
+                ..
+            } => Ok(!w.when_changed(Topic::Text, seen.load(Ordering::Relaxed), wake)),
+            Handle::Output {
+                file,
+                watch: Some(w),
+                ..
+            } => {
+                // Readable when a new open would return text.
+                let view = self.parents.child_view(&file.pod, &file.child)?;
+                let key = (file.pod.clone(), file.child.clone());
+                let cursor = self.cursors.get(&key, view.incarnation(&file.child));
+                let s = w.state();
+                let pending = s
+                    .history
+                    .as_ref()
+                    .is_some_and(|h| !h.text_from(effective_cursor(h.len(), cursor)).is_empty());
+                let version = s.text_version;
+                drop(s);
+                Ok(pending || !w.when_changed(Topic::Text, version, wake))
+            }
+            // Everything else never changes on its own: always readable, like a file.
+            _ => Ok(true),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Removal
 
     /// Unlinking a control file succeeds and changes nothing: `rm -r` removes the files
     /// before the directory, and only `rmdir` stops and reclaims.
-    pub fn unlink(&self, parent: u64, name: &str) -> Result<()> {
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
         match self.node(parent)? {
             Node::Child(pod, child) => {
-                FileKind::from_name(name)
-                    .ok_or_else(|| Error::NotFound(format!("{pod}/{child}/{name}")))?;
-                self.reg.child_view(&pod, &child)?;
+                name.to_str()
+                    .and_then(FileKind::from_name)
+                    .ok_or_else(|| Error::NotFound(format!("{pod}/{child}/{name:?}")))?;
+                self.parents.child_view(&pod, &child)?;
                 Ok(())
             }
             Node::Pod(_) | Node::Root => {
-                validate_pod_name(name)?;
+                PodName::from_os(name)?;
                 Err(Error::IsDir)
             }
             Node::File(..) => Err(Error::NotDir),
         }
     }
 
-    /// `rmdir <parent>/<child>`: stop and reclaim. Blocking; run it on a worker.
-    pub fn rmdir(&self, parent: u64, name: &str) -> Result<()> {
+    /// `rmdir <parent>/<child>`: stop and reclaim. Blocking: run it on [`PodFs::pool`].
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
         match self.node(parent)? {
             Node::Pod(pod) => {
-                validate_pod_name(name)?;
-                reclaim::remove_child(&self.reg, &pod, name).map(|_| ())
+                let child = PodName::from_os(name)?;
+                let view = self.parents.parent(&pod)?;
+                let socket = view
+                    .child(&child)
+                    .and_then(|r| self.client.socket(&r.socket_path).ok());
+                reclaim::remove_child(&self.parents, &self.client, &pod, &child)?;
+                self.cursors.forget(&(pod, child));
+                if let Some(socket) = socket {
+                    self.watches.end(&socket);
+                }
+                Ok(())
             }
             Node::Root => {
-                validate_pod_name(name)?;
+                PodName::from_os(name)?;
                 Err(Error::NotPermitted(
-                    "pods themselves cannot be removed".into(),
+                    "pods themselves cannot be removed; remove their children".into(),
                 ))
             }
-            Node::Child(..) => Err(Error::NotDir),
-            Node::File(..) => Err(Error::NotDir),
+            Node::Child(..) | Node::File(..) => Err(Error::NotDir),
         }
+    }
+
+    /// Release everything held (at unmount).
+    pub fn shutdown(&self) {
+        self.kernel.disconnect();
+        self.watches.shutdown();
+        self.pool.close();
     }
 }
 
-impl PodFs {
-    /// `access(2)` against the honest modes, so `test -w socket` is false even on a private
-    /// mount where the kernel does not check modes itself.
-    pub fn access(&self, ino: u64, read: bool, write: bool) -> Result<()> {
-        let attr = self.getattr(ino)?;
-        let denied = (read && attr.perm & 0o444 == 0) || (write && attr.perm & 0o222 == 0);
-        if denied {
-            Err(Error::ReadOnly)
-        } else {
-            Ok(())
-        }
+fn w_touch(watch: &Option<Arc<Watch>>) {
+    if let Some(w) = watch {
+        w.state().last_interest = std::time::Instant::now();
     }
+}
+
+/// Builds the logic layer for a home: the parent cache, the pod client, the watches.
+pub fn build(
+    paths: crate::paths::Paths,
+    timeouts: crate::pod_client::Timeouts,
+    watch: crate::watch::WatchConfig,
+    settings: &Settings,
+    inotify: bool,
+) -> Result<PodFs> {
+    let parents = ParentCache::new(paths.clone(), inotify);
+    let client = Arc::new(PodClient::new(&paths, timeouts));
+    let watches = Watches::start(client.clone(), watch)
+        .map_err(|e| Error::io("start the watch reactor", e))?;
+    Ok(PodFs::new(parents, client, watches, settings))
 }

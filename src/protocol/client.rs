@@ -4,7 +4,7 @@
 //! it reads anything, so [`Connection::open`] always drains it first: clients that wrote
 //! first lost messages while the server blocked writing a large Snapshot nobody read.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -17,14 +17,13 @@ use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::protocol::wire::{Event, Snapshot, Want};
+use crate::protocol::lines::LineBuffer;
+use crate::protocol::wire::{Event, PodStatus};
 
 /// An open conversation whose prelude has been read.
 pub struct Connection {
     stream: UnixStream,
-    pending: Vec<u8>,
-    start: usize,
-    max_line: usize,
+    lines: LineBuffer,
     label: String,
 }
 
@@ -72,6 +71,31 @@ pub fn connect(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
     }
 }
 
+/// One non-blocking `connect()` attempt, for the watch reactor: `Ok(None)` when the
+/// listener's backlog is full (try again shortly), the stream (left non-blocking) otherwise.
+pub fn connect_nonblocking(path: &Path) -> io::Result<Option<UnixStream>> {
+    let addr = UnixAddr::new(path).map_err(io::Error::from)?;
+    let fd: OwnedFd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    match socket::connect(fd.as_raw_fd(), &addr) {
+        Ok(()) => Ok(Some(UnixStream::from(fd))),
+        // A Unix socket never connects asynchronously, but be exact about it anyway.
+        Err(Errno::EINPROGRESS) => {
+            wait_writable(&fd, Instant::now() + Duration::from_millis(100))?;
+            match socket::getsockopt(&fd, socket::sockopt::SocketError)? {
+                0 => Ok(Some(UnixStream::from(fd))),
+                err => Err(io::Error::from_raw_os_error(err)),
+            }
+        }
+        Err(Errno::EAGAIN) | Err(Errno::EINTR) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn finish(fd: OwnedFd) -> io::Result<UnixStream> {
     let stream = UnixStream::from(fd);
     stream.set_nonblocking(false)?;
@@ -98,22 +122,20 @@ fn wait_writable(fd: &OwnedFd, deadline: Instant) -> io::Result<()> {
 }
 
 impl Connection {
-    /// Connect and read the prelude up to and including the Snapshot.
+    /// Connect and read the prelude up to and including the Snapshot, of which only the
+    /// status word is decoded (blocking callers never need the history).
     pub fn open(
         path: &Path,
         connect_timeout: Duration,
         prelude_timeout: Duration,
         max_line: usize,
-        want: Want,
-    ) -> Result<(Connection, Snapshot)> {
+    ) -> Result<(Connection, PodStatus)> {
         let label = path.display().to_string();
         let stream = connect(path, connect_timeout)
             .map_err(|e| Error::Unreachable(format!("{label}: connect: {e}")))?;
         let mut conn = Connection {
             stream,
-            pending: Vec::new(),
-            start: 0,
-            max_line,
+            lines: LineBuffer::new(max_line),
             label,
         };
         let deadline = Instant::now() + prelude_timeout;
@@ -133,10 +155,16 @@ impl Connection {
             };
             match event.name.as_str() {
                 "snapshot" => {
-                    let snapshot = Snapshot::from_event(&event, want)?;
-                    return Ok((conn, snapshot));
+                    #[derive(serde::Deserialize)]
+                    struct StatusOnly {
+                        #[serde(default)]
+                        status: Option<String>,
+                    }
+                    let s: StatusOnly = serde_json::from_str(event.raw_data())
+                        .map_err(|e| Error::Protocol(format!("snapshot does not parse: {e}")))?;
+                    return Ok((conn, PodStatus::from_wire(s.status.as_deref())));
                 }
-                "alert" => tracing::debug!(pod = %conn.label, alert = %event.data(), "alert"),
+                "alert" => tracing::debug!(pod = %conn.label, alert = %event.raw_data(), "alert"),
                 // An `error` before the Snapshot means the pod refused the connection.
                 "error" => {
                     let (code, message) = event.error().unwrap_or_default();
@@ -169,41 +197,11 @@ impl Connection {
     /// The next event, `Ok(None)` on a clean EOF at a line boundary.
     pub fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>> {
         loop {
-            let Some(line) = self.read_line(deadline)? else {
-                return Ok(None);
-            };
-            let trimmed = line.trim_ascii();
-            if trimmed.is_empty() {
-                continue;
-            }
-            return Event::parse(trimmed).map(Some);
-        }
-    }
-
-    fn read_line(&mut self, deadline: Instant) -> Result<Option<Vec<u8>>> {
-        let mut scanned = self.start;
-        loop {
-            if let Some(pos) = self.pending[scanned..].iter().position(|&b| b == b'\n') {
-                let end = scanned + pos;
-                let line = self.pending[self.start..end].to_vec();
-                self.start = end + 1;
-                if self.start == self.pending.len() {
-                    self.pending.clear();
-                    self.start = 0;
+            while let Some(line) = self.lines.next_line()? {
+                let trimmed = line.trim_ascii();
+                if !trimmed.is_empty() {
+                    return Event::parse(trimmed).map(Some);
                 }
-                return Ok(Some(line));
-            }
-            scanned = self.pending.len();
-            if scanned - self.start > self.max_line {
-                return Err(Error::Protocol(format!(
-                    "{}: line longer than {} bytes",
-                    self.label, self.max_line
-                )));
-            }
-            if self.start > 0 {
-                self.pending.drain(..self.start);
-                scanned -= self.start;
-                self.start = 0;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -212,32 +210,23 @@ impl Connection {
             self.stream
                 .set_read_timeout(Some(left))
                 .map_err(|e| Error::io("set read timeout", e))?;
-            let old = self.pending.len();
-            self.pending.resize(old + 64 * 1024, 0);
-            let read = self.stream.read(&mut self.pending[old..]);
-            let n = match read {
-                Ok(n) => n,
-                Err(e) => {
-                    self.pending.truncate(old);
-                    match e.kind() {
-                        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
-                            return Err(Error::Timeout(format!("{}: read", self.label)))
-                        }
-                        ErrorKind::Interrupted => continue,
-                        ErrorKind::ConnectionReset => 0,
-                        _ => return Err(Error::io(format!("{}: read", self.label), e)),
-                    }
-                }
-            };
-            self.pending.truncate(old + n);
-            if n == 0 {
-                if self.pending.len() > self.start {
+            match self.lines.read_from(&mut self.stream) {
+                Ok(0) if self.lines.has_partial() => {
                     return Err(Error::Protocol(format!(
                         "{}: connection closed mid-line",
                         self.label
-                    )));
+                    )))
                 }
-                return Ok(None);
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(e) => match e.kind() {
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                        return Err(Error::Timeout(format!("{}: read", self.label)))
+                    }
+                    ErrorKind::Interrupted => {}
+                    ErrorKind::ConnectionReset => return Ok(None),
+                    _ => return Err(Error::io(format!("{}: read", self.label), e)),
+                },
             }
         }
     }
@@ -263,45 +252,29 @@ mod tests {
         (dir, path)
     }
 
-    fn open(path: &Path) -> Result<(Connection, Snapshot)> {
+    fn open(path: &Path) -> Result<(Connection, PodStatus)> {
         Connection::open(
             path,
             Duration::from_millis(500),
             Duration::from_millis(500),
             1 << 20,
-            Want::History,
         )
     }
 
     #[test]
-    fn every_fixture_prelude_parses() {
+    fn every_fixture_prelude_parses_after_alerts() {
         for rel in [
-            "socket/child1-prelude.jsonl",
-            "socket/child2-prelude.jsonl",
-            "socket/parent-fresh-prelude.jsonl",
+            "insomnia-5472/socket/child1-prelude.jsonl",
+            "insomnia-5472/socket/parent-fresh-prelude.jsonl",
+            "yoi-485918eb/socket/child2-prelude.jsonl",
+            "yoi-485918eb/socket/parent-restored-prelude.jsonl",
         ] {
-            let text = crate::store::fixtures::read(rel, "/h");
+            let text = crate::test_fixtures::read(rel, "/h");
             let alert = br#"{"event":"alert","data":{"level":"warn","source":"pod","message":"m","timestamp_ms":1}}"#;
             let (_d, path) = serve(vec![alert.to_vec(), b"\n".to_vec(), text.into_bytes()]);
-            let (_c, snap) = open(&path).unwrap();
-            assert_eq!(
-                snap.status(),
-                crate::protocol::wire::PodStatus::Idle,
-                "{rel}"
-            );
+            let (_c, status) = open(&path).unwrap();
+            assert_eq!(status, PodStatus::Idle, "{rel}");
         }
-    }
-
-    #[test]
-    fn run_transcript_events_parse() {
-        let text = crate::store::fixtures::read("socket/child1-run.jsonl", "/h");
-        let names: Vec<String> = text
-            .lines()
-            .map(|l| Event::parse(l.as_bytes()).unwrap().name)
-            .collect();
-        assert_eq!(names.first().unwrap(), "user_message");
-        assert_eq!(names.last().unwrap(), "status");
-        assert!(names.contains(&"run_end".to_string()));
     }
 
     #[test]
@@ -310,7 +283,7 @@ mod tests {
         let (a, b) = snap.split_at(10);
         let (_d, path) = serve(vec![a.to_vec(), b.to_vec(), b"\n".to_vec()]);
         let (_c, s) = open(&path).unwrap();
-        assert_eq!(s.status.as_deref(), Some("paused"));
+        assert_eq!(s, PodStatus::Paused);
     }
 
     #[test]
@@ -331,7 +304,6 @@ mod tests {
             Duration::from_millis(500),
             Duration::from_secs(2),
             1 << 20,
-            Want::History,
         )
         .err()
         .unwrap();
@@ -361,5 +333,8 @@ mod tests {
         let path = dir.path().join("dead");
         drop(UnixListener::bind(&path).unwrap());
         assert!(refuses_connections(&path, Duration::from_millis(100)));
+        assert!(connect_nonblocking(&path).is_err());
+        let (_d, live) = serve(vec![]);
+        assert!(connect_nonblocking(&live).unwrap().is_some());
     }
 }

@@ -1,19 +1,22 @@
-//! Events (pod to client) and methods (client to pod) as JSON.
+//! Events (pod to client) and methods (client to pod) as JSON lines.
 //!
 //! Each line is parsed as a generic object and dispatched on `event`; unknown events are
-//! ignored rather than fatal, so a newer runtime does not blind podfs.
+//! ignored rather than fatal, so a newer runtime does not blind podfs. The names that differ
+//! between runtime generations (the lifecycle method and its name key) come from
+//! [`Generation`].
 
 use std::fmt;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
+use crate::generation::Generation;
 
 /// One event line. `data` stays raw JSON until someone asks for it: a Snapshot can be tens
-/// of MiB, and a status probe needs one word of it.
+/// of MiB, and most events need one field of it.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub name: String,
@@ -40,6 +43,11 @@ impl Event {
         })
     }
 
+    /// The `data` object as JSON text.
+    pub fn raw_data(&self) -> &str {
+        self.data.get()
+    }
+
     /// The `data` object as a generic value.
     pub fn data(&self) -> Value {
         serde_json::from_str(self.data.get()).unwrap_or(Value::Null)
@@ -50,38 +58,52 @@ impl Event {
         serde_json::from_str(self.data.get()).ok()
     }
 
+    fn field(&self, key: &str) -> Option<String> {
+        let data: Map<String, Value> = self.data_as()?;
+        data.get(key)?.as_str().map(str::to_string)
+    }
+
     /// `error` events: (code, message).
     pub fn error(&self) -> Option<(String, String)> {
-        #[derive(Deserialize)]
-        struct ErrorData {
-            #[serde(default)]
-            code: String,
-            #[serde(default)]
-            message: String,
-        }
         if self.name != "error" {
             return None;
         }
-        let e: ErrorData = self.data_as().unwrap_or(ErrorData {
-            code: String::new(),
-            message: String::new(),
-        });
-        Some((e.code, e.message))
+        Some((
+            self.field("code").unwrap_or_default(),
+            self.field("message").unwrap_or_default(),
+        ))
     }
 
-    /// `data.kind`, for `invoke_start` and friends.
+    /// `data.kind` (`invoke_start` and lifecycle events).
     pub fn kind(&self) -> Option<String> {
-        #[derive(Deserialize)]
-        struct Kind {
-            kind: String,
-        }
-        self.data_as::<Kind>().map(|k| k.kind)
+        self.field("kind")
+    }
+
+    /// `data.text` (`text_done`).
+    pub fn text(&self) -> Option<String> {
+        self.field("text")
+    }
+
+    /// `data.result` (`run_end`, `turn_end`).
+    pub fn result(&self) -> Option<String> {
+        self.field("result")
+    }
+
+    /// `data.status` of a `status` event.
+    pub fn status_word(&self) -> PodStatus {
+        PodStatus::from_wire(self.field("status").as_deref())
+    }
+
+    /// `data.segments`, as `user_message` echoes a run's input.
+    pub fn segments(&self) -> Option<Value> {
+        let data: Map<String, Value> = self.data_as()?;
+        data.get("segments").cloned()
     }
 }
 
 /// The pod's run state as the Snapshot and `status` events report it, plus the state
 /// podfs adds for a pod that did not answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PodStatus {
     Idle,
     Running,
@@ -108,6 +130,11 @@ impl PodStatus {
             PodStatus::Unreachable => "unreachable",
         }
     }
+
+    /// Whether the pod takes a `run` now (a paused pod starts a fresh turn).
+    pub fn takes_runs(self) -> bool {
+        matches!(self, PodStatus::Idle | PodStatus::Paused)
+    }
 }
 
 impl fmt::Display for PodStatus {
@@ -116,73 +143,9 @@ impl fmt::Display for PodStatus {
     }
 }
 
-/// The Snapshot that ends every prelude. `greeting` is not modelled: podfs never needs it.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    pub entries: Vec<Value>,
-    pub status: Option<String>,
-}
-
-/// How much of a Snapshot to decode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Want {
-    /// Only the status word (a probe): the history is scanned, not built.
-    Status,
-    /// The status and every history entry (output, log).
-    History,
-}
-
-impl Snapshot {
-    pub fn from_event(event: &Event, want: Want) -> Result<Snapshot> {
-        #[derive(Deserialize)]
-        struct Full {
-            #[serde(default)]
-            entries: Vec<Value>,
-            #[serde(default)]
-            status: Option<String>,
-        }
-        #[derive(Deserialize)]
-        struct StatusOnly {
-            #[serde(default)]
-            status: Option<String>,
-        }
-        let bad = |e: serde_json::Error| Error::Protocol(format!("snapshot does not parse: {e}"));
-        let raw = event.data.get();
-        Ok(match want {
-            Want::History => {
-                let f: Full = serde_json::from_str(raw).map_err(bad)?;
-                Snapshot {
-                    entries: f.entries,
-                    status: f.status,
-                }
-            }
-            Want::Status => {
-                let s: StatusOnly = serde_json::from_str(raw).map_err(bad)?;
-                Snapshot {
-                    entries: Vec::new(),
-                    status: s.status,
-                }
-            }
-        })
-    }
-
-    pub fn status(&self) -> PodStatus {
-        PodStatus::from_wire(self.status.as_deref())
-    }
-}
-
 /// `{"method":"run","params":{"input":[{"kind":"text","content":...}]}}`
 pub fn run_method(text: &str) -> Value {
-    json!({"method": "run", "params": {"input": [{"kind": "text", "content": text}]}})
-}
-
-/// Unit methods carry no `params` key.
-pub fn shutdown_method() -> Value {
-    json!({"method": "shutdown"})
-}
-
-pub fn shut_down_event(child: &str) -> Value {
-    json!({"method": "pod_event", "params": {"kind": "shut_down", "pod_name": child}})
+    json!({"method": "run", "params": {"input": run_segments(text)}})
 }
 
 /// The segments a `run` with `text` carries, as the pod echoes them in `user_message`.
@@ -190,9 +153,24 @@ pub fn run_segments(text: &str) -> Value {
     json!([{"kind": "text", "content": text}])
 }
 
+/// Unit methods carry no `params` key.
+pub fn shutdown_method() -> Value {
+    json!({"method": "shutdown"})
+}
+
+/// A lifecycle report (`shut_down`, `turn_ended`) about pod `name`, in `gen`'s names:
+/// `pod_event {kind, pod_name}` or `worker_event {kind, worker_name}`.
+pub fn lifecycle_method(gen: &Generation, kind: &str, name: &str) -> Value {
+    let mut params = Map::new();
+    params.insert("kind".into(), kind.into());
+    params.insert(gen.name_key.into(), name.into());
+    json!({"method": gen.lifecycle_method, "params": params})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generation::{INSOMNIA_5472, YOI_WORKER_485918EB};
 
     #[test]
     fn methods_have_the_runtime_bytes() {
@@ -202,8 +180,12 @@ mod tests {
         );
         assert_eq!(shutdown_method().to_string(), r#"{"method":"shutdown"}"#);
         assert_eq!(
-            shut_down_event("reviewer").to_string(),
+            lifecycle_method(&INSOMNIA_5472, "shut_down", "reviewer").to_string(),
             r#"{"method":"pod_event","params":{"kind":"shut_down","pod_name":"reviewer"}}"#
+        );
+        assert_eq!(
+            lifecycle_method(&YOI_WORKER_485918EB, "shut_down", "child5").to_string(),
+            r#"{"method":"worker_event","params":{"kind":"shut_down","worker_name":"child5"}}"#
         );
     }
 
@@ -212,6 +194,7 @@ mod tests {
         let e = Event::parse(br#"{"event":"shutdown"}"#).unwrap();
         assert_eq!(e.name, "shutdown");
         assert!(e.data().is_null());
+        assert_eq!(e.kind(), None);
         let e =
             Event::parse(br#"{"event":"error","data":{"code":"already_running","message":"m"}}"#)
                 .unwrap();
@@ -219,6 +202,27 @@ mod tests {
         assert!(Event::parse(b"{\"event\":").is_err());
         assert!(Event::parse(b"[1]").is_err());
         assert!(Event::parse(br#"{"data":{}}"#).is_err());
+        let e = Event::parse(br#"{"event":"status","data":{"status":"running"}}"#).unwrap();
+        assert_eq!(e.status_word(), PodStatus::Running);
+    }
+
+    #[test]
+    fn every_fixture_transcript_line_parses() {
+        for dir in [
+            "insomnia-5472/socket",
+            "yoi-485918eb/socket",
+            "yoi-485918eb/variants/wedged-a/socket",
+        ] {
+            let path = crate::test_fixtures::root().join(dir);
+            for entry in std::fs::read_dir(path).unwrap() {
+                let path = entry.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                for line in text.lines() {
+                    let e = Event::parse(line.as_bytes()).unwrap();
+                    assert!(!e.name.is_empty(), "{}", path.display());
+                }
+            }
+        }
     }
 
     #[test]
@@ -226,6 +230,8 @@ mod tests {
         assert_eq!(PodStatus::from_wire(None), PodStatus::Idle);
         assert_eq!(PodStatus::from_wire(Some("paused")), PodStatus::Paused);
         assert_eq!(PodStatus::from_wire(Some("running")), PodStatus::Running);
+        assert_eq!(PodStatus::from_wire(Some("weird")), PodStatus::Running);
         assert_eq!(PodStatus::Unreachable.to_string(), "unreachable");
+        assert!(PodStatus::Paused.takes_runs() && !PodStatus::Running.takes_runs());
     }
 }

@@ -1,139 +1,460 @@
-//! `pods/<pod>/metadata.json`: the durable registry of a pod's children.
+//! `<store>/<pod>/metadata.json`: the durable registry of a pod's children.
 //!
 //! The runtime rewrites this file with a plain truncating write and no lock, so a reader can
-//! catch it empty or half-written; [`read`] retries briefly before calling it corrupt.
-//! podfs itself only ever writes it while the owner is not live, and then atomically.
+//! catch it empty or half-written. Two shapes are read here: a lean, read-only
+//! [`RegistryFile`] for serving (a parent may have 100,000 children), and the whole
+//! [`Metadata`] object for the rare rewrite, kept in its original key order so that nothing
+//! podfs does not model is lost or moved. podfs only writes this file while the owner is not
+//! live, and then atomically.
 
+use std::fmt;
 use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::scope::StoredRule;
-use crate::store::{atomic, to_runtime_json};
+use crate::generation::Generation;
+use crate::scope::{Rule, StoredRule};
+use crate::store::{atomic, insert_after, required_str, shape_error, to_runtime_json};
 
-/// How often and how long to retry a read that does not parse (the runtime's torn writes
-/// last microseconds; three tries 20 ms apart outlast them without stalling a request).
+/// How often and how long a blocking caller retries a read that does not parse (the
+/// runtime's torn writes last microseconds). Never used on a FUSE request thread.
 pub const PARSE_RETRIES: u32 = 3;
 pub const PARSE_RETRY_DELAY: Duration = Duration::from_millis(20);
 
 /// The runtime creates the file with the default umask; a new file gets this mode.
 const DEFAULT_MODE: u32 = 0o644;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Metadata {
-    pub pod_name: String,
-    /// The session pointer; podfs never interprets it, only carries it over.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub active: Option<Value>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub spawned_children: Vec<SpawnedChild>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub reclaimed_children: Vec<ReclaimedChild>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resolved_manifest_snapshot: Option<Value>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+// ---------------------------------------------------------------------------------------
+// The lean view
+
+/// A child as podfs serves it: the four fields of a registry entry, stored compactly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildRecord {
+    pub name: Box<str>,
+    pub socket_path: Box<str>,
+    pub scope_delegated: Box<[Rule]>,
+    pub callback_address: Box<str>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+impl ChildRecord {
+    /// The rules in the shape the runtime's files use, for reclaiming them.
+    pub fn stored_rules(&self) -> Vec<StoredRule> {
+        self.scope_delegated.iter().map(Rule::to_stored).collect()
+    }
+}
+
+/// What podfs serves from a `metadata.json`: the children in registry order, and the names
+/// in the append-only reclaimed list (which may repeat).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RegistryFile {
+    pub spawned: Vec<ChildRecord>,
+    pub reclaimed: Vec<Box<str>>,
+}
+
+/// Parse the lean view. The name key is the generation's; every other field is skipped
+/// without building a value.
+pub fn parse_registry(bytes: &[u8], gen: &Generation) -> serde_json::Result<RegistryFile> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let file = RegistrySeed(gen.name_key).deserialize(&mut de)?;
+    de.end()?;
+    Ok(file)
+}
+
+/// Matches a map key against a list of field names without allocating.
+struct KeySeed<'a>(&'a [&'a str]);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|k| *k == v))
+    }
+}
+
+struct RegistrySeed<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for RegistrySeed<'_> {
+    type Value = RegistryFile;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RegistrySeed<'_> {
+    type Value = RegistryFile;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a metadata.json object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let fields = [self.0, "spawned_children", "reclaimed_children"];
+        let mut file = RegistryFile::default();
+        let mut named = false;
+        while let Some(key) = map.next_key_seed(KeySeed(&fields))? {
+            match key {
+                Some(0) => {
+                    let _: String = map.next_value()?;
+                    named = true;
+                }
+                Some(1) => file.spawned = map.next_value_seed(SeqSeed(ChildSeed(self.0)))?,
+                Some(2) => file.reclaimed = map.next_value_seed(SeqSeed(NameSeed(self.0)))?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if !named {
+            return Err(de::Error::missing_field("name"));
+        }
+        Ok(file)
+    }
+}
+
+/// A sequence of values each read with a seed.
+struct SeqSeed<S>(S);
+
+impl<'de, S> DeserializeSeed<'de> for SeqSeed<S>
+where
+    S: DeserializeSeed<'de> + Copy,
+{
+    type Value = Vec<S::Value>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, S> Visitor<'de> for SeqSeed<S>
+where
+    S: DeserializeSeed<'de> + Copy,
+{
+    type Value = Vec<S::Value>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(item) = seq.next_element_seed(self.0)? {
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ChildSeed<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for ChildSeed<'_> {
+    type Value = ChildRecord;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ChildSeed<'_> {
+    type Value = ChildRecord;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a spawned child")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let fields = [self.0, "socket_path", "scope_delegated", "callback_address"];
+        let (mut name, mut socket, mut scope, mut callback) = (None, None, None, None);
+        while let Some(key) = map.next_key_seed(KeySeed(&fields))? {
+            match key {
+                Some(0) => name = Some(map.next_value::<String>()?.into_boxed_str()),
+                Some(1) => socket = Some(map.next_value::<String>()?.into_boxed_str()),
+                Some(2) => scope = Some(map.next_value::<Vec<Rule>>()?.into_boxed_slice()),
+                Some(3) => callback = Some(map.next_value::<String>()?.into_boxed_str()),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(ChildRecord {
+            name: name.ok_or_else(|| de::Error::missing_field("name"))?,
+            socket_path: socket.ok_or_else(|| de::Error::missing_field("socket_path"))?,
+            scope_delegated: scope.ok_or_else(|| de::Error::missing_field("scope_delegated"))?,
+            callback_address: callback
+                .ok_or_else(|| de::Error::missing_field("callback_address"))?,
+        })
+    }
+}
+
+/// Only the name of a reclaimed entry.
+#[derive(Clone, Copy)]
+struct NameSeed<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for NameSeed<'_> {
+    type Value = Box<str>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NameSeed<'_> {
+    type Value = Box<str>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a reclaimed child")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let fields = [self.0];
+        let mut name = None;
+        while let Some(key) = map.next_key_seed(KeySeed(&fields))? {
+            match key {
+                Some(0) => name = Some(map.next_value::<String>()?.into_boxed_str()),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        name.ok_or_else(|| de::Error::missing_field("name"))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The whole file, for rewrites
+
+/// A registry entry as the runtime writes it (for building homes and the reference pods).
+#[derive(Debug, Clone, PartialEq)]
 pub struct SpawnedChild {
-    pub pod_name: String,
+    pub name: String,
     pub socket_path: String,
     pub scope_delegated: Vec<StoredRule>,
     pub callback_address: String,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReclaimedChild {
-    pub pod_name: String,
-    pub scope_delegated: Vec<StoredRule>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-impl Metadata {
-    pub fn new(pod_name: &str) -> Self {
-        Metadata {
-            pod_name: pod_name.into(),
-            active: None,
-            spawned_children: Vec::new(),
-            reclaimed_children: Vec::new(),
-            resolved_manifest_snapshot: None,
-            extra: Map::new(),
-        }
+impl SpawnedChild {
+    /// The JSON object, keys in the runtime's order.
+    pub fn to_value(&self, gen: &Generation) -> Value {
+        let mut o = Map::new();
+        o.insert(gen.name_key.into(), Value::String(self.name.clone()));
+        o.insert("socket_path".into(), self.socket_path.clone().into());
+        o.insert(
+            "scope_delegated".into(),
+            serde_json::to_value(&self.scope_delegated).expect("rules serialise"),
+        );
+        o.insert(
+            "callback_address".into(),
+            self.callback_address.clone().into(),
+        );
+        Value::Object(o)
     }
 
-    pub fn parse(bytes: &[u8]) -> serde_json::Result<Self> {
-        serde_json::from_slice(bytes)
+    pub fn from_value(value: &Value, gen: &Generation) -> serde_json::Result<SpawnedChild> {
+        let o = value
+            .as_object()
+            .ok_or_else(|| shape_error("a spawned child is not an object"))?;
+        let rules = o
+            .get("scope_delegated")
+            .ok_or_else(|| shape_error("missing field `scope_delegated`"))?;
+        Ok(SpawnedChild {
+            name: required_str(o, gen.name_key)?.to_string(),
+            socket_path: required_str(o, "socket_path")?.to_string(),
+            scope_delegated: serde_json::from_value(rules.clone())?,
+            callback_address: required_str(o, "callback_address")?.to_string(),
+        })
+    }
+}
+
+/// A whole `metadata.json`, in its original key order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metadata {
+    fields: Map<String, Value>,
+    gen: &'static Generation,
+}
+
+/// The runtime's declared order around the two lists, so a list that was omitted while
+/// empty reappears in its place.
+const BEFORE_SPAWNED: &[&str] = &[
+    "pod_name",
+    "worker_name",
+    "active",
+    "workspace_root",
+    "workspace_id",
+    "peers",
+];
+
+impl Metadata {
+    /// `{"<name_key>": name}`, the file the runtime starts from.
+    pub fn new(name: &str, gen: &'static Generation) -> Self {
+        let mut fields = Map::new();
+        fields.insert(gen.name_key.into(), Value::String(name.into()));
+        Metadata { fields, gen }
+    }
+
+    /// Parse, checking the shape the runtime requires (the name; each child's four fields).
+    pub fn parse(bytes: &[u8], gen: &'static Generation) -> serde_json::Result<Self> {
+        let fields: Map<String, Value> = serde_json::from_slice(bytes)?;
+        let meta = Metadata { fields, gen };
+        required_str(&meta.fields, gen.name_key)?;
+        meta.children()?;
+        for entry in meta.list("reclaimed_children") {
+            let o = entry
+                .as_object()
+                .ok_or_else(|| shape_error("a reclaimed child is not an object"))?;
+            required_str(o, gen.name_key)?;
+        }
+        Ok(meta)
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        to_runtime_json(self)
+        to_runtime_json(&self.fields)
+    }
+
+    pub fn name(&self) -> &str {
+        self.fields
+            .get(self.gen.name_key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+
+    /// A field podfs does not model (for tests and the reference pods).
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.fields.get(key)
+    }
+
+    pub fn set(&mut self, key: &str, value: Value) {
+        match self.fields.get_mut(key) {
+            Some(slot) => *slot = value,
+            None => insert_after(&mut self.fields, BEFORE_SPAWNED, key, value),
+        }
+    }
+
+    fn list(&self, key: &str) -> &[Value] {
+        self.fields
+            .get(key)
+            .and_then(Value::as_array)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn entry_name<'v>(&self, entry: &'v Value) -> Option<&'v str> {
+        entry.get(self.gen.name_key).and_then(Value::as_str)
+    }
+
+    pub fn children(&self) -> serde_json::Result<Vec<SpawnedChild>> {
+        self.list("spawned_children")
+            .iter()
+            .map(|c| SpawnedChild::from_value(c, self.gen))
+            .collect()
     }
 
     /// The runtime keys children by name and takes the first match; so does podfs.
-    pub fn child(&self, name: &str) -> Option<&SpawnedChild> {
-        self.spawned_children.iter().find(|c| c.pod_name == name)
+    pub fn child(&self, name: &str) -> Option<SpawnedChild> {
+        let entry = self
+            .list("spawned_children")
+            .iter()
+            .find(|c| self.entry_name(c) == Some(name))?;
+        SpawnedChild::from_value(entry, self.gen).ok()
     }
 
     /// How often `name` appears in the (append-only, never pruned) reclaimed list.
     pub fn times_reclaimed(&self, name: &str) -> usize {
-        self.reclaimed_children
+        self.list("reclaimed_children")
             .iter()
-            .filter(|c| c.pod_name == name)
+            .filter(|c| self.entry_name(c) == Some(name))
             .count()
     }
 
-    /// The runtime's `reclaim_spawned_children` for one child: drop **every** spawned entry
-    /// with that name, then append one reclaimed entry carrying the first entry's rules.
-    /// Returns the appended entry, or `None` when the child was not listed (nothing changes).
-    pub fn reclaim_child(&mut self, name: &str) -> Option<ReclaimedChild> {
-        let first = self.child(name)?.clone();
-        self.spawned_children.retain(|c| c.pod_name != name);
-        let entry = ReclaimedChild {
-            pod_name: first.pod_name,
-            scope_delegated: first.scope_delegated,
-            extra: Map::new(),
-        };
-        self.reclaimed_children.push(entry.clone());
-        Some(entry)
+    /// The runtime's `set_spawned_children`: replace the list wholesale (omitted when empty).
+    pub fn set_children(&mut self, children: &[SpawnedChild]) {
+        let list: Vec<Value> = children.iter().map(|c| c.to_value(self.gen)).collect();
+        self.set_list("spawned_children", list);
     }
-}
 
-/// Read and parse, retrying a parse failure briefly because the runtime writes in place.
-pub fn read(path: &Path) -> Result<Metadata> {
-    read_as(path)
-}
-
-/// [`read`] into any shape of the file (the registry keeps a lean read-only one).
-pub fn read_as<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let mut last_error = None;
-    for attempt in 0..=PARSE_RETRIES {
-        if attempt > 0 {
-            thread::sleep(PARSE_RETRY_DELAY);
+    fn set_list(&mut self, key: &str, list: Vec<Value>) {
+        if list.is_empty() {
+            self.fields.shift_remove(key);
+            return;
         }
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(path.display().to_string()))
+        match self.fields.get_mut(key) {
+            Some(slot) => *slot = Value::Array(list),
+            None => {
+                let mut after = BEFORE_SPAWNED.to_vec();
+                after.push("spawned_children");
+                insert_after(&mut self.fields, &after, key, Value::Array(list));
             }
-            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
-        };
-        match serde_json::from_slice(&bytes) {
-            Ok(meta) => return Ok(meta),
-            Err(e) => last_error = Some(e),
         }
     }
-    Err(Error::corrupt(
-        path,
-        last_error.map(|e| e.to_string()).unwrap_or_default(),
-    ))
+
+    /// The runtime's `reclaim_spawned_children` for one child: drop **every** spawned entry
+    /// with that name, then append one reclaimed entry (name and rules of the first entry).
+    /// Returns whether anything changed (the child was listed).
+    pub fn reclaim_child(&mut self, name: &str) -> bool {
+        let spawned = self.list("spawned_children").to_vec();
+        let Some(first) = spawned.iter().find(|c| self.entry_name(c) == Some(name)) else {
+            return false;
+        };
+        let rules = first
+            .get("scope_delegated")
+            .cloned()
+            .unwrap_or(Value::Array(Vec::new()));
+        let kept: Vec<Value> = spawned
+            .iter()
+            .filter(|c| self.entry_name(c) != Some(name))
+            .cloned()
+            .collect();
+        self.set_list("spawned_children", kept);
+        self.push_reclaimed_value(name, rules);
+        true
+    }
+
+    /// Append a `{name, scope_delegated}` entry to `reclaimed_children`, as the runtime
+    /// does for a child its registry already dropped.
+    pub fn push_reclaimed(&mut self, name: &str, rules: &[StoredRule]) {
+        let rules = serde_json::to_value(rules).expect("rules serialise");
+        self.push_reclaimed_value(name, rules);
+    }
+
+    fn push_reclaimed_value(&mut self, name: &str, rules: Value) {
+        let mut reclaimed = Map::new();
+        reclaimed.insert(self.gen.name_key.into(), Value::String(name.into()));
+        reclaimed.insert("scope_delegated".into(), rules);
+        let mut list = self.list("reclaimed_children").to_vec();
+        list.push(Value::Object(reclaimed));
+        self.set_list("reclaimed_children", list);
+    }
+}
+
+/// One read of the file. `NotFound` when it is missing, `Corrupt` when it does not parse.
+pub fn read(path: &Path, gen: &'static Generation) -> Result<Metadata> {
+    let bytes = read_bytes(path)?;
+    Metadata::parse(&bytes, gen).map_err(|e| Error::corrupt(path, e))
+}
+
+pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::NotFound(path.display().to_string()))
+        }
+        Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+    }
+}
+
+/// [`read`], retried briefly when the file does not parse, because the runtime writes it in
+/// place. Sleeps: only for blocking contexts (a removal on the worker pool, a demo pod).
+pub fn read_settled(path: &Path, gen: &'static Generation) -> Result<Metadata> {
+    let mut attempt = 0;
+    loop {
+        match read(path, gen) {
+            Err(Error::Corrupt { .. }) if attempt < PARSE_RETRIES => {
+                attempt += 1;
+                thread::sleep(PARSE_RETRY_DELAY);
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Atomic rewrite (temp file, fsync, rename), keeping the file's mode. Only call this while
@@ -145,63 +466,117 @@ pub fn write(path: &Path, meta: &Metadata) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::fixtures;
+    use crate::generation::{INSOMNIA_5472, YOI_WORKER_485918EB};
+    use crate::test_fixtures as fixtures;
 
     #[test]
-    fn fixture_round_trips_byte_for_byte() {
-        for rel in [
-            "live/pods/parent/metadata.json",
-            "live/pods/child1/metadata.json",
-            "after-stop/pods/parent/metadata.json",
-            "after-crash-restore/pods/parent/metadata.json",
+    fn fixtures_round_trip_byte_for_byte() {
+        for (gen, rels) in [
+            (
+                &INSOMNIA_5472,
+                &[
+                    "insomnia-5472/live/pods/parent/metadata.json",
+                    "insomnia-5472/live/pods/child1/metadata.json",
+                    "insomnia-5472/after-stop/pods/parent/metadata.json",
+                    "insomnia-5472/after-crash-restore/pods/parent/metadata.json",
+                ][..],
+            ),
+            (
+                &YOI_WORKER_485918EB,
+                &[
+                    "yoi-485918eb/live/workers/parent/metadata.json",
+                    "yoi-485918eb/live/workers/child1/metadata.json",
+                    "yoi-485918eb/after-stop/workers/parent/metadata.json",
+                    "yoi-485918eb/after-crash-restore/workers/parent/metadata.json",
+                    "yoi-485918eb/after-external-reclaim/workers/parent/metadata.json",
+                ][..],
+            ),
         ] {
-            let text = fixtures::read(rel, "/home/t");
-            let meta = Metadata::parse(text.as_bytes()).unwrap();
-            assert_eq!(String::from_utf8(meta.to_bytes()).unwrap(), text, "{rel}");
+            for rel in rels {
+                let text = fixtures::read(rel, "/home/t");
+                let meta = Metadata::parse(text.as_bytes(), gen).unwrap();
+                assert_eq!(String::from_utf8(meta.to_bytes()).unwrap(), text, "{rel}");
+            }
         }
     }
 
     #[test]
-    fn live_fixture_lists_three_children() {
-        let text = fixtures::read("live/pods/parent/metadata.json", "/h");
-        let meta = Metadata::parse(text.as_bytes()).unwrap();
-        let names: Vec<_> = meta.spawned_children.iter().map(|c| &c.pod_name).collect();
-        assert_eq!(names, ["child1", "child2", "child3"]);
-        assert_eq!(
-            meta.child("child1").unwrap().socket_path,
-            "/h/run/child1/sock"
-        );
-        assert!(meta.active.is_some());
+    fn the_lean_view_agrees_with_the_whole_file() {
+        for (gen, rel) in [
+            (
+                &INSOMNIA_5472,
+                "insomnia-5472/after-crash-restore/pods/parent/metadata.json",
+            ),
+            (
+                &YOI_WORKER_485918EB,
+                "yoi-485918eb/after-stop/workers/parent/metadata.json",
+            ),
+        ] {
+            let text = fixtures::read(rel, "/h");
+            let lean = parse_registry(text.as_bytes(), gen).unwrap();
+            let whole = Metadata::parse(text.as_bytes(), gen).unwrap();
+            let children = whole.children().unwrap();
+            assert_eq!(lean.spawned.len(), children.len());
+            for (a, b) in lean.spawned.iter().zip(&children) {
+                assert_eq!(&*a.name, b.name);
+                assert_eq!(&*a.socket_path, b.socket_path);
+                assert_eq!(&*a.callback_address, b.callback_address);
+                assert_eq!(a.stored_rules(), b.scope_delegated);
+            }
+            for r in &lean.reclaimed {
+                assert!(whole.times_reclaimed(r) > 0);
+            }
+            // The other generation's name key is not this one's.
+            let other = if gen == &INSOMNIA_5472 {
+                &YOI_WORKER_485918EB
+            } else {
+                &INSOMNIA_5472
+            };
+            assert!(parse_registry(text.as_bytes(), other).is_err());
+        }
     }
 
     #[test]
-    fn reclaim_matches_the_runtime_after_stop() {
-        let live = fixtures::read("live/pods/parent/metadata.json", "/h");
-        let expected = fixtures::read("after-stop/pods/parent/metadata.json", "/h");
-        let mut meta = Metadata::parse(live.as_bytes()).unwrap();
-        let entry = meta.reclaim_child("child1").unwrap();
-        assert_eq!(entry.scope_delegated.len(), 2);
-        assert_eq!(String::from_utf8(meta.to_bytes()).unwrap(), expected);
-        assert!(
-            meta.reclaim_child("child1").is_none(),
-            "second reclaim must be a no-op"
-        );
+    fn reclaim_matches_the_runtime_after_stop_in_both_generations() {
+        for (gen, live, after) in [
+            (
+                &INSOMNIA_5472,
+                "insomnia-5472/live/pods/parent/metadata.json",
+                "insomnia-5472/after-stop/pods/parent/metadata.json",
+            ),
+            (
+                &YOI_WORKER_485918EB,
+                "yoi-485918eb/live/workers/parent/metadata.json",
+                "yoi-485918eb/after-stop/workers/parent/metadata.json",
+            ),
+        ] {
+            let mut meta = Metadata::parse(fixtures::read(live, "/h").as_bytes(), gen).unwrap();
+            assert!(meta.reclaim_child("child1"));
+            assert_eq!(
+                String::from_utf8(meta.to_bytes()).unwrap(),
+                fixtures::read(after, "/h"),
+                "{live}"
+            );
+            assert!(
+                !meta.reclaim_child("child1"),
+                "second reclaim must be a no-op"
+            );
+        }
     }
 
     #[test]
     fn reclaim_drops_every_duplicate_and_appends_once() {
-        let mut meta = Metadata::new("p");
+        let mut meta = Metadata::new("p", &INSOMNIA_5472);
         let child = SpawnedChild {
-            pod_name: "c".into(),
+            name: "c".into(),
             socket_path: "/r/c/sock".into(),
             scope_delegated: vec![StoredRule::new("/w", "write", true)],
             callback_address: String::new(),
-            extra: Map::new(),
         };
-        meta.spawned_children = vec![child.clone(), child];
-        meta.reclaim_child("c").unwrap();
-        assert!(meta.spawned_children.is_empty());
-        assert_eq!(meta.reclaimed_children.len(), 1);
+        meta.set_children(&[child.clone(), child]);
+        assert!(meta.reclaim_child("c"));
+        assert!(meta.children().unwrap().is_empty());
+        assert_eq!(meta.times_reclaimed("c"), 1);
         let text = String::from_utf8(meta.to_bytes()).unwrap();
         assert!(
             !text.contains("spawned_children"),
@@ -210,45 +585,69 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_survive_read_modify_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata.json");
-        let mut value: Value =
-            serde_json::from_str(&fixtures::read("live/pods/parent/metadata.json", "/h")).unwrap();
-        value["future_field"] = serde_json::json!({"keep": [1, 2, 3]});
-        value["spawned_children"][0]["note"] = serde_json::json!("kept too");
-        std::fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
-
-        let mut meta = read(&path).unwrap();
-        meta.reclaim_child("child2").unwrap();
-        write(&path, &meta).unwrap();
-
-        let after: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    fn unknown_fields_survive_in_place() {
+        let mut value: Value = serde_json::from_str(&fixtures::read(
+            "insomnia-5472/live/pods/parent/metadata.json",
+            "/h",
+        ))
+        .unwrap();
+        value["future_field"] = serde_json::json!({"keep": [1, 2.5, 3]});
+        value["spawned_children"][1]["note"] = serde_json::json!("kept too");
+        let bytes = serde_json::to_vec_pretty(&value).unwrap();
+        let mut meta = Metadata::parse(&bytes, &INSOMNIA_5472).unwrap();
+        assert!(meta.reclaim_child("child1"));
+        let after: Value = serde_json::from_slice(&meta.to_bytes()).unwrap();
         assert_eq!(after["future_field"], value["future_field"]);
         assert_eq!(after["active"], value["active"]);
         assert_eq!(after["spawned_children"][0]["note"], "kept too");
-        assert_eq!(after["reclaimed_children"][0]["pod_name"], "child2");
+        assert_eq!(after["reclaimed_children"][0]["pod_name"], "child1");
+        let keys: Vec<&String> = after.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "pod_name",
+                "active",
+                "spawned_children",
+                "reclaimed_children",
+                "future_field"
+            ]
+        );
     }
 
     #[test]
-    fn minimal_file_is_valid_and_missing_file_is_not_found() {
-        let meta = Metadata::parse(br#"{"pod_name":"x"}"#).unwrap();
-        assert!(meta.spawned_children.is_empty());
-        let err = read(Path::new("/nonexistent/metadata.json")).unwrap_err();
+    fn shapes_the_runtime_refuses_do_not_parse() {
+        let gen = &INSOMNIA_5472;
+        assert!(Metadata::parse(br#"{"pod_name":"x"}"#, gen).is_ok());
+        assert!(parse_registry(br#"{"pod_name":"x"}"#, gen)
+            .unwrap()
+            .spawned
+            .is_empty());
+        for bad in [
+            &br#"{}"#[..],
+            br#"{"pod_name": 3}"#,
+            br#"[]"#,
+            br#"{"pod_name":"x","spawned_children":[{"pod_name":"c"}]}"#,
+            br#"{"pod_name":"x","spawned_children":[{"pod_name":"c","socket_path":"/s","callback_address":"","scope_delegated":[{"target":"/a","permission":"read"}]}]}"#,
+            br#"{"pod_name":"x"} trailing"#,
+        ] {
+            assert!(Metadata::parse(bad, gen).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(parse_registry(bad, gen).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn missing_file_is_not_found_and_torn_file_is_corrupt() {
+        let err = read(Path::new("/nonexistent/metadata.json"), &INSOMNIA_5472).unwrap_err();
         assert!(matches!(err, Error::NotFound(_)));
-    }
-
-    #[test]
-    fn torn_file_is_reported_corrupt_after_retries() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metadata.json");
         std::fs::write(&path, b"{\"pod_name\": \"x\", \"spawned_chi").unwrap();
-        let err = read(&path).unwrap_err();
+        let err = read_settled(&path, &INSOMNIA_5472).unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }
 
     #[test]
-    fn torn_read_recovers_when_the_writer_finishes() {
+    fn a_settled_read_outlasts_a_torn_write() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metadata.json");
         std::fs::write(&path, b"").unwrap();
@@ -257,8 +656,8 @@ mod tests {
             thread::sleep(PARSE_RETRY_DELAY / 2);
             std::fs::write(writer_path, br#"{"pod_name":"x"}"#).unwrap();
         });
-        let meta = read(&path).unwrap();
+        let meta = read_settled(&path, &INSOMNIA_5472).unwrap();
         writer.join().unwrap();
-        assert_eq!(meta.pod_name, "x");
+        assert_eq!(meta.name(), "x");
     }
 }

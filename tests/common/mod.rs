@@ -1,5 +1,6 @@
-//! Shared harness for the mount tests: staged homes, a real `podfs mount` process that is
-//! always unmounted (even when an assertion fails), demo pods, and shell helpers.
+//! Shared harness for the mount tests: staged homes of either runtime generation, a real
+//! `podfs mount` process that is always unmounted (even when an assertion fails), reference
+//! pods, and shell helpers that report exit statuses and errnos, never message text.
 #![allow(dead_code)]
 
 use std::os::unix::fs::MetadataExt;
@@ -8,7 +9,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
+pub use podfs::generation::{Generation, INSOMNIA_5472 as INSOMNIA, YOI_WORKER_485918EB as YOI};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_podfs");
+
+pub type Gen = &'static Generation;
 
 /// False (with a loud message) when FUSE is unavailable; under `CI=true` that is a failure.
 pub fn fuse_available() -> bool {
@@ -23,9 +29,59 @@ pub fn fuse_available() -> bool {
     false
 }
 
-/// A temporary insomnia home.
+#[macro_export]
+macro_rules! need_fuse {
+    () => {
+        if !fuse_available() {
+            return;
+        }
+    };
+}
+
+/// One test body run on both generations: `both!(name, body)` makes `name::insomnia` and
+/// `name::yoi`, each calling `body(gen)`.
+#[macro_export]
+macro_rules! both {
+    ($name:ident, $body:path) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn insomnia() {
+                need_fuse!();
+                $body(&INSOMNIA)
+            }
+            #[test]
+            fn yoi() {
+                need_fuse!();
+                $body(&YOI)
+            }
+        }
+    };
+}
+
+/// The folder of the golden fixtures of `gen`.
+pub fn fixtures_root(gen: Gen) -> PathBuf {
+    let dir = if gen.name_key == "worker_name" {
+        "yoi-485918eb"
+    } else {
+        "insomnia-5472"
+    };
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(dir)
+}
+
+pub fn fixture_text(gen: Gen, rel: &str, home: &str) -> String {
+    let path = fixtures_root(gen).join(rel);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("@HOME@", home)
+}
+
+/// A temporary runtime home.
 pub struct Home {
     pub dir: tempfile::TempDir,
+    pub gen: Gen,
 }
 
 impl Home {
@@ -37,27 +93,47 @@ impl Home {
         self.path().display().to_string()
     }
 
-    /// A state folder of the golden fixtures with `@HOME@` replaced by this home.
-    pub fn fixture(state: &str) -> Home {
-        let dir = tempfile::Builder::new()
+    fn new_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
             .prefix("podfs-home-")
             .tempdir()
-            .unwrap();
-        let root = fixtures_root().join(state);
+            .unwrap()
+    }
+
+    /// A state folder of `gen`'s golden fixtures with `@HOME@` replaced by this home.
+    pub fn fixture(gen: Gen, state: &str) -> Home {
+        let dir = Self::new_dir();
         let home = dir.path().display().to_string();
-        copy_tree(&root, dir.path(), &home);
-        Home { dir }
+        copy_tree(&fixtures_root(gen).join(state), dir.path(), &home);
+        Home { dir, gen }
     }
 
     /// A demo home: `parent` with `children`, files as the runtime writes them.
-    pub fn demo(children: &[&str]) -> Home {
-        let dir = tempfile::Builder::new()
-            .prefix("podfs-home-")
-            .tempdir()
-            .unwrap();
+    pub fn demo(gen: Gen, children: &[&str]) -> Home {
+        let dir = Self::new_dir();
         let names: Vec<String> = children.iter().map(|s| s.to_string()).collect();
-        podfs::demo::home::create(dir.path(), "parent", &names).unwrap();
-        Home { dir }
+        podfs::demo::home::create(dir.path(), gen, "parent", &names).unwrap();
+        Home { dir, gen }
+    }
+
+    /// `pods/<pod>/metadata.json` or `workers/<pod>/metadata.json`, relative.
+    pub fn meta(&self, pod: &str) -> String {
+        format!("{}/{pod}/metadata.json", self.gen.store_dir)
+    }
+
+    /// `run/pods.json` or `run/workers.json`, relative.
+    pub fn table(&self) -> String {
+        format!("run/{}", self.gen.alloc_file)
+    }
+
+    /// `run/<pod>/spawned_pods.json` or `spawned_workers.json`, relative.
+    pub fn mirror(&self, pod: &str) -> String {
+        format!("run/{pod}/{}", self.gen.mirror_file)
+    }
+
+    /// The name key of this generation (`pod_name` or `worker_name`).
+    pub fn key(&self) -> &'static str {
+        self.gen.name_key
     }
 
     pub fn read(&self, rel: &str) -> String {
@@ -67,16 +143,40 @@ impl Home {
     pub fn json(&self, rel: &str) -> serde_json::Value {
         serde_json::from_str(&self.read(rel)).unwrap()
     }
-}
 
-pub fn fixtures_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/insomnia-5472")
-}
+    pub fn write_json(&self, rel: &str, v: &serde_json::Value) {
+        std::fs::write(self.path().join(rel), serde_json::to_vec_pretty(v).unwrap()).unwrap();
+    }
 
-pub fn fixture_text(rel: &str, home: &str) -> String {
-    std::fs::read_to_string(fixtures_root().join(rel))
-        .unwrap()
-        .replace("@HOME@", home)
+    /// Names listed in a list of objects (`spawned_children`, `allocations`).
+    pub fn names(&self, list: &serde_json::Value) -> Vec<String> {
+        list.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| c[self.key()].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Add a child entry to `parent`'s registry, as the runtime would list it.
+    pub fn add_child(&self, parent: &str, name: &str, socket: &Path) {
+        let rel = self.meta(parent);
+        let mut v = self.json(&rel);
+        let mut entry = serde_json::Map::new();
+        entry.insert(self.key().into(), name.into());
+        entry.insert("socket_path".into(), socket.display().to_string().into());
+        entry.insert(
+            "scope_delegated".into(),
+            serde_json::json!([{"target": format!("{}/work/{name}", self.s()), "permission": "write", "recursive": true}]),
+        );
+        entry.insert("callback_address".into(), "".into());
+        match v.get_mut("spawned_children").and_then(|l| l.as_array_mut()) {
+            Some(list) => list.push(entry.into()),
+            None => v["spawned_children"] = serde_json::json!([entry]),
+        }
+        self.write_json(&rel, &v);
+    }
 }
 
 fn copy_tree(from: &Path, to: &Path, home: &str) {
@@ -114,7 +214,7 @@ impl Mount {
             "1500",
             "--io-timeout-ms",
             "2000",
-            "--probe-timeout-ms",
+            "--status-timeout-ms",
             "500",
         ];
         args.extend_from_slice(extra);
@@ -127,7 +227,6 @@ impl Mount {
             .tempdir()
             .unwrap();
         let log = home.path().with_extension("mount.log");
-        let before = std::fs::metadata(dir.path()).unwrap().dev();
         let child = Command::new(BIN)
             .args(["--log-level", "debug", "mount"])
             .arg(dir.path())
@@ -144,24 +243,23 @@ impl Mount {
             dir,
             log,
         };
+        mount.wait_ready();
+        mount
+    }
+
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(meta) = std::fs::metadata(mount.dir.path()) {
-                if meta.dev() != before {
-                    break;
-                }
-            }
-            if let Some(status) = mount.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("podfs exited early ({status}):\n{}", mount.log());
+        while !is_mounted(self.path()) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("podfs exited early ({status}):\n{}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
                 "mount not ready:\n{}",
-                mount.log()
+                self.log()
             );
             thread::sleep(Duration::from_millis(10));
         }
-        mount
     }
 
     pub fn path(&self) -> &Path {
@@ -277,14 +375,15 @@ pub fn ok(cmd: &str) -> String {
     out
 }
 
-/// Run a command line that must fail; returns stderr.
-pub fn fails(cmd: &str) -> String {
-    let (code, out, err) = sh(cmd);
+/// Run a command line that must fail; returns its exit status.
+pub fn fails(cmd: &str) -> i32 {
+    let (code, out, _) = sh(cmd);
     assert_ne!(code, 0, "`{cmd}` should fail but printed {out:?}");
-    err
+    code
 }
 
-/// The errno of an operation, performed by python3 so the exact error is visible.
+/// The errno name of an operation (or "OK"), performed by python3 so the exact error is
+/// visible; `code` may span several statements separated by `;`.
 pub fn py_errno(code: &str) -> String {
     let script = format!(
         "import errno, os, sys\ntry:\n    {code}\n    print('OK')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n"
@@ -302,19 +401,26 @@ pub fn py_errno(code: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Demo pods for a demo home, stopped on drop.
+/// Reference pods for a demo home, stopped on drop.
 pub fn demo_pods(home: &Home, children: &[&str]) -> podfs::demo::Pods {
     let names: Vec<String> = children.iter().map(|s| s.to_string()).collect();
-    podfs::demo::Pods::start(Path::new(BIN), home.path(), "parent", &names).unwrap()
+    podfs::demo::Pods::start(Path::new(BIN), home.path(), home.gen, "parent", &names).unwrap()
 }
 
-/// Start one extra demo pod process with explicit arguments (for odd behaviours).
+/// One extra reference pod process with explicit arguments (for odd behaviours).
 pub struct PodProcess(pub Child);
 
 impl PodProcess {
     pub fn start(home: &Home, name: &str, extra: &[&str]) -> PodProcess {
         let child = Command::new(BIN)
-            .args(["--log-level", "warn", "pod", "--home"])
+            .args([
+                "--log-level",
+                "warn",
+                "pod",
+                "--generation",
+                home.gen.id,
+                "--home",
+            ])
             .arg(home.path())
             .args(["--name", name])
             .args(extra)
@@ -327,6 +433,16 @@ impl PodProcess {
             std::os::unix::net::UnixStream::connect(&sock).is_ok()
         });
         PodProcess(child)
+    }
+
+    /// `--callback` of a child of `parent`.
+    pub fn callback(home: &Home, parent: &str) -> String {
+        home.path()
+            .join("run")
+            .join(parent)
+            .join("sock")
+            .display()
+            .to_string()
     }
 }
 
@@ -347,4 +463,46 @@ pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) {
         );
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether `cond` becomes true within `limit`.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait until `child`'s status reads `idle` (its first task, or a run, has finished).
+pub fn settle(m: &Mount, child: &str) {
+    let status = format!("{}/parent/{child}/status", m.s());
+    wait_for(Duration::from_secs(10), || {
+        sh(&format!("cat {status}")).1 == "idle\n"
+    });
+}
+
+/// The device number of a path (to tell a mount point from the directory under it).
+pub fn dev_of(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().dev()
+}
+
+/// Write `text` to `child`'s input and wait until the child has answered it (its reply is
+/// in `log`): the message is sent when the last descriptor closes, after the shell's
+/// redirection has returned.
+pub fn run_turn(m: &Mount, child: &str, text: &str) {
+    let c = format!("{}/parent/{child}", m.s());
+    let before = sh(&format!("cat {c}/log")).1;
+    ok(&format!("printf '%s\\n' '{text}' > {c}/input"));
+    let reply = format!("echo: {text}\n");
+    wait_for(Duration::from_secs(10), || {
+        let log = sh(&format!("cat {c}/log")).1;
+        log.len() > before.len() && log.ends_with(&reply)
+    });
+    settle(m, child);
 }

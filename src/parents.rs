@@ -1,0 +1,793 @@
+//! The parent cache: the durable registry files of every parent, parsed, kept current, and
+//! the changes the runtime makes to them reported to whoever must act on them (the kernel's
+//! caches, the cursors).
+//!
+//! Each parent's `metadata.json` is parsed once into a lean, read-only [`ParentView`] and
+//! served from memory. Changes are noticed through inotify on the parent's directory (the
+//! runtime rewrites the file in place; a reload follows within milliseconds); where inotify
+//! is unavailable, a `stat` at most every [`REVALIDATE`] stands in for it. Nothing here
+//! sleeps on a caller's thread: a torn read is retried at once a few times, then the last
+//! good view is served while the file stays unreadable for less than [`CORRUPT_GRACE`], and
+//! the inotify thread re-reads it when the writer is done.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use parking_lot::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+use crate::name::PodName;
+use crate::paths::Paths;
+use crate::store::metadata::{self, ChildRecord};
+
+/// Without inotify: how stale a cached parse may be before `stat` is consulted again.
+pub const REVALIDATE: Duration = Duration::from_millis(100);
+/// How long the last good parse is served while the file does not parse (the runtime's
+/// torn writes are brief; a file corrupt for longer than this gets EIO).
+pub const CORRUPT_GRACE: Duration = Duration::from_secs(2);
+/// Without inotify: how often the list of pods is rescanned.
+const ROOT_RESCAN: Duration = Duration::from_millis(500);
+/// Quiet time after an inotify event before the file is read (the runtime truncates, then
+/// writes: reading between the two would find it empty).
+const DEBOUNCE: Duration = Duration::from_millis(5);
+/// Pause between re-reads of a file that did not parse, on the inotify thread.
+const TORN_RETRY: Duration = Duration::from_millis(20);
+/// Pod directories watched for the appearance of their `metadata.json`; beyond this the
+/// pod list falls back to rescanning.
+const MAX_POD_WATCHES: usize = 8192;
+
+/// A parent's registry with a name index (first match wins, as in the runtime).
+#[derive(Debug)]
+pub struct ParentView {
+    children: Vec<ChildRecord>,
+    /// Listed children: valid names only, duplicates dropped, in registry order.
+    listed: Vec<(PodName, u32)>,
+    index: HashMap<PodName, u32>,
+    /// How often each name was reclaimed (the list is append-only and may repeat names).
+    reclaimed: HashMap<Box<str>, u64>,
+    pub mtime: SystemTime,
+}
+
+impl ParentView {
+    fn new(parent: &PodName, file: metadata::RegistryFile, mtime: SystemTime) -> Self {
+        let children = file.spawned;
+        let mut index = HashMap::with_capacity(children.len());
+        let mut listed = Vec::with_capacity(children.len());
+        for (i, child) in children.iter().enumerate() {
+            let Ok(name) = PodName::new(&child.name) else {
+                warn!(%parent, child = ?child.name, "skipping a child with an invalid name");
+                continue;
+            };
+            if !index.contains_key(&name) {
+                index.insert(name.clone(), i as u32);
+                listed.push((name, i as u32));
+            }
+        }
+        let mut reclaimed = HashMap::new();
+        for name in file.reclaimed {
+            *reclaimed.entry(name).or_default() += 1;
+        }
+        ParentView {
+            children,
+            listed,
+            index,
+            reclaimed,
+            mtime,
+        }
+    }
+
+    pub fn child(&self, name: &str) -> Option<&ChildRecord> {
+        self.index.get(name).map(|&i| &self.children[i as usize])
+    }
+
+    /// The `i`-th listed child.
+    pub fn child_at(&self, i: usize) -> (&PodName, &ChildRecord) {
+        let (name, at) = &self.listed[i];
+        (name, &self.children[*at as usize])
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &PodName> {
+        self.listed.iter().map(|(n, _)| n)
+    }
+
+    pub fn len(&self) -> usize {
+        self.listed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.listed.is_empty()
+    }
+
+    /// How often `name` was reclaimed: a child removed and listed again is a new one.
+    pub fn incarnation(&self, name: &str) -> u64 {
+        self.reclaimed.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// What changed in the durable registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryChange {
+    /// The list of pods changed; these are no longer listed.
+    Pods { removed: Vec<PodName> },
+    /// A parent's registry changed; these children are no longer listed.
+    Parent {
+        parent: PodName,
+        removed: Vec<PodName>,
+    },
+}
+
+/// What identifies a version of a file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+#[derive(Default)]
+struct Cached {
+    view: Option<Arc<ParentView>>,
+    stamp: Option<Stamp>,
+    checked: Option<Instant>,
+    /// When the file last parsed, and since when it has not.
+    good_at: Option<Instant>,
+    /// Whether inotify reports changes to this parent's directory.
+    watched: bool,
+    /// An event arrived that has not been read yet.
+    dirty: bool,
+}
+
+/// Per-parent state: the cached view, and the lock that serialises every mutation of that
+/// parent's files (one mutation path per parent).
+#[derive(Default)]
+pub struct ParentSlot {
+    cache: Mutex<Cached>,
+    pub mutation: Mutex<()>,
+}
+
+#[derive(Default)]
+struct RootCache {
+    scanned: Option<Instant>,
+    pods: Arc<Vec<PodName>>,
+    dirty: bool,
+}
+
+/// What an inotify watch descriptor stands for.
+#[derive(Debug, Clone)]
+enum Target {
+    Data,
+    Store,
+    Pod(PodName),
+}
+
+struct Notify {
+    inotify: Inotify,
+    targets: Mutex<HashMap<i32, Target>>,
+    pods: Mutex<HashMap<PodName, WatchDescriptor>>,
+}
+
+type Listener = Box<dyn Fn(&RegistryChange) + Send + Sync>;
+
+pub struct ParentCache {
+    pub paths: Paths,
+    parents: Mutex<HashMap<PodName, Arc<ParentSlot>>>,
+    root: Mutex<RootCache>,
+    notify: Option<Notify>,
+    store_watched: Mutex<bool>,
+    listener: OnceLock<Listener>,
+}
+
+impl ParentCache {
+    /// A cache over `paths`, with inotify when `use_inotify` and the kernel allows it.
+    pub fn new(paths: Paths, use_inotify: bool) -> Arc<ParentCache> {
+        let notify = if use_inotify {
+            match Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) {
+                Ok(inotify) => Some(Notify {
+                    inotify,
+                    targets: Mutex::new(HashMap::new()),
+                    pods: Mutex::new(HashMap::new()),
+                }),
+                Err(e) => {
+                    warn!(error = %e, "inotify unavailable; registry changes are found by stat");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let cache = Arc::new(ParentCache {
+            paths,
+            parents: Mutex::new(HashMap::new()),
+            root: Mutex::new(RootCache::default()),
+            notify,
+            store_watched: Mutex::new(false),
+            listener: OnceLock::new(),
+        });
+        if let Some(n) = &cache.notify {
+            cache.add_watch(n, &cache.paths.data.clone(), Target::Data);
+            cache.watch_store();
+            let weak = Arc::downgrade(&cache);
+            let spawned = thread::Builder::new()
+                .name("podfs-registry".into())
+                .spawn(move || watch_loop(weak));
+            if let Err(e) = spawned {
+                warn!(error = %e, "cannot start the registry watcher");
+            }
+        }
+        cache
+    }
+
+    /// Whether inotify is in use (for the log and the tests).
+    pub fn uses_inotify(&self) -> bool {
+        self.notify.is_some()
+    }
+
+    /// Who hears about changes. Called from the inotify thread or a request thread: it must
+    /// not call into the kernel synchronously.
+    pub fn set_listener(&self, listener: Listener) {
+        let _ = self.listener.set(listener);
+    }
+
+    fn emit(&self, change: RegistryChange) {
+        if let Some(l) = self.listener.get() {
+            l(&change);
+        }
+    }
+
+    fn add_watch(
+        &self,
+        n: &Notify,
+        path: &std::path::Path,
+        target: Target,
+    ) -> Option<WatchDescriptor> {
+        let mask = match target {
+            Target::Data | Target::Store => {
+                AddWatchFlags::IN_CREATE
+                    | AddWatchFlags::IN_DELETE
+                    | AddWatchFlags::IN_MOVED_FROM
+                    | AddWatchFlags::IN_MOVED_TO
+                    | AddWatchFlags::IN_ONLYDIR
+            }
+            Target::Pod(_) => {
+                AddWatchFlags::IN_MODIFY
+                    | AddWatchFlags::IN_CLOSE_WRITE
+                    | AddWatchFlags::IN_CREATE
+                    | AddWatchFlags::IN_DELETE
+                    | AddWatchFlags::IN_MOVED_FROM
+                    | AddWatchFlags::IN_MOVED_TO
+                    | AddWatchFlags::IN_ATTRIB
+                    | AddWatchFlags::IN_DELETE_SELF
+                    | AddWatchFlags::IN_ONLYDIR
+            }
+        };
+        match n.inotify.add_watch(path, mask) {
+            Ok(wd) => {
+                n.targets.lock().insert(wd.as_raw(), target);
+                Some(wd)
+            }
+            Err(e) => {
+                debug!(path = %path.display(), error = %e, "no inotify watch");
+                None
+            }
+        }
+    }
+
+    fn watch_store(&self) {
+        let Some(n) = &self.notify else { return };
+        let mut watched = self.store_watched.lock();
+        if !*watched {
+            *watched = self
+                .add_watch(n, &self.paths.store_dir(), Target::Store)
+                .is_some();
+        }
+    }
+
+    /// Watch a pod's directory; true when changes to it will be reported.
+    fn watch_pod(&self, pod: &PodName) -> bool {
+        let Some(n) = &self.notify else { return false };
+        if n.pods.lock().contains_key(pod) {
+            return true;
+        }
+        if n.pods.lock().len() >= MAX_POD_WATCHES {
+            return false;
+        }
+        match self.add_watch(n, &self.paths.pod_dir(pod), Target::Pod(pod.clone())) {
+            Some(wd) => {
+                n.pods.lock().insert(pod.clone(), wd);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn unwatch_pod(&self, pod: &PodName) {
+        let Some(n) = &self.notify else { return };
+        if let Some(wd) = n.pods.lock().remove(pod) {
+            n.targets.lock().remove(&wd.as_raw());
+            let _ = n.inotify.rm_watch(wd);
+        }
+    }
+
+    /// Every pod with `<store>/<name>/metadata.json`, sorted, valid names only.
+    pub fn pods(&self) -> Result<Arc<Vec<PodName>>> {
+        let watched = *self.store_watched.lock();
+        let mut root = self.root.lock();
+        let fresh = match root.scanned {
+            Some(_) if watched => !root.dirty,
+            Some(at) => at.elapsed() < ROOT_RESCAN,
+            None => false,
+        };
+        if fresh {
+            return Ok(root.pods.clone());
+        }
+        let pods = Arc::new(self.scan()?);
+        let removed: Vec<PodName> = root
+            .pods
+            .iter()
+            .filter(|p| pods.binary_search(p).is_err())
+            .cloned()
+            .collect();
+        root.pods = pods.clone();
+        root.scanned = Some(Instant::now());
+        root.dirty = false;
+        drop(root);
+        for pod in &removed {
+            self.parents.lock().remove(pod);
+            self.unwatch_pod(pod);
+        }
+        if !removed.is_empty() {
+            self.emit(RegistryChange::Pods { removed });
+        }
+        Ok(pods)
+    }
+
+    fn scan(&self) -> Result<Vec<PodName>> {
+        let dir = self.paths.store_dir();
+        let mut pods = Vec::new();
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let Ok(name) = entry.file_name().into_string() else {
+                        continue;
+                    };
+                    let Ok(name) = PodName::new(&name) else {
+                        continue;
+                    };
+                    // Watched before the check, so a metadata.json written right after the
+                    // check is still noticed.
+                    self.watch_pod(&name);
+                    if entry.path().join("metadata.json").is_file() {
+                        pods.push(name);
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("list {}", dir.display()), e)),
+        }
+        pods.sort();
+        Ok(pods)
+    }
+
+    fn slot(&self, parent: &PodName) -> Option<Arc<ParentSlot>> {
+        self.parents.lock().get(parent).cloned()
+    }
+
+    /// The lock that serialises every change podfs makes to `parent`'s files.
+    pub fn mutation_lock(&self, parent: &PodName) -> Arc<ParentSlot> {
+        let mut parents = self.parents.lock();
+        parents.entry(parent.clone()).or_default().clone()
+    }
+
+    /// The parent's registry, from memory when it is current. `NotFound` when the pod has
+    /// no `metadata.json`; `Corrupt` (EIO) when it has not parsed for [`CORRUPT_GRACE`].
+    /// Looking up a pod that does not exist leaves nothing behind.
+    pub fn parent(&self, parent: &PodName) -> Result<Arc<ParentView>> {
+        if let Some(slot) = self.slot(parent) {
+            let cache = slot.cache.lock();
+            if let Some(view) = &cache.view {
+                let current = if cache.watched {
+                    !cache.dirty
+                } else {
+                    cache.checked.is_some_and(|at| at.elapsed() < REVALIDATE)
+                };
+                if current {
+                    return Ok(view.clone());
+                }
+            }
+        }
+        self.revalidate(parent, false)
+    }
+
+    /// Re-read now, whatever the cache says (after podfs's own writes, before a removal).
+    pub fn refresh(&self, parent: &PodName) -> Result<Arc<ParentView>> {
+        self.revalidate(parent, true)
+    }
+
+    fn revalidate(&self, parent: &PodName, force: bool) -> Result<Arc<ParentView>> {
+        let path = self.paths.metadata(parent);
+        let stat = match std::fs::metadata(&path) {
+            Ok(stat) => stat,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.gone(parent);
+                return Err(Error::NotFound(format!("pod {parent}")));
+            }
+            Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
+        };
+        let stamp = Stamp {
+            ino: stat.ino(),
+            size: stat.size(),
+            mtime_ns: i128::from(stat.mtime()) * 1_000_000_000 + i128::from(stat.mtime_nsec()),
+            ctime_ns: i128::from(stat.ctime()) * 1_000_000_000 + i128::from(stat.ctime_nsec()),
+        };
+        let slot = self.mutation_lock(parent);
+        let mut cache = slot.cache.lock();
+        let now = Instant::now();
+        if !force {
+            if let (Some(old), Some(view)) = (cache.stamp, cache.view.clone()) {
+                if old == stamp {
+                    cache.checked = Some(now);
+                    cache.dirty = false;
+                    return Ok(view);
+                }
+            }
+        }
+        if !cache.watched {
+            cache.watched = self.watch_pod(parent);
+        }
+        // The runtime's torn writes last microseconds: re-read at once, never sleep here.
+        let mut parsed = Err(Error::NotFound(String::new()));
+        for attempt in 0..3 {
+            if attempt > 0 {
+                thread::yield_now();
+            }
+            parsed = metadata::read_bytes(&path).and_then(|bytes| {
+                metadata::parse_registry(&bytes, self.paths.generation)
+                    .map_err(|e| Error::corrupt(&path, e))
+            });
+            if !matches!(parsed, Err(Error::Corrupt { .. })) {
+                break;
+            }
+        }
+        match parsed {
+            Ok(file) => {
+                let mtime = stat.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                let view = Arc::new(ParentView::new(parent, file, mtime));
+                debug!(%parent, children = view.len(), "metadata parsed");
+                // A file modified within the filesystem's timestamp granularity could change
+                // again without changing its stamp; do not trust such a stamp.
+                let racy = SystemTime::now()
+                    .duration_since(mtime)
+                    .map_or(true, |age| age < Duration::from_millis(50));
+                let old = cache.view.replace(view.clone());
+                cache.stamp = (!racy).then_some(stamp);
+                cache.checked = Some(now);
+                cache.good_at = Some(now);
+                cache.dirty = false;
+                drop(cache);
+                if let Some(old) = old {
+                    let removed: Vec<PodName> = old
+                        .names()
+                        .filter(|n| {
+                            view.child(n).is_none() || view.incarnation(n) != old.incarnation(n)
+                        })
+                        .cloned()
+                        .collect();
+                    self.emit(RegistryChange::Parent {
+                        parent: parent.clone(),
+                        removed,
+                    });
+                }
+                Ok(view)
+            }
+            Err(Error::NotFound(_)) => {
+                drop(cache);
+                self.gone(parent);
+                Err(Error::NotFound(format!("pod {parent}")))
+            }
+            Err(e) => {
+                let within_grace = cache.good_at.is_some_and(|at| at.elapsed() < CORRUPT_GRACE);
+                match (&cache.view, within_grace) {
+                    (Some(view), true) => {
+                        debug!(%parent, error = %e, "metadata.json unreadable; serving the last good view");
+                        Ok(view.clone())
+                    }
+                    _ => {
+                        warn!(%parent, error = %e, "metadata.json unreadable");
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// A pod whose `metadata.json` is gone: forget it, so nothing of it stays behind.
+    fn gone(&self, parent: &PodName) {
+        let removed = self.parents.lock().remove(parent);
+        self.unwatch_pod(parent);
+        if let Some(slot) = removed {
+            let old = slot.cache.lock().view.take();
+            if let Some(old) = old {
+                self.emit(RegistryChange::Parent {
+                    parent: parent.clone(),
+                    removed: old.names().cloned().collect(),
+                });
+            }
+        }
+    }
+
+    /// The parent's view, after checking that it lists `child`.
+    pub fn child_view(&self, parent: &PodName, child: &str) -> Result<Arc<ParentView>> {
+        let view = self.parent(parent)?;
+        if view.child(child).is_none() {
+            return Err(Error::NotFound(format!("{parent}/{child}")));
+        }
+        Ok(view)
+    }
+
+    /// Parents currently cached (for tests of memory behaviour).
+    pub fn cached(&self) -> usize {
+        self.parents.lock().len()
+    }
+
+    fn mark_dirty(&self, pod: &PodName) {
+        if let Some(slot) = self.slot(pod) {
+            slot.cache.lock().dirty = true;
+        }
+    }
+
+    fn mark_root_dirty(&self) {
+        self.root.lock().dirty = true;
+    }
+}
+
+/// The inotify thread: marks what changed at once (readers then re-read on access), and
+/// after a short quiet period re-reads it itself, so the change reaches the kernel's caches
+/// even if nobody looks.
+fn watch_loop(cache: Weak<ParentCache>) {
+    let mut pending: HashSet<PodName> = HashSet::new();
+    let mut root_pending = false;
+    loop {
+        let Some(c) = cache.upgrade() else { return };
+        let Some(n) = &c.notify else { return };
+        let timeout = if pending.is_empty() && !root_pending {
+            PollTimeout::from(1000u16)
+        } else {
+            PollTimeout::try_from(DEBOUNCE).unwrap_or(PollTimeout::ZERO)
+        };
+        let ready = {
+            let mut fds = [PollFd::new(n.inotify.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, timeout).unwrap_or(0)
+        };
+        if ready > 0 {
+            let events = match n.inotify.read_events() {
+                Ok(events) => events,
+                Err(nix::errno::Errno::EAGAIN) => Vec::new(),
+                Err(e) => {
+                    warn!(error = %e, "inotify read failed; registry changes are found by stat");
+                    return;
+                }
+            };
+            for event in events {
+                if event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    let all: Vec<PodName> = c.parents.lock().keys().cloned().collect();
+                    for pod in all {
+                        c.mark_dirty(&pod);
+                        pending.insert(pod);
+                    }
+                    root_pending = true;
+                    c.mark_root_dirty();
+                    continue;
+                }
+                let target = n.targets.lock().get(&event.wd.as_raw()).cloned();
+                let name = event.name.as_ref().and_then(|n| n.to_str());
+                match target {
+                    Some(Target::Data) if name == Some(c.paths.generation.store_dir) => {
+                        c.watch_store();
+                        root_pending = true;
+                        c.mark_root_dirty();
+                    }
+                    Some(Target::Store) => {
+                        root_pending = true;
+                        c.mark_root_dirty();
+                    }
+                    Some(Target::Pod(pod))
+                        if name == Some("metadata.json")
+                            || event.mask.contains(AddWatchFlags::IN_DELETE_SELF) =>
+                    {
+                        c.mark_dirty(&pod);
+                        pending.insert(pod);
+                        if event.mask.intersects(
+                            AddWatchFlags::IN_CREATE
+                                | AddWatchFlags::IN_DELETE
+                                | AddWatchFlags::IN_MOVED_FROM
+                                | AddWatchFlags::IN_MOVED_TO
+                                | AddWatchFlags::IN_DELETE_SELF,
+                        ) {
+                            root_pending = true;
+                            c.mark_root_dirty();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        // Quiet: read what changed.
+        if root_pending {
+            root_pending = false;
+            if let Err(e) = c.pods() {
+                debug!(error = %e, "rescanning the pod list failed");
+            }
+        }
+        let mut retry = HashSet::new();
+        for pod in pending.drain() {
+            if c.slot(&pod).is_none() {
+                continue;
+            }
+            match c.revalidate(&pod, false) {
+                Err(Error::Corrupt { .. }) => {
+                    retry.insert(pod);
+                }
+                Err(Error::NotFound(_)) => info!(%pod, "pod no longer has a metadata.json"),
+                _ => {}
+            }
+        }
+        if !retry.is_empty() {
+            thread::sleep(TORN_RETRY);
+            pending = retry;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generation::INSOMNIA_5472;
+    use crate::test_fixtures as fixtures;
+
+    fn n(s: &str) -> PodName {
+        PodName::new(s).unwrap()
+    }
+
+    fn staged(state: &str, inotify: bool) -> (tempfile::TempDir, Arc<ParentCache>) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().to_str().unwrap().to_string();
+        for rel in ["pods/parent/metadata.json", "pods/child1/metadata.json"] {
+            let src = format!("insomnia-5472/{state}/{rel}");
+            if fixtures::root().join(&src).exists() {
+                let dst = dir.path().join(rel);
+                std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+                std::fs::write(dst, fixtures::read(&src, &home)).unwrap();
+            }
+        }
+        let cache = ParentCache::new(Paths::for_home(dir.path(), &INSOMNIA_5472), inotify);
+        (dir, cache)
+    }
+
+    fn wait_until(mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "condition not met");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn lists_pods_and_children() {
+        let (_d, cache) = staged("live", true);
+        assert_eq!(*cache.pods().unwrap(), [n("child1"), n("parent")]);
+        let view = cache.parent(&n("parent")).unwrap();
+        let names: Vec<_> = view.names().map(|c| c.as_str()).collect();
+        assert_eq!(names, ["child1", "child2", "child3"]);
+        assert!(cache.parent(&n("child1")).unwrap().is_empty());
+        assert!(matches!(cache.parent(&n("nope")), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn lookups_of_missing_pods_leave_nothing_behind() {
+        let (_d, cache) = staged("live", true);
+        cache.parent(&n("parent")).unwrap();
+        let before = cache.cached();
+        for i in 0..1000 {
+            assert!(cache.parent(&n(&format!("missing{i}"))).is_err());
+        }
+        assert_eq!(cache.cached(), before);
+    }
+
+    fn rewrite_and_see_it(inotify: bool) {
+        let (dir, cache) = staged("live", inotify);
+        assert_eq!(cache.uses_inotify(), inotify);
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let sink = changes.clone();
+        cache.set_listener(Box::new(move |c| sink.lock().push(c.clone())));
+        assert_eq!(cache.parent(&n("parent")).unwrap().len(), 3);
+        let path = dir.path().join("pods/parent/metadata.json");
+        // An in-place rewrite, as the runtime does it.
+        let after = fixtures::read(
+            "insomnia-5472/after-stop/pods/parent/metadata.json",
+            dir.path().to_str().unwrap(),
+        );
+        std::fs::write(&path, after).unwrap();
+        wait_until(|| cache.parent(&n("parent")).unwrap().len() == 2);
+        let view = cache.parent(&n("parent")).unwrap();
+        assert_eq!(view.incarnation("child1"), 1);
+        assert!(changes.lock().contains(&RegistryChange::Parent {
+            parent: n("parent"),
+            removed: vec![n("child1")],
+        }));
+        // Torn: served from the last good view within the grace period...
+        std::fs::write(&path, b"{\"pod_na").unwrap();
+        thread::sleep(REVALIDATE + DEBOUNCE * 4);
+        assert_eq!(cache.parent(&n("parent")).unwrap().len(), 2);
+        // ...and EIO once it stays corrupt.
+        thread::sleep(CORRUPT_GRACE);
+        assert_eq!(cache.refresh(&n("parent")).unwrap_err().errno(), libc::EIO);
+    }
+
+    #[test]
+    fn sees_runtime_rewrites_and_survives_torn_ones_with_inotify() {
+        rewrite_and_see_it(true);
+    }
+
+    #[test]
+    fn sees_runtime_rewrites_and_survives_torn_ones_by_stat() {
+        rewrite_and_see_it(false);
+    }
+
+    #[test]
+    fn a_change_is_noticed_without_anyone_asking() {
+        let (dir, cache) = staged("live", true);
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let sink = changes.clone();
+        cache.set_listener(Box::new(move |c| sink.lock().push(c.clone())));
+        cache.pods().unwrap();
+        cache.parent(&n("parent")).unwrap();
+        let path = dir.path().join("pods/parent/metadata.json");
+        let after = fixtures::read(
+            "insomnia-5472/after-stop/pods/parent/metadata.json",
+            dir.path().to_str().unwrap(),
+        );
+        std::fs::write(&path, after).unwrap();
+        wait_until(|| !changes.lock().is_empty());
+        // A new pod appears in the list, a removed one disappears.
+        std::fs::create_dir_all(dir.path().join("pods/newpod")).unwrap();
+        std::fs::write(
+            dir.path().join("pods/newpod/metadata.json"),
+            br#"{"pod_name":"newpod"}"#,
+        )
+        .unwrap();
+        wait_until(|| cache.pods().unwrap().contains(&n("newpod")));
+        std::fs::remove_dir_all(dir.path().join("pods/child1")).unwrap();
+        wait_until(|| {
+            changes.lock().contains(&RegistryChange::Pods {
+                removed: vec![n("child1")],
+            })
+        });
+    }
+
+    #[test]
+    fn invalid_and_duplicate_names_are_hidden() {
+        let (dir, cache) = staged("live", false);
+        let path = dir.path().join("pods/parent/metadata.json");
+        let mut meta = metadata::read(&path, &INSOMNIA_5472).unwrap();
+        let mut children = meta.children().unwrap();
+        let mut bad = children[0].clone();
+        bad.name = "../escape".into();
+        let dup = children[1].clone();
+        children.push(bad);
+        children.push(dup);
+        meta.set_children(&children);
+        metadata::write(&path, &meta).unwrap();
+        let view = cache.refresh(&n("parent")).unwrap();
+        let names: Vec<_> = view.names().map(|c| c.as_str()).collect();
+        assert_eq!(names, ["child1", "child2", "child3"]);
+    }
+}
