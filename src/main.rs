@@ -38,7 +38,14 @@ fn main() -> ExitCode {
                 .with_writer(std::sync::Mutex::new(file))
                 .init()
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => {
+            use std::io::IsTerminal;
+            // Colour only for a terminal: logs redirected to a file stay plain text.
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .init()
+        }
     }
     match podfs::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

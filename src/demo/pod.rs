@@ -80,6 +80,9 @@ struct Pod {
     snapshots: AtomicU64,
     client: PodClient,
     stopped: AtomicBool,
+    /// Held for every write to the runtime dir: shutdown takes it for good, so a turn
+    /// still finishing cannot recreate a file in the directory being removed.
+    files: Mutex<()>,
 }
 
 fn now_ms() -> u64 {
@@ -160,6 +163,7 @@ fn start(
         snapshots: AtomicU64::new(0),
         client: PodClient::new(paths, Timeouts::default()),
         stopped: AtomicBool::new(false),
+        files: Mutex::new(()),
     });
     pod.prefill(args.history_bytes);
     let pid = std::process::id();
@@ -211,6 +215,10 @@ fn serve(pods: Vec<Arc<Pod>>, listeners: Vec<UnixListener>) {
             }
         }
         if pods.iter().all(|p| p.stopped.load(Ordering::SeqCst)) {
+            // Each shutdown holds its pod's file lock until its directory is gone.
+            for p in &pods {
+                let _done = p.files.lock();
+            }
             std::process::exit(0);
         }
     }
@@ -231,6 +239,10 @@ impl Pod {
     }
 
     fn write_status(&self) {
+        let _files = self.files.lock();
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
         let dir = self.paths.runtime.join(&self.name);
         let mut line = serde_json::Map::new();
         if self.gen.name_key == "pod_name" {
@@ -249,6 +261,10 @@ impl Pod {
 
     /// The mirror, rewritten from memory via temp + rename.
     fn write_mirror(&self) {
+        let _files = self.files.lock();
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
         let bytes = mirror::render(&self.registry.lock(), self.gen);
         let dir = self.paths.runtime.join(&self.name);
         let tmp = dir.join("spawned.tmp");
@@ -552,16 +568,21 @@ impl Pod {
             Duration::from_secs(5),
             |t| (t.release(&self.name), ()),
         );
+        let files = self.files.lock();
         self.stopped.store(true, Ordering::SeqCst);
         for c in self.clients.lock().drain(..) {
             let _ = c.lock().shutdown(std::net::Shutdown::Both);
         }
         let dir = self.paths.runtime.join(&self.name);
         let _ = std::fs::remove_file(dir.join("sock"));
-        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            warn!(pod = %self.name, error = %e, "cannot remove the runtime dir");
+        }
         info!(pod = %self.name, "reference pod shut down");
         if self.args.names.len() == 1 {
+            // With the file lock held: nothing of this pod writes again.
             std::process::exit(0);
         }
+        drop(files);
     }
 }

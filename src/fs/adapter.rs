@@ -277,9 +277,13 @@ impl Filesystem for Adapter {
         let _s = span("rmdir", req, parent.0);
         let fs = self.fs.clone();
         let name = name.to_os_string();
+        // The kernel holds the directory locked until this is answered: invalidations for
+        // it wait (see fs::kernel).
+        self.fs.kernel.hold(parent.0);
         // Stopping a child and reclaiming its scope blocks: always on the pool.
         self.fs.pool.submit(move || {
             reply_empty("rmdir", reply, fs.rmdir(parent.0, &name));
+            fs.kernel.release(parent.0);
         });
     }
 

@@ -1,10 +1,17 @@
 //! Telling the kernel about changes it cannot see: dentries and attributes to drop when the
 //! runtime changes a registry.
 //!
-//! A notification must never be sent from a FUSE request thread: the kernel may hold the
-//! very directory lock the notification needs while it waits for that request's answer.
-//! So they go through a queue to a thread of their own.
+//! An entry invalidation takes the directory's lock in the kernel. Two rules follow:
+//! * it is never sent from a FUSE request thread: the kernel may hold that very lock while
+//!   it waits for the request's answer. Invalidations go through a queue to a thread of
+//!   their own;
+//! * it is never sent into a directory while podfs's own `rmdir` there is in flight (the
+//!   kernel holds the directory locked for it, and the removal rewrites the registry,
+//!   which asks for invalidations): it waits until that `rmdir` has been answered. A thread
+//!   blocked on that lock would otherwise keep `/dev/fuse` open if podfs were killed
+//!   meanwhile, and the `rm` would hang for good.
 
+use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -25,8 +32,17 @@ pub enum Inval {
 }
 
 #[derive(Default)]
+struct Held {
+    /// Directories with an `rmdir` in flight, and how many.
+    busy: HashMap<u64, usize>,
+    /// Entry invalidations waiting for those directories.
+    deferred: HashMap<u64, Vec<Inval>>,
+}
+
+#[derive(Default)]
 pub struct KernelQueue {
     tx: Mutex<Option<mpsc::Sender<Inval>>>,
+    held: Arc<Mutex<Held>>,
 }
 
 impl KernelQueue {
@@ -34,10 +50,18 @@ impl KernelQueue {
     /// cached by a kernel that has not mounted us yet).
     pub fn connect(&self, kernel: Arc<dyn Kernel>) {
         let (tx, rx) = mpsc::channel::<Inval>();
+        let held = self.held.clone();
         let spawned = thread::Builder::new()
             .name("podfs-inval".into())
             .spawn(move || {
                 for inval in rx {
+                    if let Inval::Entry(dir, _) = &inval {
+                        let mut h = held.lock();
+                        if h.busy.contains_key(dir) {
+                            h.deferred.entry(*dir).or_default().push(inval);
+                            continue;
+                        }
+                    }
                     match &inval {
                         Inval::Entry(parent, name) => kernel.inval_entry(*parent, name),
                         Inval::Inode(ino) => kernel.inval_inode(*ino),
@@ -58,6 +82,30 @@ impl KernelQueue {
     pub fn push(&self, inval: Inval) {
         if let Some(tx) = self.tx.lock().as_ref() {
             let _ = tx.send(inval);
+        }
+    }
+
+    /// An `rmdir` in directory `dir` begins: hold entry invalidations for it.
+    pub fn hold(&self, dir: u64) {
+        *self.held.lock().busy.entry(dir).or_default() += 1;
+    }
+
+    /// That `rmdir` has been answered: send what waited once no other is in flight.
+    pub fn release(&self, dir: u64) {
+        let waiting = {
+            let mut h = self.held.lock();
+            let Some(n) = h.busy.get_mut(&dir) else {
+                return;
+            };
+            *n -= 1;
+            if *n > 0 {
+                return;
+            }
+            h.busy.remove(&dir);
+            h.deferred.remove(&dir).unwrap_or_default()
+        };
+        for inval in waiting {
+            self.push(inval);
         }
     }
 }

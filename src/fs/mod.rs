@@ -211,6 +211,10 @@ pub struct PodFs {
     child_inos: Arc<Mutex<HashMap<PodName, ChildInos>>>,
     pub kernel: Arc<KernelQueue>,
     pub pool: Pool,
+    /// Open `output` snapshots per child (handle, size): while one is open, `stat` of
+    /// `output` shows its size, so a tool that stats, opens, stats the descriptor and
+    /// reads (`tar`, `rsync`) sees one consistent size.
+    open_outputs: Mutex<HashMap<CursorKey, Vec<(u64, u64)>>>,
     next_fh: AtomicU64,
     started: SystemTime,
 }
@@ -298,6 +302,7 @@ impl PodFs {
             child_inos,
             kernel,
             pool: Pool::new(settings.pool_threads),
+            open_outputs: Mutex::default(),
             next_fh: AtomicU64::new(1),
             started: SystemTime::now(),
         }
@@ -416,7 +421,13 @@ impl PodFs {
                 s.text_changed,
             ),
             FileKind::Output => {
+                let open = self
+                    .open_outputs
+                    .lock()
+                    .get(&(pod.clone(), child.clone()))
+                    .and_then(|v| v.last().map(|(_, size)| *size));
                 let size = match (&s.history, s.reach, cursor) {
+                    _ if open.is_some() => open.unwrap_or(0),
                     (Some(h), Reach::Live, Some(c)) if s.fresh => {
                         file_len(h.text_from(effective_cursor(h.len(), c)))
                     }
@@ -783,6 +794,13 @@ impl PodFs {
             w.pin();
         }
         let fh = self.fh();
+        if let Handle::Output { bytes, file, .. } = &handle {
+            self.open_outputs
+                .lock()
+                .entry((file.pod.clone(), file.child.clone()))
+                .or_default()
+                .push((fh, bytes.len() as u64));
+        }
         self.handles.lock().insert(fh, Arc::new(handle));
         Step::Ready(Ok(fh))
     }
@@ -985,6 +1003,16 @@ impl PodFs {
         };
         if let Some(w) = handle.watch() {
             w.unpin();
+        }
+        if let Handle::Output { file, .. } = &*handle {
+            let key = (file.pod.clone(), file.child.clone());
+            let mut open = self.open_outputs.lock();
+            if let Some(list) = open.get_mut(&key) {
+                list.retain(|(h, _)| *h != fh);
+                if list.is_empty() {
+                    open.remove(&key);
+                }
+            }
         }
         if let Handle::Input {
             file,

@@ -29,6 +29,9 @@ const JOIN: &str = "\n\n";
 struct Part {
     entry: u64,
     start: usize,
+    /// An empty part adds no text, and no separator before the next part if nothing came
+    /// before it.
+    empty: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,9 +66,11 @@ impl History {
     }
 
     /// The text of the entries from `cursor` on: what ReadPodOutput returns for that cursor.
+    /// It starts at the first non-empty part: ReadPodOutput puts a separator before a part
+    /// only when its own output is not empty yet.
     pub fn text_from(&self, cursor: u64) -> &str {
         let first = self.parts.partition_point(|p| p.entry < cursor);
-        match self.parts.get(first) {
+        match self.parts[first..].iter().find(|p| !p.empty) {
             Some(p) => &self.text[p.start..],
             None => "",
         }
@@ -83,6 +88,7 @@ impl History {
         self.parts.push(Part {
             entry,
             start: self.text.len(),
+            empty: text.is_empty(),
         });
         self.text.push_str(text);
     }
@@ -158,7 +164,12 @@ impl History {
         let data: Data = serde_json::from_str(data).map_err(bad)?;
         let mut h = History::default();
         for raw in &data.entries {
-            let head: Head = serde_json::from_str(raw.get()).unwrap_or(Head { kind: None });
+            // Only an object has a kind (serde would read a struct from an array, too).
+            let object = raw.get().trim_start().starts_with('{');
+            let head: Head = match object {
+                true => serde_json::from_str(raw.get()).unwrap_or(Head { kind: None }),
+                false => Head { kind: None },
+            };
             match head.kind.as_deref() {
                 Some("assistant_item") | Some("segment_start") | None => {
                     let value: Value = serde_json::from_str(raw.get()).map_err(bad)?;
@@ -255,6 +266,7 @@ pub struct Tracker {
     message: Vec<String>,
     usages: u64,
     turn_ended: bool,
+    in_run: bool,
     unsure: bool,
 }
 
@@ -262,9 +274,26 @@ impl Tracker {
     /// A tracker for a history whose Snapshot said `status`: a run already under way is
     /// only known from its end on, so its end asks for a fresh Snapshot.
     pub fn after_snapshot(status: PodStatus) -> Tracker {
+        let running = status == PodStatus::Running;
         Tracker {
-            unsure: status == PodStatus::Running,
+            unsure: running,
+            in_run: running,
             ..Tracker::default()
+        }
+    }
+
+    /// The first event of a run, whichever lane it comes on (insomnia announces the user
+    /// message before `invoke_start`, yoi after): `segment_start` is written lazily, before
+    /// the first run's entries.
+    fn run_starts(&mut self, h: &mut History) {
+        if !self.in_run {
+            self.in_run = true;
+            self.message.clear();
+            self.usages = 0;
+            self.turn_ended = false;
+            if h.len == 0 {
+                h.push_entries(1);
+            }
         }
     }
 
@@ -272,23 +301,18 @@ impl Tracker {
         let mut c = Changes::default();
         match event.name.as_str() {
             "status" => c.status = Some(event.status_word()),
-            "invoke_start" => {
-                // `segment_start` is written lazily, before the first run's `invoke`.
-                let n = if h.len == 0 { 2 } else { 1 };
-                h.push_entries(n);
-                self.message.clear();
-                self.usages = 0;
-                self.turn_ended = false;
-                c.len = true;
-            }
-            "user_message" | "system_item" | "tool_call_done" | "tool_result" => {
+            "invoke_start" | "user_message" | "system_item" | "tool_call_done" | "tool_result" => {
+                self.run_starts(h);
                 h.push_entries(1);
                 c.len = true;
             }
-            "text_done" => match event.text() {
-                Some(text) => self.message.push(text),
-                None => self.unsure = true,
-            },
+            "text_done" => {
+                self.run_starts(h);
+                match event.text() {
+                    Some(text) => self.message.push(text),
+                    None => self.unsure = true,
+                }
+            }
             "llm_call_end" if !self.message.is_empty() => {
                 h.push_message(&self.message);
                 self.message.clear();
@@ -307,6 +331,7 @@ impl Tracker {
                 self.message.clear();
                 self.usages = 0;
                 self.turn_ended = false;
+                self.in_run = false;
             }
             "thinking_done" | "llm_retry" | "llm_continuation" => self.unsure = true,
             "error" => {
@@ -470,6 +495,17 @@ mod tests {
             assert_eq!(h.text_from(7), "echo: hello from podfs");
             assert!(changes.iter().all(|c| !c.resync), "{gen}");
             assert_eq!(changes.last().unwrap().status, Some(PodStatus::Idle));
+        }
+    }
+
+    #[test]
+    fn the_first_run_of_a_fresh_pod_counts_its_segment_start_in_either_order() {
+        for gen in ["insomnia-5472", "yoi-485918eb"] {
+            let run = events(&format!("{gen}/socket/child1-run.jsonl"));
+            let (h, _) = replay(&History::default(), &run);
+            // segment_start, invoke, user_input, message, turn_end, usage, run_completed.
+            assert_eq!(h.len(), 7, "{gen}");
+            assert_eq!(h.text(), "echo: hello from podfs");
         }
     }
 

@@ -312,10 +312,16 @@ pub fn update<T>(
     let (changed, out) = change(&mut table);
     if changed {
         let new = table.to_bytes();
-        // One positioned write of the whole buffer, then cut the tail: the file is never
-        // observed empty by a reader that ignores the lock.
+        // One positioned write, then cut the tail: the file is never observed empty by a
+        // reader that ignores the lock. A shorter table is padded with spaces to the old
+        // length first, so that a kill between the write and the cut leaves valid JSON
+        // followed by whitespace rather than the new table glued to the old one's tail.
+        let mut padded = new.clone();
+        if padded.len() < bytes.len() {
+            padded.resize(bytes.len(), b' ');
+        }
         locked
-            .write_all_at(&new, 0)
+            .write_all_at(&padded, 0)
             .and_then(|()| locked.set_len(new.len() as u64))
             .and_then(|()| locked.sync_data())
             .map_err(|e| Error::io(ctx("rewrite"), e))?;

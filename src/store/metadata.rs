@@ -298,6 +298,11 @@ impl Metadata {
         let fields: Map<String, Value> = serde_json::from_slice(bytes)?;
         let meta = Metadata { fields, gen };
         required_str(&meta.fields, gen.name_key)?;
+        for list in ["spawned_children", "reclaimed_children"] {
+            if meta.fields.get(list).is_some_and(|v| !v.is_array()) {
+                return Err(shape_error(format!("`{list}` is not an array")));
+            }
+        }
         meta.children()?;
         for entry in meta.list("reclaimed_children") {
             let o = entry

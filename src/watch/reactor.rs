@@ -572,6 +572,7 @@ impl Reactor {
     ) -> Option<Ended> {
         let link = self.links.get_mut(&id)?;
         let conn = link.conn.as_mut()?;
+        tracing::trace!(socket = %link.watch.socket.path().display(), event = %event.name, "event");
         if let Phase::Prelude = conn.phase {
             return match event.name.as_str() {
                 "snapshot" => match History::from_snapshot(event.raw_data()) {
