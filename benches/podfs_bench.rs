@@ -22,6 +22,9 @@ use podfs::scope::StoredRule;
 use podfs::store::alloc::{AllocTable, Allocation};
 use podfs::store::metadata::{Metadata, SpawnedChild};
 
+#[path = "podfs_bench/live.rs"]
+mod live;
+
 const PODFS: &str = env!("CARGO_BIN_EXE_podfs");
 const FILES: [&str; 8] = [
     "socket", "scope", "cursor", "output", "log", "input", "status", "callback",
@@ -362,7 +365,9 @@ fn serve_floor(mnt: &Path, shape: &str) {
 // ---------------------------------------------------------------------------------------
 // Staging.
 
-/// A home with `parents`, every child unreachable (no sockets), as the runtime leaves it.
+/// A home with `parents`, every child unreachable (no sockets), as the runtime leaves it:
+/// each child has its own allocation, and each of its write rules is a deny layer of its
+/// parent's allocation.
 fn make_home(parents: &[(String, usize)]) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("podfs-bench-home-")
@@ -375,6 +380,7 @@ fn make_home(parents: &[(String, usize)]) -> tempfile::TempDir {
     for (parent, n) in parents {
         let mut meta = Metadata::new(parent, &GEN);
         let mut children = Vec::with_capacity(*n);
+        let mut denies = Vec::with_capacity(*n);
         for j in 0..*n {
             let name = child_name(j);
             let full = format!("{parent}-{name}");
@@ -392,8 +398,9 @@ fn make_home(parents: &[(String, usize)]) -> tempfile::TempDir {
                 scope_delegated: rules.clone(),
                 callback_address: run.join(parent).join("sock").display().to_string(),
             });
+            denies.push(rules[0].to_wire());
             table.push(&Allocation {
-                name: full.clone(),
+                name: name.clone(),
                 pid: 0,
                 socket: run.join(&full).join("sock").display().to_string(),
                 scope_allow: rules.iter().map(StoredRule::to_wire).collect(),
@@ -402,6 +409,20 @@ fn make_home(parents: &[(String, usize)]) -> tempfile::TempDir {
                 segment_id: None,
             });
         }
+        table.push(&Allocation {
+            name: parent.clone(),
+            pid: 0,
+            socket: run.join(parent).join("sock").display().to_string(),
+            scope_allow: vec![StoredRule::new(
+                &home.join("work").display().to_string(),
+                "write",
+                true,
+            )
+            .to_wire()],
+            scope_deny: denies,
+            delegated_from: None,
+            segment_id: None,
+        });
         meta.set_children(&children);
         let path = home.join("pods").join(parent).join("metadata.json");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -432,6 +453,10 @@ struct Server {
 
 impl Server {
     fn start(cmd: &mut Command) -> (Server, Duration) {
+        Self::start_logging(cmd, Stdio::null())
+    }
+
+    fn start_logging(cmd: &mut Command, stderr: Stdio) -> (Server, Duration) {
         let mnt = tempfile::Builder::new()
             .prefix("podfs-bench-mnt-")
             .tempdir()
@@ -442,7 +467,7 @@ impl Server {
             .arg(mnt.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let server = Server {
@@ -463,12 +488,40 @@ impl Server {
         (server, started.elapsed())
     }
 
+    /// podfs on `home`. `PODFS_BENCH_LOG=FILE` keeps its debug log, for finding out
+    /// where a slow row spends its time.
     fn podfs(home: &Path) -> (Server, Duration) {
+        let log = std::env::var_os("PODFS_BENCH_LOG");
         let mut cmd = Command::new(PODFS);
-        cmd.args(["--log-level", "error", "mount", "--home"])
+        cmd.args(["--log-level", if log.is_some() { "debug" } else { "error" }])
+            .args(["mount", "--home"])
             .arg(home);
         // The mount point is appended last by `start`.
-        Self::start(&mut cmd)
+        match log {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap();
+                Self::start_logging(&mut cmd, Stdio::from(file))
+            }
+            None => Self::start(&mut cmd),
+        }
+    }
+
+    /// podfs with `extra` mount arguments, logging at info level to `log` (for its
+    /// SIGUSR1 report).
+    fn podfs_logged(home: &Path, extra: &[&str], log: &Path) -> Server {
+        let mut cmd = Command::new(PODFS);
+        cmd.args(["--log-level", "info", "mount", "--home"])
+            .arg(home)
+            .args(extra);
+        Self::start_logging(&mut cmd, Stdio::from(std::fs::File::create(log).unwrap())).0
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
     }
 
     fn floor(parents: &[(String, usize)]) -> (Server, Duration) {
@@ -724,7 +777,48 @@ fn main() {
     let quick = std::env::var_os("PODFS_BENCH_QUICK").is_some();
     let (rounds, iters) = if quick { (3, 500) } else { (11, 3000) };
     let mut rows = Vec::new();
+    // PODFS_BENCH_ONLY=files|reclaim|startup|live|memory runs one section.
+    let only = std::env::var("PODFS_BENCH_ONLY").ok();
+    let want = |section: &str| only.as_deref().is_none_or(|o| o == section);
+    if want("files") {
+        files(quick, rounds, iters, &mut rows);
+    }
+    if want("reclaim") {
+        reclaim(quick, &mut rows);
+    }
+    if want("startup") {
+        startup(quick, &mut rows);
+    }
+    let live_figures = if want("live") {
+        live::run(quick, &mut rows).lines
+    } else {
+        Vec::new()
+    };
+    let memory = if want("memory") {
+        Some(memory(quick))
+    } else {
+        None
+    };
 
+    println!();
+    println!(
+        "podfs benchmark ({} mode)",
+        if quick { "quick" } else { "full" }
+    );
+    print_rows(&rows);
+    println!();
+    for line in &live_figures {
+        println!("{line}");
+    }
+    if let Some(line) = memory {
+        println!();
+        println!("{line}");
+    }
+}
+
+/// Control files, listings and `ls -l` against both floors.
+fn files(quick: bool, rounds: usize, iters: usize, rows: &mut Vec<Row>) {
+    let _ = quick;
     let shape: Vec<(String, usize)> = vec![
         ("p10".into(), 10),
         ("p1000".into(), 1000),
@@ -783,8 +877,10 @@ fn main() {
         Some(("≤1.5× floor", 1.5)),
     ));
     drop((floor, pod));
+}
 
-    // Durable reclaim, parent not live: rm -r of 1,000 children, one at a time.
+/// Durable reclaim, parent not live: rm -r of 1,000 children, one at a time.
+fn reclaim(quick: bool, rows: &mut Vec<Row>) {
     let n = if quick { 100 } else { 1000 };
     let rshape = vec![("r".to_string(), n)];
     let rhome = make_home(&rshape);
@@ -813,6 +909,14 @@ fn main() {
         !left.contains("\"spawned_children\""),
         "every child must have been reclaimed"
     );
+    // ... and its scope given back: only the parent's allocation, with no deny layer left.
+    let table = AllocTable::parse(
+        &std::fs::read(rhome.path().join("run/pods.json")).unwrap(),
+        &GEN,
+    )
+    .unwrap();
+    assert_eq!(table.names(), ["r"]);
+    assert_eq!(table.deny("r"), Some(Vec::new()));
     rows.push(Row::single(
         &format!("rm -r child, parent not live (median of {n})"),
         Some(t_tmp),
@@ -821,8 +925,11 @@ fn main() {
         Some(("≤10 ms", t_pod <= Duration::from_millis(10))),
     ));
     drop((rfloor, rpod, rtmp));
+}
 
-    // Start-up: from starting the server to the first successful ls of 1,000 unreachable children.
+/// Start-up: from starting the server to the first successful ls of 1,000 unreachable
+/// children.
+fn startup(quick: bool, rows: &mut Vec<Row>) {
     let mshape = vec![("m".to_string(), 1000)];
     let mhome = make_home(&mshape);
     let first_ls = |start: &dyn Fn() -> (Server, Duration)| -> Duration {
@@ -852,8 +959,11 @@ fn main() {
         t_pod,
         Some(("≤1 s", t_pod <= Duration::from_secs(1))),
     ));
+}
 
-    // Memory: 100,000 children across 100 parents, every child directory and one file looked up.
+/// Memory: 100,000 children across 100 parents, every child directory and one file
+/// looked up.
+fn memory(quick: bool) -> String {
     let per = if quick { 100 } else { 1000 };
     let bshape: Vec<(String, usize)> = (0..100).map(|i| (format!("b{i:03}"), per)).collect();
     let bhome = make_home(&bshape);
@@ -879,14 +989,7 @@ fn main() {
     let (pod_rss, pod_hwm) = rss(&bpod);
     drop(bpod);
 
-    println!();
-    println!(
-        "podfs benchmark ({} mode)",
-        if quick { "quick" } else { "full" }
-    );
-    print_rows(&rows);
-    println!();
-    println!(
+    format!(
         "| resident memory, {} children in 100 parents | floor {} MiB (peak {}) | podfs {} MiB (peak {}) | {:.1}× floor | ≤150 MB: {} |",
         100 * per,
         floor_rss / 1024,
@@ -895,5 +998,5 @@ fn main() {
         pod_hwm / 1024,
         pod_rss as f64 / floor_rss.max(1) as f64,
         if pod_hwm * 1024 <= 150_000_000 { "MET" } else { "MISSED" }
-    );
+    )
 }

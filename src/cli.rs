@@ -318,7 +318,7 @@ fn run_mount(args: MountArgs) -> Result<()> {
         },
         !args.mount.no_inotify,
     )?);
-    let mounted = mount::mount(fs, &mountpoint, &args.mount.settings(fsname))?;
+    let mounted = mount::mount(fs.clone(), &mountpoint, &args.mount.settings(fsname))?;
     if args.daemon {
         crate::daemon::report_ready();
     } else {
@@ -327,7 +327,7 @@ fn run_mount(args: MountArgs) -> Result<()> {
             mountpoint.display()
         );
     }
-    signals.serve(mounted)
+    signals.serve(mounted, || fs.report())
 }
 
 #[cfg(test)]

@@ -62,8 +62,9 @@ impl<K: Hash + Eq + Clone> Cursors<K> {
         }
     }
 
-    pub fn set(&self, key: &K, incarnation: u64, value: u64) {
-        *self.cell(key, incarnation).lock() = value;
+    /// Set the cursor; returns the value it had.
+    pub fn set(&self, key: &K, incarnation: u64, value: u64) -> u64 {
+        std::mem::replace(&mut *self.cell(key, incarnation).lock(), value)
     }
 
     /// Run `f` on the cursor with it locked (a read-and-advance is atomic).

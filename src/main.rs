@@ -3,7 +3,20 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// Watches hold children's text for a long time, in blocks of up to tens of MiB, and free
+/// it when a watch ends. glibc's malloc raises its mmap threshold after the first large
+/// free, after which such blocks come from the heap and stay in the process when freed.
+/// A fixed threshold keeps every block of 256 KiB or more in its own mapping, returned to
+/// the system the moment it is freed, so the resident size follows the memory budget.
+fn return_large_blocks_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
 fn main() -> ExitCode {
+    return_large_blocks_to_the_system();
     let args = podfs::cli::from_mount_helper_convention(std::env::args_os().collect());
     let cli = match podfs::cli::Cli::try_parse_from(args) {
         Ok(cli) => cli,

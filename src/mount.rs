@@ -553,9 +553,12 @@ fn mount_error(mountpoint: &Path, e: std::io::Error) -> Error {
 /// unmount cleanly rather than kill the process and leave a stale mount.
 pub struct StopSignals {
     stop: Arc<AtomicBool>,
+    report: Arc<AtomicBool>,
 }
 
 impl StopSignals {
+    /// SIGINT, SIGTERM and SIGHUP stop the mount; SIGUSR1 asks for a one-line report of
+    /// what the mount holds (as `dd` reports its progress), written to the log.
     pub fn install() -> Result<StopSignals> {
         let stop = Arc::new(AtomicBool::new(false));
         for sig in [
@@ -566,7 +569,10 @@ impl StopSignals {
             signal_hook::flag::register(sig, stop.clone())
                 .map_err(|e| Error::io("install signal handler", e))?;
         }
-        Ok(StopSignals { stop })
+        let report = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, report.clone())
+            .map_err(|e| Error::io("install signal handler", e))?;
+        Ok(StopSignals { stop, report })
     }
 
     pub fn received(&self) -> bool {
@@ -578,10 +584,19 @@ impl StopSignals {
         self.stop.store(false, Ordering::SeqCst);
     }
 
-    /// Block until a signal or until the mount disappears, then unmount.
-    pub fn serve(&self, mounted: Mounted) -> Result<()> {
+    /// Whether SIGUSR1 arrived since the last call.
+    pub fn report_requested(&self) -> bool {
+        self.report.swap(false, Ordering::SeqCst)
+    }
+
+    /// Block until a signal or until the mount disappears, then unmount. `report` runs
+    /// on SIGUSR1.
+    pub fn serve(&self, mounted: Mounted, report: impl Fn()) -> Result<()> {
         while !self.received() && !mounted.finished() {
             thread::sleep(Duration::from_millis(50));
+            if self.report_requested() {
+                report();
+            }
         }
         if self.received() {
             info!("signal received; unmounting");

@@ -168,7 +168,7 @@ fn reclaim_through_live_parent(
 /// a restored parent may hold two identical layers, and a repeat after a crash would remove
 /// both. So before the table is rewritten with a layer removed, the journal records what
 /// the parent's deny list becomes; a repeat that finds the list already in that state skips
-/// the removal. It is written (and synced) before the table's lock is taken, because
+/// the removal. It is written (and synced) while the table's lock is not held, because
 /// runtime pods wait on that lock; and only when a layer is removed, so the common case
 /// costs nothing.
 const JOURNAL: &str = "podfs-reclaim.json";
@@ -208,14 +208,31 @@ fn read_journal(path: &std::path::Path) -> Option<Journal> {
 
 /// What the locked step of an offline reclaim found.
 enum Step {
-    Done(Option<alloc::ReclaimReport>),
-    /// The parent's deny list changed between planning and locking.
-    Moved,
+    /// Done; whether a deny layer of the child's rules may remain in the parent's list.
+    Done(Option<alloc::ReclaimReport>, bool),
+    /// A deny layer is to be removed: the journal must record the result first, and is
+    /// written outside the lock.
+    NeedsJournal(Prepared),
+}
+
+/// A table change worked out under the lock but not written: applied in the next round
+/// if the table is still exactly `before`.
+struct Prepared {
+    before: Vec<u8>,
+    after: Vec<u8>,
+    deny_after: Vec<Value>,
+    report: alloc::ReclaimReport,
+    denies_left: bool,
 }
 
 /// The runtime's `remove` effects, applied to the files of a parent that is not running:
 /// the allocation table first (so a crash leaves the child listed and a repeat finishes the
 /// job), then `metadata.json`, then the mirror.
+///
+/// The table step plans under the lock (one read of the table) and applies at once in the
+/// common case. When a deny layer is to be removed it releases the lock with the new table
+/// prepared, writes the journal, and locks again to write the prepared table if the file
+/// is byte for byte the one it was prepared from (otherwise it plans again).
 fn reclaim_offline(
     parents: &ParentCache,
     client: &PodClient,
@@ -236,48 +253,60 @@ fn reclaim_offline(
     let table_path = paths.alloc_table();
     let journal = journal_path(parents, parent);
     let pending = read_journal(&journal).filter(|j| j.child == child);
+    let mut prepared: Option<Prepared> = None;
     let mut outcome = None;
     for _ in 0..5 {
-        // Plan without the lock.
-        let planned = read_table_settled(&table_path, gen)?;
-        let deny_before = planned.deny(parent);
-        let resuming = pending
-            .as_ref()
-            .is_some_and(|j| deny_before.as_ref() == Some(&j.parent_deny_after));
-        if !resuming {
-            let mut after = planned.clone();
-            let report = after.reclaim_delegated_scope(parent, child, &rules);
-            if report.denies_removed > 0 {
+        let ready = prepared.take();
+        let step = alloc::update_bytes(&table_path, client.timeouts.lock_wait, |bytes| {
+            if let Some(p) = ready.filter(|p| p.before == bytes) {
+                return Ok((Some(p.after), Step::Done(Some(p.report), p.denies_left)));
+            }
+            let mut t =
+                alloc::AllocTable::parse(bytes, gen).map_err(|e| Error::corrupt(&table_path, e))?;
+            if let Some(j) = &pending {
+                if t.deny(parent).as_ref() == Some(&j.parent_deny_after) {
+                    info!("resuming a reclaim interrupted after its allocation-table step");
+                    let (removed, _) = t.remove_child_allocation(child);
+                    return Ok((removed.then(|| t.to_bytes()), Step::Done(None, false)));
+                }
+            }
+            let report = t.reclaim_delegated_scope(parent, child, &rules);
+            let deny_after = t.deny(parent).unwrap_or_default();
+            let denies_left = !deny_after.is_empty();
+            // A table podfs just created (empty) gets the runtime's shape either way.
+            let blank = bytes.iter().all(u8::is_ascii_whitespace);
+            let after = (report.changed() || blank).then(|| t.to_bytes());
+            if report.denies_removed == 0 {
+                return Ok((after, Step::Done(Some(report), denies_left)));
+            }
+            Ok((
+                None,
+                Step::NeedsJournal(Prepared {
+                    before: bytes.to_vec(),
+                    after: after.unwrap_or_default(),
+                    deny_after,
+                    report,
+                    denies_left,
+                }),
+            ))
+        })?;
+        match step {
+            Step::Done(report, left) => {
+                outcome = Some((report, left));
+                break;
+            }
+            Step::NeedsJournal(p) => {
                 let entry = Journal {
                     child: child.to_string(),
-                    parent_deny_after: after.deny(parent).unwrap_or_default(),
+                    parent_deny_after: p.deny_after.clone(),
                 };
                 let bytes = serde_json::to_vec(&entry).expect("journal serialises");
                 atomic::replace_file(&journal, &bytes, 0o600)?;
+                prepared = Some(p);
             }
         }
-        // Apply under the lock, if the parent's deny list is still what the plan saw.
-        let step = alloc::update(&table_path, gen, client.timeouts.lock_wait, |t| {
-            if t.deny(parent) != deny_before {
-                return (false, Step::Moved);
-            }
-            if resuming {
-                info!("resuming a reclaim interrupted after its allocation-table step");
-                let (removed, _) = t.remove_child_allocation(child);
-                return (removed, Step::Done(None));
-            }
-            (
-                true,
-                Step::Done(Some(t.reclaim_delegated_scope(parent, child, &rules))),
-            )
-        })?;
-        if let Step::Done(report) = step {
-            outcome = Some(report);
-            break;
-        }
-        debug!("the allocation table changed while planning; planning again");
     }
-    let Some(report) = outcome else {
+    let Some((report, denies_left)) = outcome else {
         return Err(Error::Busy(format!(
             "{} kept changing under the removal; retry",
             table_path.display()
@@ -287,10 +316,6 @@ fn reclaim_offline(
         debug!(?report, "allocation table reclaimed");
         // The runtime compares deny layers as raw strings while a restored parent's are
         // canonical: a rule that found no equal layer may have left one behind.
-        let denies_left = read_table_settled(&table_path, gen)
-            .ok()
-            .and_then(|t| t.deny(parent))
-            .is_some_and(|d| !d.is_empty());
         if denies_left && !report.denies_not_found.is_empty() {
             warn!(rules = ?report.denies_not_found, "no exactly-equal deny layer for these rules; a layer may remain");
         }
@@ -308,21 +333,4 @@ fn reclaim_offline(
         }
     }
     Ok(())
-}
-
-/// An unlocked read for planning; the runtime rewrites in place, so retry a torn one.
-fn read_table_settled(
-    path: &std::path::Path,
-    gen: &'static crate::generation::Generation,
-) -> Result<alloc::AllocTable> {
-    let mut attempt = 0;
-    loop {
-        match alloc::read(path, gen) {
-            Err(Error::Corrupt { .. }) if attempt < 3 => {
-                attempt += 1;
-                thread::sleep(Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
 }

@@ -336,6 +336,29 @@ fn cursor_values(gen: Gen) {
 }
 both!(cursor_takes_one_value_per_open, cursor_values);
 
+/// `stat` of `cursor` is cached like any file's, so podfs must drop the kernel's copy
+/// whenever the value changes: the size `stat` reports is always the size `cat` reads.
+fn cursor_size(gen: Gen) {
+    let live = Live::new(gen);
+    let c = live.c();
+    let size = || {
+        ok(&format!("stat -c %s {c}/cursor"))
+            .trim()
+            .parse::<usize>()
+            .unwrap()
+    };
+    let read = || ok(&format!("cat {c}/cursor")).len();
+    assert_eq!(size(), read());
+    ok(&format!("echo 12345 > {c}/cursor"));
+    assert_eq!(size(), 6);
+    // Reading output moves the cursor to the end of the history (a cursor past the end
+    // starts over): from six bytes to two, without a write to `cursor`.
+    ok(&format!("cat {c}/output > /dev/null"));
+    assert_eq!(size(), read());
+    assert_eq!(read(), 2);
+}
+both!(stat_of_cursor_follows_its_value, cursor_size);
+
 fn cursor_of_a_readded_child(gen: Gen) {
     let home = Home::fixture(gen, "live");
     let m = Mount::quick(&home, &[]);

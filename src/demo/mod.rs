@@ -232,7 +232,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         fsname: "podfs:demo".into(),
         ..Default::default()
     };
-    let mounted = mount::mount(fs, &mountpoint, &settings)?;
+    let mounted = mount::mount(fs.clone(), &mountpoint, &settings)?;
     let m = mounted.mountpoint().display().to_string();
     let first = children.first().map_or("child1", String::as_str);
     println!(
@@ -253,6 +253,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     while !signals.received() && !mounted.finished() {
         pods.reap();
         thread::sleep(Duration::from_millis(100));
+        if signals.report_requested() {
+            fs.report();
+        }
     }
     signals.reset();
     eprintln!("podfs demo: stopping (Ctrl-C again to skip waiting for the pods)");

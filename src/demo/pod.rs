@@ -59,7 +59,7 @@ pub struct PodArgs {
     /// Ignore lifecycle events (a parent that never confirms, for EIO tests).
     #[arg(long)]
     pub ignore_pod_events: bool,
-    /// At exit (SIGTERM), write how many Snapshots each pod served to this file (JSON).
+    /// Keep this file (JSON) up to date with how many Snapshots each pod has served.
     #[arg(long)]
     pub stats: Option<PathBuf>,
 }
@@ -114,15 +114,24 @@ pub fn run(args: PodArgs) -> Result<()> {
         signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())
             .map_err(|e| Error::io("install signal handler", e))?;
         thread::spawn(move || {
-            while !term.load(Ordering::SeqCst) {
+            let mut written = None;
+            loop {
+                let stopping = term.load(Ordering::SeqCst);
+                let counts: serde_json::Map<String, Value> = pods
+                    .iter()
+                    .map(|p| (p.name.clone(), p.snapshots.load(Ordering::SeqCst).into()))
+                    .collect();
+                // Rewritten (atomically) whenever a count moves, so a reader can watch it.
+                if written.as_ref() != Some(&counts) {
+                    let body = Value::Object(counts.clone()).to_string();
+                    let _ = crate::store::atomic::replace_file(&path, body.as_bytes(), 0o644);
+                    written = Some(counts);
+                }
+                if stopping {
+                    std::process::exit(0);
+                }
                 thread::sleep(Duration::from_millis(20));
             }
-            let counts: serde_json::Map<String, Value> = pods
-                .iter()
-                .map(|p| (p.name.clone(), p.snapshots.load(Ordering::SeqCst).into()))
-                .collect();
-            let _ = std::fs::write(&path, Value::Object(counts).to_string());
-            std::process::exit(0);
         });
     }
     serve(pods, listeners);

@@ -112,6 +112,22 @@ impl Inodes {
         }
     }
 
+    /// [`Inodes::remember`] for a child directory whose number is already known (from a
+    /// listing): no hashing and no copies of the names when the table has it, which is
+    /// every entry but the first time a directory is listed.
+    pub fn remember_child(&self, ino: u64, pod: &PodName, child: &PodName) -> u64 {
+        {
+            let mut table = self.table.write();
+            if let Some(e) = table.get_mut(&ino) {
+                if matches!(&e.base, Base::Child(p, c) if p == pod && c == child) {
+                    e.counts[0] += 1;
+                    return ino;
+                }
+            }
+        }
+        self.remember(&Node::Child(pod.clone(), child.clone()))
+    }
+
     /// The number `node` has, without counting a reference (listings, invalidations).
     pub fn number(&self, node: &Node) -> u64 {
         let (base, code) = match node {

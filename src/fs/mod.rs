@@ -323,6 +323,28 @@ impl PodFs {
         self.inodes.len()
     }
 
+    /// One log line with what the mount holds: inode-table entries, open handles,
+    /// watches, the text they hold, and the watch counters (`kill -USR1` asks for it).
+    pub fn report(&self) {
+        let stats = &self.watches.stats;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+        tracing::info!(
+            inodes = self.inodes.len(),
+            handles = self.handles.lock().len(),
+            watches = self.watches.len(),
+            text_bytes = self.watches.text_bytes(),
+            watches_started = load(&stats.started),
+            watches_ended = load(&stats.ended),
+            connects = load(&stats.connects),
+            snapshots = load(&stats.snapshots),
+            resyncs = load(&stats.resyncs),
+            evicted_for_memory = load(&stats.evicted_for_memory),
+            threads,
+            "report"
+        );
+    }
+
     /// The watch of a child, counted as interest; `None` for a socket outside the runtime
     /// dir, which podfs never connects to.
     fn watch_of(&self, record: &ChildRecord) -> Option<Arc<Watch>> {
@@ -451,7 +473,9 @@ impl PodFs {
             perm: kind.perm(),
             nlink: 1,
             mtime,
-            volatile: kind.is_live() || kind == FileKind::Cursor,
+            // `cursor` changes only through podfs, which tells the kernel when it does
+            // (see `cursor_moved`), so its attributes may be cached like any file's.
+            volatile: kind.is_live(),
         };
         match kind {
             FileKind::Socket | FileKind::Scope | FileKind::Callback | FileKind::Cursor => {
@@ -659,7 +683,13 @@ impl PodFs {
                         name,
                         attr: plus.then(|| dir_attr(child_ino, 0o755, 0, view.mtime)),
                     };
-                    (entry, Some(Node::Child(pod.clone(), name.clone())))
+                    if emit(k as u64 + 1, entry) {
+                        break;
+                    }
+                    if plus {
+                        self.inodes.remember_child(child_ino, pod, name);
+                    }
+                    continue;
                 }
                 (k, Listing::Child { pod, child }) => {
                     let kind = FileKind::ALL[k - 2];
@@ -849,11 +879,12 @@ impl PodFs {
             }
         }
         let key = (pod.clone(), child.clone());
-        let bytes = self.cursors.update(&key, incarnation, |cursor| {
+        let taken = self.cursors.update(&key, incarnation, |cursor| {
             let s = w.state();
             let Some(h) = s.history.as_ref() else {
-                return Vec::new();
+                return (Vec::new(), *cursor, *cursor);
             };
+            let before = *cursor;
             let start = effective_cursor(h.len(), *cursor);
             if start < *cursor {
                 warn!(%pod, %child, cursor = *cursor, len = h.len(), "history shrank below the cursor; starting over");
@@ -864,9 +895,22 @@ impl PodFs {
                 bytes.push(b'\n');
             }
             *cursor = h.len();
-            bytes
+            (bytes, before, h.len())
         });
+        let (bytes, before, after) = taken;
+        self.cursor_moved(pod, child, before, after);
         Step::Ready(Ok((bytes.into(), Some(w))))
+    }
+
+    /// The kernel may hold `cursor`'s attributes for the attribute TTL: drop them whenever
+    /// the value changes length (the size is all that depends on the value). Queued, never
+    /// sent from the request thread: this may run inside a request on the cursor file.
+    fn cursor_moved(&self, pod: &PodName, child: &PodName, before: u64, after: u64) {
+        if before.to_string().len() == after.to_string().len() {
+            return;
+        }
+        let node = Node::File(pod.clone(), child.clone(), FileKind::Cursor);
+        self.kernel.push(Inval::Inode(self.inodes.number(&node)));
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<Handle>> {
@@ -986,7 +1030,8 @@ impl PodFs {
                         return Err(Error::NotFound(format!("{}/{}", file.pod, file.child)));
                     }
                     let key = (file.pod.clone(), file.child.clone());
-                    self.cursors.set(&key, *incarnation, v);
+                    let before = self.cursors.set(&key, *incarnation, v);
+                    self.cursor_moved(&file.pod, &file.child, before, v);
                     debug!(pod = %file.pod, child = %file.child, cursor = v, "cursor set");
                 }
                 Ok(())

@@ -178,6 +178,9 @@ impl History {
                 Some(_) => h.len += 1,
             }
         }
+        // Held for as long as the child is watched: no spare capacity from the doubling.
+        h.text.shrink_to_fit();
+        h.parts.shrink_to_fit();
         Ok(Snapshot {
             history: h,
             status: PodStatus::from_wire(data.status.as_deref()),

@@ -36,6 +36,11 @@ impl LineBuffer {
             self.buf.clear();
             self.start = 0;
             self.scanned = 0;
+            // A watch lives long and a Snapshot line can be tens of MiB: keep no more
+            // than a few chunks of capacity once it has been consumed.
+            if self.buf.capacity() > 4 * CHUNK {
+                self.buf = Vec::new();
+            }
         } else if self.start > self.buf.len() / 2 {
             self.buf.drain(..self.start);
             self.scanned -= self.start;

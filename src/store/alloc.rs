@@ -13,19 +13,225 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use std::borrow::Cow;
+use std::fmt;
+
 use nix::fcntl::{Flock, FlockArg};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::generation::Generation;
 use crate::scope::{ScopeRule, StoredRule};
-use crate::store::{required_str, shape_error, to_runtime_json};
+use crate::store::{shape_error, to_runtime_json};
 
 /// The table, as the ordered object it was read as.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Allocations stay as the text they were read as until podfs changes one: a table of
+/// thousands of allocations is parsed (and validated) without building a value for each,
+/// and written back with the untouched ones byte for byte. Only the name and the parent of
+/// each are decoded, because reclaiming needs them for every allocation.
+#[derive(Clone)]
 pub struct AllocTable {
-    root: Map<String, Value>,
+    /// The top-level fields in file order; the value of `allocations` lives in `list`.
+    fields: Vec<(String, Box<RawValue>)>,
+    list: Vec<Entry>,
     gen: &'static Generation,
+}
+
+#[derive(Clone)]
+struct Entry {
+    name: Box<str>,
+    delegated_from: Option<Box<str>>,
+    body: Body,
+}
+
+#[derive(Clone)]
+enum Body {
+    Raw(Box<RawValue>),
+    Parsed(Map<String, Value>),
+}
+
+impl Entry {
+    fn parse(raw: Box<RawValue>, gen: &Generation) -> serde_json::Result<Entry> {
+        let head = HeadSeed(gen.name_key)
+            .deserialize(&mut serde_json::Deserializer::from_str(raw.get()))?;
+        Ok(Entry {
+            name: head.name.into(),
+            delegated_from: head.delegated_from.map(Into::into),
+            body: Body::Raw(raw),
+        })
+    }
+
+    fn from_map(map: Map<String, Value>, gen: &Generation) -> Entry {
+        let get = |k: &str| map.get(k).and_then(Value::as_str).map(Box::<str>::from);
+        Entry {
+            name: get(gen.name_key).unwrap_or_default(),
+            delegated_from: get("delegated_from"),
+            body: Body::Parsed(map),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<Value> {
+        match &self.body {
+            Body::Parsed(map) => map.get(key).cloned(),
+            Body::Raw(raw) => serde_json::from_str::<Map<String, Value>>(raw.get())
+                .ok()?
+                .remove(key),
+        }
+    }
+
+    /// The allocation as a map, parsed on first change.
+    fn map_mut(&mut self) -> &mut Map<String, Value> {
+        if let Body::Raw(raw) = &self.body {
+            let map = serde_json::from_str(raw.get()).expect("validated when the table was read");
+            self.body = Body::Parsed(map);
+        }
+        match &mut self.body {
+            Body::Parsed(map) => map,
+            Body::Raw(_) => unreachable!("parsed just above"),
+        }
+    }
+
+    fn set(&mut self, key: &str, value: Value) {
+        if key == "delegated_from" {
+            self.delegated_from = value.as_str().map(Into::into);
+        }
+        self.map_mut().insert(key.into(), value);
+    }
+}
+
+impl Serialize for Entry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match &self.body {
+            Body::Raw(raw) => raw.serialize(s),
+            Body::Parsed(map) => map.serialize(s),
+        }
+    }
+}
+
+/// What is decoded of every allocation: its name and its parent. The scope lists are
+/// checked for the runtime's shape on the way, without being kept.
+struct Head {
+    name: String,
+    delegated_from: Option<String>,
+}
+
+struct HeadSeed<'k>(&'k str);
+
+/// A scope rule's shape, checked without keeping it.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct RuleShape<'a> {
+    #[serde(borrow)]
+    target: Cow<'a, str>,
+    #[serde(borrow)]
+    permission: Cow<'a, str>,
+    #[serde(default)]
+    recursive: Option<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for HeadSeed<'_> {
+    type Value = Head;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<Head, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for HeadSeed<'_> {
+    type Value = Head;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an allocation object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Head, A::Error> {
+        let mut name = None;
+        let mut delegated_from = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == self.0 {
+                name = Some(map.next_value::<String>()?);
+            } else if key == "delegated_from" {
+                delegated_from = map
+                    .next_value::<Option<String>>()
+                    .map_err(|_| de::Error::custom("`delegated_from` is not a string or null"))?;
+            } else if key == "scope_allow" || key == "scope_deny" {
+                map.next_value::<Vec<RuleShape>>()?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        let name =
+            name.ok_or_else(|| de::Error::custom(format!("missing string field `{}`", self.0)))?;
+        Ok(Head {
+            name,
+            delegated_from,
+        })
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> std::result::Result<Head, A::Error> {
+        Err(de::Error::custom("an allocation is not an object"))
+    }
+}
+
+/// The top-level object's fields in order, values unparsed.
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Vec<(String, Box<RawValue>)>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut fields: Vec<(String, Box<RawValue>)> = Vec::new();
+        while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+            // A repeated key keeps its first place and its last value, as a JSON map does.
+            match fields.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = value,
+                None => fields.push((key, value)),
+            }
+        }
+        Ok(fields)
+    }
+}
+
+struct ListOf<'a>(&'a [Entry]);
+
+impl Serialize for ListOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0)
+    }
+}
+
+impl Serialize for AllocTable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.fields.len()))?;
+        for (key, raw) in &self.fields {
+            if key == "allocations" {
+                map.serialize_entry(key, &ListOf(&self.list))?;
+            } else {
+                map.serialize_entry(key, raw)?;
+            }
+        }
+        map.end()
+    }
+}
+
+impl PartialEq for AllocTable {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_bytes() == other.to_bytes()
+    }
+}
+
+impl fmt::Debug for AllocTable {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.debug_struct("AllocTable")
+            .field("names", &self.names())
+            .finish()
+    }
 }
 
 /// What one `reclaim_delegated_scope` did, so callers can log a deny layer that stayed
@@ -36,6 +242,26 @@ pub struct ReclaimReport {
     pub denies_not_found: Vec<String>,
     pub child_allocation_removed: bool,
     pub reparented: Vec<String>,
+}
+
+impl ReclaimReport {
+    /// Whether the table was changed.
+    pub fn changed(&self) -> bool {
+        self.denies_removed > 0 || self.child_allocation_removed
+    }
+}
+
+/// Step 2 of `reclaim_delegated_scope`: one deny layer per write rule, the first equal one.
+fn remove_deny_layers(deny: &mut Vec<Value>, rules: &[StoredRule], report: &mut ReclaimReport) {
+    for rule in rules.iter().filter(|r| r.is_write()) {
+        match deny.iter().position(|d| same_rule(rule, d)) {
+            Some(i) => {
+                deny.remove(i);
+                report.denies_removed += 1;
+            }
+            None => report.denies_not_found.push(rule.to_string()),
+        }
+    }
 }
 
 /// An allocation to add (reference homes and pods); the runtime's field order.
@@ -64,15 +290,21 @@ impl Allocation {
     }
 }
 
+fn empty_list() -> Box<RawValue> {
+    RawValue::from_string("[]".into()).expect("[] is JSON")
+}
+
 fn to_value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).expect("plain data serialises")
 }
 
 impl AllocTable {
     pub fn empty(gen: &'static Generation) -> Self {
-        let mut root = Map::new();
-        root.insert("allocations".into(), Value::Array(Vec::new()));
-        AllocTable { root, gen }
+        AllocTable {
+            fields: vec![("allocations".into(), empty_list())],
+            list: Vec::new(),
+            gen,
+        }
     }
 
     /// Empty or whitespace-only content is an empty table, as in the runtime.
@@ -80,79 +312,57 @@ impl AllocTable {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(AllocTable::empty(gen));
         }
-        let root: Map<String, Value> = serde_json::from_slice(bytes)?;
-        let table = AllocTable { root, gen };
-        match table.root.get("allocations") {
-            None | Some(Value::Array(_)) => {}
-            Some(_) => return Err(shape_error("`allocations` is not an array")),
-        }
-        for a in table.list() {
-            let o = a
-                .as_object()
-                .ok_or_else(|| shape_error("an allocation is not an object"))?;
-            required_str(o, gen.name_key)?;
-            for key in ["scope_allow", "scope_deny"] {
-                if let Some(rules) = o.get(key) {
-                    let _: Vec<ScopeRule> = serde_json::from_value(rules.clone())?;
-                }
-            }
-            match o.get("delegated_from") {
-                None | Some(Value::Null) | Some(Value::String(_)) => {}
-                Some(_) => return Err(shape_error("`delegated_from` is not a string or null")),
-            }
-        }
-        Ok(table)
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let fields = de.deserialize_map(FieldsVisitor)?;
+        de.end()?;
+        let list = match fields.iter().find(|(k, _)| k == "allocations") {
+            None => Vec::new(),
+            Some((_, raw)) => serde_json::from_str::<Vec<Box<RawValue>>>(raw.get())
+                .map_err(|_| shape_error("`allocations` is not an array"))?
+                .into_iter()
+                .map(|raw| Entry::parse(raw, gen))
+                .collect::<serde_json::Result<_>>()?,
+        };
+        Ok(AllocTable { fields, list, gen })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        to_runtime_json(&self.root)
+        to_runtime_json(self)
     }
 
-    fn list(&self) -> &[Value] {
-        self.root
-            .get("allocations")
-            .and_then(Value::as_array)
-            .map_or(&[], Vec::as_slice)
+    fn entry(&self, name: &str) -> Option<&Entry> {
+        self.list.iter().find(|e| &*e.name == name)
     }
 
-    fn list_mut(&mut self) -> &mut Vec<Value> {
-        let slot = self
-            .root
-            .entry("allocations")
-            .or_insert_with(|| Value::Array(Vec::new()));
-        if !slot.is_array() {
-            *slot = Value::Array(Vec::new());
+    fn entry_mut(&mut self, name: &str) -> Option<&mut Entry> {
+        self.list.iter_mut().find(|e| &*e.name == name)
+    }
+
+    /// The list is about to change: make sure the file will have it.
+    fn list_mut(&mut self) -> &mut Vec<Entry> {
+        if !self.fields.iter().any(|(k, _)| k == "allocations") {
+            self.fields.push(("allocations".into(), empty_list()));
         }
-        slot.as_array_mut().expect("just made an array")
-    }
-
-    fn name_of<'v>(&self, a: &'v Value) -> Option<&'v str> {
-        a.get(self.gen.name_key).and_then(Value::as_str)
+        &mut self.list
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.list()
-            .iter()
-            .filter_map(|a| self.name_of(a).map(str::to_string))
-            .collect()
+        self.list.iter().map(|e| e.name.to_string()).collect()
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.list().iter().any(|a| self.name_of(a) == Some(name))
+        self.entry(name).is_some()
     }
 
     /// A field of `name`'s allocation (first match).
-    pub fn field(&self, name: &str, key: &str) -> Option<&Value> {
-        self.list()
-            .iter()
-            .find(|a| self.name_of(a) == Some(name))?
-            .get(key)
+    pub fn field(&self, name: &str, key: &str) -> Option<Value> {
+        self.entry(name)?.get(key)
     }
 
     /// `name`'s deny layers, in order.
     pub fn deny(&self, name: &str) -> Option<Vec<Value>> {
         match self.field(name, "scope_deny") {
-            Some(Value::Array(rules)) => Some(rules.clone()),
+            Some(Value::Array(rules)) => Some(rules),
             Some(_) => None,
             None if self.contains(name) => Some(Vec::new()),
             None => None,
@@ -160,20 +370,18 @@ impl AllocTable {
     }
 
     pub fn push(&mut self, allocation: &Allocation) {
-        let value = allocation.to_value(self.gen);
-        self.list_mut().push(value);
+        let Value::Object(map) = allocation.to_value(self.gen) else {
+            unreachable!("an allocation is an object")
+        };
+        let entry = Entry::from_map(map, self.gen);
+        self.list_mut().push(entry);
     }
 
     /// Set a field of `name`'s allocation; false when there is none.
     pub fn set_field(&mut self, name: &str, key: &str, value: Value) -> bool {
-        let key_name = self.gen.name_key;
-        let found = self
-            .list_mut()
-            .iter_mut()
-            .find(|a| a.get(key_name).and_then(Value::as_str) == Some(name));
-        match found.and_then(Value::as_object_mut) {
-            Some(o) => {
-                o.insert(key.into(), value);
+        match self.entry_mut(name) {
+            Some(e) => {
+                e.set(key, value);
                 true
             }
             None => false,
@@ -188,29 +396,14 @@ impl AllocTable {
         rules: &[StoredRule],
     ) -> ReclaimReport {
         let mut report = ReclaimReport::default();
-        let key = self.gen.name_key;
-        let parent_alloc = self
-            .list_mut()
-            .iter_mut()
-            .find(|a| a.get(key).and_then(Value::as_str) == Some(parent));
-        if let Some(parent_alloc) = parent_alloc {
-            let mut none = Vec::new();
-            let deny = match parent_alloc
-                .get_mut("scope_deny")
-                .and_then(Value::as_array_mut)
-            {
-                Some(deny) => deny,
-                None => &mut none,
-            };
-            for rule in rules.iter().filter(|r| r.is_write()) {
-                match deny.iter().position(|d| same_rule(rule, d)) {
-                    Some(i) => {
-                        deny.remove(i);
-                        report.denies_removed += 1;
-                    }
-                    None => report.denies_not_found.push(rule.to_string()),
+        match self.deny(parent) {
+            Some(mut deny) => {
+                remove_deny_layers(&mut deny, rules, &mut report);
+                if report.denies_removed > 0 {
+                    self.set_field(parent, "scope_deny", Value::Array(deny));
                 }
             }
+            None => remove_deny_layers(&mut Vec::new(), rules, &mut report),
         }
         let (removed, reparented) = self.remove_child_allocation(child);
         report.child_allocation_removed = removed;
@@ -221,25 +414,18 @@ impl AllocTable {
     /// Step 3 of `reclaim_delegated_scope` alone: remove `child`'s allocation and move its
     /// children up one level. Idempotent.
     pub fn remove_child_allocation(&mut self, child: &str) -> (bool, Vec<String>) {
-        if !self.contains(child) {
+        let Some(entry) = self.entry(child) else {
             return (false, Vec::new());
-        }
-        let from = self
-            .field(child, "delegated_from")
-            .cloned()
-            .unwrap_or(Value::Null);
-        let key = self.gen.name_key;
+        };
+        let from = entry.get("delegated_from").unwrap_or(Value::Null);
         let mut moved = Vec::new();
-        for a in self.list_mut().iter_mut() {
-            if a.get("delegated_from").and_then(Value::as_str) == Some(child) {
-                if let Some(name) = a.get(key).and_then(Value::as_str) {
-                    moved.push(name.to_string());
-                }
-                a["delegated_from"] = from.clone();
+        for e in self.list.iter_mut() {
+            if e.delegated_from.as_deref() == Some(child) {
+                moved.push(e.name.to_string());
+                e.set("delegated_from", from.clone());
             }
         }
-        self.list_mut()
-            .retain(|a| a.get(key).and_then(Value::as_str) != Some(child));
+        self.list.retain(|e| &*e.name != child);
         (true, moved)
     }
 
@@ -281,6 +467,21 @@ pub fn update<T>(
     lock_wait: Duration,
     change: impl FnOnce(&mut AllocTable) -> (bool, T),
 ) -> Result<T> {
+    update_bytes(path, lock_wait, |bytes| {
+        let mut table = AllocTable::parse(bytes, gen).map_err(|e| Error::corrupt(path, e))?;
+        let (changed, out) = change(&mut table);
+        Ok((changed.then(|| table.to_bytes()), out))
+    })
+}
+
+/// [`update`] on the raw content: `change` gets the bytes read under the lock and returns
+/// the new content, if any. For a caller that prepared a change in an earlier round and
+/// only needs to check that the file did not move since.
+pub fn update_bytes<T>(
+    path: &Path,
+    lock_wait: Duration,
+    change: impl FnOnce(&[u8]) -> Result<(Option<Vec<u8>>, T)>,
+) -> Result<T> {
     let ctx = |what: &str| format!("{what} {}", path.display());
     if let Some(dir) = path.parent() {
         if !dir.exists() {
@@ -308,10 +509,9 @@ pub fn update<T>(
     locked
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io(ctx("read"), e))?;
-    let mut table = AllocTable::parse(&bytes, gen).map_err(|e| Error::corrupt(path, e))?;
-    let (changed, out) = change(&mut table);
-    if changed {
-        let new = table.to_bytes();
+    let (new, out) = change(&bytes)?;
+    let changed = new.is_some();
+    if let Some(new) = new {
         // One positioned write, then cut the tail: the file is never observed empty by a
         // reader that ignores the lock. A shorter table is padded with spaces to the old
         // length first, so that a kill between the write and the cut leaves valid JSON
@@ -480,7 +680,7 @@ mod tests {
         });
         let report = t.reclaim_delegated_scope("parent", "child1", &child1_rules());
         assert_eq!(report.reparented, ["g"]);
-        assert_eq!(t.field("g", "delegated_from"), Some(&Value::from("parent")));
+        assert_eq!(t.field("g", "delegated_from"), Some(Value::from("parent")));
     }
 
     #[test]
@@ -489,7 +689,7 @@ mod tests {
         // children kept theirs with `delegated_from: null`.
         let mut t = table("yoi-485918eb/live/run/workers.json", Y);
         assert!(t.release("parent"));
-        assert_eq!(t.field("child1", "delegated_from"), Some(&Value::Null));
+        assert_eq!(t.field("child1", "delegated_from"), Some(Value::Null));
         let report = t.reclaim_delegated_scope("parent", "child1", &child1_rules());
         assert!(report.child_allocation_removed);
         assert_eq!(report.denies_removed, 0);

@@ -396,20 +396,23 @@ impl Metadata {
     /// with that name, then append one reclaimed entry (name and rules of the first entry).
     /// Returns whether anything changed (the child was listed).
     pub fn reclaim_child(&mut self, name: &str) -> bool {
-        let spawned = self.list("spawned_children").to_vec();
-        let Some(first) = spawned.iter().find(|c| self.entry_name(c) == Some(name)) else {
+        let key = self.gen.name_key;
+        let named = |c: &Value| c.get(key).and_then(Value::as_str) == Some(name);
+        // In place: a parent may have thousands of children, and this runs per `rm -r`.
+        let Some(Value::Array(spawned)) = self.fields.get_mut("spawned_children") else {
             return false;
         };
-        let rules = first
-            .get("scope_delegated")
-            .cloned()
+        let Some(first) = spawned.iter().position(named) else {
+            return false;
+        };
+        let rules = spawned[first]
+            .get_mut("scope_delegated")
+            .map(Value::take)
             .unwrap_or(Value::Array(Vec::new()));
-        let kept: Vec<Value> = spawned
-            .iter()
-            .filter(|c| self.entry_name(c) != Some(name))
-            .cloned()
-            .collect();
-        self.set_list("spawned_children", kept);
+        spawned.retain(|c| !named(c));
+        if spawned.is_empty() {
+            self.fields.shift_remove("spawned_children");
+        }
         self.push_reclaimed_value(name, rules);
         true
     }
@@ -425,9 +428,10 @@ impl Metadata {
         let mut reclaimed = Map::new();
         reclaimed.insert(self.gen.name_key.into(), Value::String(name.into()));
         reclaimed.insert("scope_delegated".into(), rules);
-        let mut list = self.list("reclaimed_children").to_vec();
-        list.push(Value::Object(reclaimed));
-        self.set_list("reclaimed_children", list);
+        match self.fields.get_mut("reclaimed_children") {
+            Some(Value::Array(list)) => list.push(Value::Object(reclaimed)),
+            _ => self.set_list("reclaimed_children", vec![Value::Object(reclaimed)]),
+        }
     }
 }
 

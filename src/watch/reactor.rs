@@ -157,6 +157,9 @@ pub(super) struct Reactor {
     client: Arc<PodClient>,
     stats: Arc<Stats>,
     config: WatchConfig,
+    /// Sweep at the end of this round: the periodic timer fired, or a Snapshot arrived
+    /// (checking the budget at once keeps a burst of new watches from overshooting it).
+    sweep_due: bool,
 }
 
 type Due = Vec<Callback>;
@@ -188,6 +191,7 @@ impl Reactor {
                 client,
                 stats,
                 config,
+                sweep_due: false,
             },
             handle,
         ))
@@ -238,10 +242,24 @@ impl Reactor {
                     self.io(ev.data(), ev.events(), &mut due);
                 }
             }
-            self.fire_timers(&watches, &mut due);
+            self.fire_timers(&mut due);
             // Callbacks run with no lock held: they may read the state again.
             for f in due {
                 f();
+            }
+            // After the callbacks: the reader a Snapshot was just taken for has read it
+            // by now, so even a child that alone exceeds the budget is not ended under a
+            // reader that would only start its watch again.
+            if std::mem::take(&mut self.sweep_due) {
+                if let Some(watches) = watches.upgrade() {
+                    let mut due = Vec::new();
+                    for w in watches.sweep(Instant::now()) {
+                        self.end(w.id, &mut due);
+                    }
+                    for f in due {
+                        f();
+                    }
+                }
             }
         }
     }
@@ -578,6 +596,7 @@ impl Reactor {
                 "snapshot" => match History::from_snapshot(event.raw_data()) {
                     Ok(snapshot) => {
                         self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                        self.sweep_due = true;
                         if snapshot.history.malformed > 0 {
                             warn!(
                                 socket = %link.watch.socket.path().display(),
@@ -647,7 +666,7 @@ impl Reactor {
         None
     }
 
-    fn fire_timers(&mut self, watches: &Weak<Watches>, due: &mut Due) {
+    fn fire_timers(&mut self, due: &mut Due) {
         let now = Instant::now();
         while let Some(Reverse(next)) = self.timers.peek() {
             if next.at > now {
@@ -694,11 +713,7 @@ impl Reactor {
                 }
                 Timer::Acks(id) => self.expire_acks(id, now),
                 Timer::Sweep => {
-                    if let Some(watches) = watches.upgrade() {
-                        for w in watches.sweep(now) {
-                            self.end(w.id, due);
-                        }
-                    }
+                    self.sweep_due = true;
                     self.schedule(now + SWEEP, Timer::Sweep);
                 }
             }

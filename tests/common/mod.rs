@@ -282,6 +282,21 @@ impl Mount {
         self.child.as_ref().unwrap().id()
     }
 
+    /// The numbers of the mount's report line (`kill -USR1`): inodes, handles, watches,
+    /// text_bytes, connects, snapshots, threads, ...
+    pub fn report(&self) -> std::collections::BTreeMap<String, u64> {
+        let count = |log: &str| log.matches(" report ").count();
+        let before = count(&self.log());
+        signal(self.pid(), nix::sys::signal::Signal::SIGUSR1);
+        wait_for(Duration::from_secs(10), || count(&self.log()) > before);
+        let log = self.log();
+        let line = log.lines().rev().find(|l| l.contains(" report ")).unwrap();
+        line.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            .collect()
+    }
+
     /// SIGTERM and wait; returns the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("already stopped");
