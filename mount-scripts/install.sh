@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install podfs: the binary, the mount(8) helper, systemd units, the manual page and shell
-# completions.
+# Install podfs from a checkout: the binary, the mount(8) helper, systemd units, the manual
+# pages and shell completions. (On Debian and Ubuntu the package is simpler: see
+# mount-scripts/package.sh.)
 #
 #   mount-scripts/install.sh                 # system-wide, into /usr/local (needs root)
 #   mount-scripts/install.sh --user          # into ~/.local and ~/.config/systemd/user
@@ -45,7 +46,11 @@ put() { # put MODE SOURCE-TEXT-ON-STDIN TARGET
 
 install -d "$dest$bindir"
 install -m 0755 "$bin" "$dest$bindir/podfs"
-"$bin" man | put 0644 "$prefix/share/man/man1/podfs.1"
+pages=$(mktemp -d)
+trap 'rm -rf "$pages"' EXIT
+"$bin" man --dir "$pages"
+for page in "$pages"/*.1; do put 0644 "$prefix/share/man/man1/$(basename "$page")" < "$page"; done
+for page in "$pages"/*.8; do put 0644 "$prefix/share/man/man8/$(basename "$page")" < "$page"; done
 "$bin" completions bash | put 0644 "$prefix/share/bash-completion/completions/podfs"
 "$bin" completions zsh | put 0644 "$prefix/share/zsh/site-functions/_podfs"
 "$bin" completions fish | put 0644 "$prefix/share/fish/vendor_completions.d/podfs.fish"

@@ -63,6 +63,9 @@ pub enum Command {
     /// Run reference pods that speak the runtime's socket protocol (for demo and tests).
     #[command(hide = true)]
     Pod(crate::demo::pod::PodArgs),
+    /// Clean up after a podfs that dies without doing so (started by podfs itself).
+    #[command(hide = true)]
+    Guard,
 }
 
 #[derive(Debug, Args)]
@@ -228,6 +231,7 @@ pub fn from_mount_helper_convention(args: Vec<std::ffi::OsString>) -> Vec<std::f
         "completions",
         "man",
         "pod",
+        "guard",
         "help",
     ];
     let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
@@ -273,6 +277,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Man { dir } => crate::manual::write(dir.as_deref()),
         Command::Pod(args) => crate::demo::pod::run(args),
+        Command::Guard => crate::guard::run(),
     }
 }
 

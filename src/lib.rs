@@ -18,6 +18,7 @@ pub mod demo;
 pub mod error;
 pub mod fs;
 pub mod generation;
+pub mod guard;
 pub mod manual;
 pub mod mount;
 pub mod name;

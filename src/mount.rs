@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use crate::error::{Error, Result};
 use crate::fs::adapter::{Adapter, Notifier};
 use crate::fs::PodFs;
+use crate::guard::Guard;
 
 /// The filesystem type podfs mounts as, in `/proc/mounts`.
 pub const FSTYPE: &str = "fuse.podfs";
@@ -282,9 +283,13 @@ fn mount_fusermount(mountpoint: &Path, settings: &MountSettings) -> Result<(Owne
     opts.extend(o.common);
     let (ours, theirs) = UnixStream::pair().map_err(|e| Error::io("create a socket pair", e))?;
     let theirs_fd = theirs.as_raw_fd();
-    // fusermount3's messages go to an anonymous file: read on failure, and never a pipe
-    // that could break while it keeps watching for our exit.
-    let mut errors = tempfile::tempfile().map_err(|e| Error::io("create a temporary file", e))?;
+    // fusermount3's messages go to an anonymous in-memory file: read on failure, never a
+    // pipe that could break while it keeps watching for our exit, and no directory needed
+    // (an ordinary user may have no writable temporary directory).
+    let mut errors = std::fs::File::from(
+        nix::sys::memfd::memfd_create(c"podfs-fusermount3", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| Error::io("create an in-memory file", e.into()))?,
+    );
     let stderr = errors
         .try_clone()
         .map_err(|e| Error::io("duplicate a file", e))?;
@@ -314,7 +319,7 @@ fn mount_fusermount(mountpoint: &Path, settings: &MountSettings) -> Result<(Owne
         } else {
             ""
         };
-        Error::Usage(format!("cannot run fusermount3: {e}{hint}"))
+        Error::MountFailed(format!("cannot run fusermount3: {e}{hint}"))
     })?;
     drop(theirs);
     match receive_fd(&ours) {
@@ -339,14 +344,33 @@ fn mount_fusermount(mountpoint: &Path, settings: &MountSettings) -> Result<(Owne
             };
             let hint = if detail.contains("user_allow_other") {
                 "; --allow-other as an ordinary user needs 'user_allow_other' in /etc/fuse.conf"
+                    .to_string()
+            } else if detail.contains("/dev/fuse") {
+                dev_fuse_hint()
             } else {
-                ""
+                String::new()
             };
-            Err(Error::Usage(format!(
+            Err(Error::MountFailed(format!(
                 "cannot mount {}: {detail}{hint}",
                 mountpoint.display()
             )))
         }
+    }
+}
+
+/// fusermount3 opens /dev/fuse with the caller's own permissions, on purpose: where the
+/// device is root's alone (many containers), no ordinary user can mount any FUSE
+/// filesystem, and only an administrator can change that.
+fn dev_fuse_hint() -> String {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata("/dev/fuse") {
+        Ok(m) if m.permissions().mode() & 0o006 != 0o006 => format!(
+            "; /dev/fuse has mode {:04o}, so ordinary users cannot use FUSE on this machine \
+             (hosts with udev make it 0666); an administrator can run: chmod 0666 /dev/fuse",
+            m.permissions().mode() & 0o7777
+        ),
+        Ok(_) => String::new(),
+        Err(_) => "; /dev/fuse is missing: load the fuse module (modprobe fuse)".into(),
     }
 }
 
@@ -389,9 +413,17 @@ pub struct Mounted {
     mount_id: Option<u64>,
     made: Option<Made>,
     fs: Arc<PodFs>,
+    /// Unmounts if this process dies without doing so (see [`crate::guard`]).
+    guard: Option<Guard>,
 }
 
 impl Mounted {
+    /// The guard, for an owner that has more to clean up than the mount (the demo); it
+    /// then dismisses the guard itself when done.
+    pub fn take_guard(&mut self) -> Option<Guard> {
+        self.guard.take()
+    }
+
     /// Whether the kernel side went away (someone ran `umount` or `fusermount -u`).
     pub fn finished(&self) -> bool {
         self.session.as_ref().is_none_or(|s| s.guard.is_finished())
@@ -448,6 +480,9 @@ impl Mounted {
             let _ = child.wait();
         }
         self.fs.shutdown();
+        if let Some(guard) = self.guard.take() {
+            guard.dismiss();
+        }
         // Not joined: the session thread may still be finishing a request; the process is
         // about to end.
         std::mem::forget(session);
@@ -527,12 +562,23 @@ pub fn mount(fs: Arc<PodFs>, mountpoint: &Path, settings: &MountSettings) -> Res
             return Err(Error::io("start the FUSE session", e));
         }
     };
+    let guard = match mount_id {
+        Some(id) => match Guard::spawn(id, &mountpoint, matches!(made, Made::Fusermount { .. })) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                warn!(error = %e, "no cleanup guard: a killed podfs would leave its mount behind");
+                None
+            }
+        },
+        None => None,
+    };
     Ok(Mounted {
         mount_id,
         session: Some(session),
         mountpoint,
         made: Some(made),
         fs,
+        guard,
     })
 }
 
@@ -676,6 +722,11 @@ fn unescape_mounts(field: &str) -> String {
         .replace("\\011", "\t")
         .replace("\\012", "\n")
         .replace("\\134", "\\")
+}
+
+/// Whether the mount with the kernel's id `id` is still the top mount at `mountpoint`.
+pub fn mount_is_present(id: u64, mountpoint: &Path) -> bool {
+    top_mount(mountpoint).is_some_and(|(top, _)| top == id)
 }
 
 /// Whether `path` is the mount point of a podfs mount (for tests and the CLI).

@@ -226,7 +226,7 @@ impl Drop for Demo {
     }
 }
 
-/// Processes whose parent is `pid`.
+/// The pods among the processes whose parent is `pid` (not the demo's cleanup guard).
 fn children_of(pid: u32) -> Vec<(u32, String)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -239,7 +239,9 @@ fn children_of(pid: u32) -> Vec<(u32, String)> {
         // pid (comm) state ppid ...
         let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
         let fields: Vec<&str> = after.split_whitespace().collect();
-        if fields.get(1).and_then(|s| s.parse::<u32>().ok()) == Some(pid) {
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        let guard = cmdline.split(|b| *b == 0).any(|arg| arg == b"guard");
+        if fields.get(1).and_then(|s| s.parse::<u32>().ok()) == Some(pid) && !guard {
             out.push((p, fields[0].to_string()));
         }
     }

@@ -170,6 +170,10 @@ fn install_script_stages_binary_helper_units_man_page_and_completions() {
     };
     assert!(stage.path().join("usr/local/bin/podfs").exists());
     assert!(read("usr/local/share/man/man1/podfs.1").contains(".TH podfs 1"));
+    for page in ["podfs-mount.1", "podfs-demo.1", "podfs-unmount.1"] {
+        assert!(read(&format!("usr/local/share/man/man1/{page}")).contains(".TH"));
+    }
+    assert!(read("usr/local/share/man/man8/mount.fuse.podfs.8").contains("fstab"));
     assert!(read("usr/local/share/bash-completion/completions/podfs").contains("podfs"));
     assert!(read("usr/local/share/zsh/site-functions/_podfs").contains("#compdef podfs"));
     assert!(read("usr/local/share/fish/vendor_completions.d/podfs.fish").contains("podfs"));

@@ -278,7 +278,9 @@ for i in range(20000):
         "the walk should be remembered: {base:?} -> {walked}"
     );
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("NOTE: not root: cannot drop the kernel's caches; forget is not exercised");
+        loud(
+            "NOT RUN: not root, so the kernel's caches cannot be dropped; forget is not exercised",
+        );
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "CI runs this as root"

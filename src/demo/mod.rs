@@ -128,6 +128,11 @@ impl Pods {
     }
 
     /// The process id of pod `name` (tests stop or kill single pods).
+    /// The pids of the pods still running.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|(_, c)| c.id()).collect()
+    }
+
     pub fn pid(&self, name: &str) -> Option<u32> {
         self.children
             .iter()
@@ -168,13 +173,23 @@ impl Drop for Pods {
 }
 
 /// Where the demo may put its throw-away files: `$XDG_RUNTIME_DIR` if set and writable,
-/// else the temporary directory.
+/// else the temporary directory, else `$XDG_CACHE_HOME` (or `~/.cache`), created if need be.
 fn scratch_base() -> Result<PathBuf> {
-    let candidates = std::env::var_os("XDG_RUNTIME_DIR")
+    let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    let candidates = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(|d| (PathBuf::from(d), false))
         .into_iter()
-        .chain(std::iter::once(std::env::temp_dir()));
-    for base in candidates {
+        .chain(std::iter::once((std::env::temp_dir(), false)))
+        .chain(cache.map(|c| (c, true)));
+    for (base, create) in candidates {
+        if !base.is_absolute() {
+            continue;
+        }
+        if create {
+            let _ = std::fs::create_dir_all(&base);
+        }
         if nix::unistd::access(
             &base,
             nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
@@ -185,9 +200,9 @@ fn scratch_base() -> Result<PathBuf> {
         }
     }
     Err(Error::Usage(
-        "no writable place for the demo's files: neither $XDG_RUNTIME_DIR nor the temporary \
-         directory ($TMPDIR, else /tmp) is writable by this user; set TMPDIR to a directory \
-         you can write"
+        "no writable place for the demo's files: none of $XDG_RUNTIME_DIR, the temporary \
+         directory ($TMPDIR, else /tmp) and $XDG_CACHE_HOME (else ~/.cache) is writable by \
+         this user; set TMPDIR to a directory you can write"
             .into(),
     ))
 }
@@ -232,7 +247,18 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         fsname: "podfs:demo".into(),
         ..Default::default()
     };
-    let mounted = mount::mount(fs.clone(), &mountpoint, &settings)?;
+    let mut mounted = mount::mount(fs.clone(), &mountpoint, &settings)?;
+    // If the demo is killed, its guard stops the pods and deletes the home too.
+    let mut guard = mounted.take_guard();
+    if let Some(g) = &mut guard {
+        for pid in pods.pids() {
+            g.also_stop(pid);
+        }
+        g.also_remove(home.path());
+        if created_mountpoint || temp_mount.is_some() {
+            g.also_rmdir(&mountpoint);
+        }
+    }
     let m = mounted.mountpoint().display().to_string();
     let first = children.first().map_or("child1", String::as_str);
     println!(
@@ -266,6 +292,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         let _ = std::fs::remove_dir(&mountpoint);
     }
     drop(temp_mount);
+    if let Some(g) = guard {
+        g.dismiss();
+    }
     println!("podfs demo: unmounted and cleaned up");
     Ok(())
 }

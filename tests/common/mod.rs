@@ -25,8 +25,15 @@ pub fn fuse_available() -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{msg} (CI=true makes this a failure)");
     }
-    eprintln!("\n!!!!! SKIPPED: {msg} !!!!!\n");
+    loud(&format!("SKIPPED: {msg}"));
     false
+}
+
+/// Print past the test harness's output capture, so a skip shows in `cargo test`'s output
+/// even when the test passes.
+pub fn loud(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n!!!!! {msg} !!!!!\n");
 }
 
 #[macro_export]

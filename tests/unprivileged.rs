@@ -1,0 +1,431 @@
+//! podfs as an ordinary user: the demo, a mount, `--daemon` and `podfs unmount`, the
+//! systemd `--user` unit's command lines, and a SIGKILLed mount that must leave nothing
+//! behind. Unprivileged mounts go through fusermount3.
+//!
+//! Run as root, the tests switch to an unprivileged user (`podfs-ci`, created if missing)
+//! for every command; run as an ordinary user, they run as that user. An ordinary user can
+//! only mount FUSE where /dev/fuse is open to everyone (mode 0666, as udev makes it on a
+//! standard host; `.ci/run` does the same in containers where it is root's alone). Where
+//! it is not, the tests check that podfs says so with its mount-failure status and then
+//! report loudly what they could not run; under `CI=true` that is a failure.
+#[macro_use]
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const USER: &str = "podfs-ci";
+
+/// The tests look for leftover processes of the user: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// An ordinary user, a private workspace it owns, and a copy of podfs it can run.
+struct Ordinary {
+    uid: u32,
+    gid: u32,
+    ws: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// Say loudly that something could not run; under CI that fails the test.
+fn cannot(what: &str) {
+    loud(&format!("NOT RUN: {what}"));
+    assert!(!in_ci(), "under CI=true this must run: {what}");
+}
+
+impl Ordinary {
+    fn new() -> Option<Ordinary> {
+        let root = nix::unistd::geteuid().is_root();
+        let (uid, gid) = if root {
+            match nix::unistd::User::from_name(USER).ok().flatten() {
+                Some(u) => (u.uid.as_raw(), u.gid.as_raw()),
+                None => {
+                    let made = Command::new("useradd")
+                        .args([
+                            "--system",
+                            "--no-create-home",
+                            "--shell",
+                            "/usr/sbin/nologin",
+                        ])
+                        .arg(USER)
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    match nix::unistd::User::from_name(USER).ok().flatten() {
+                        Some(u) if made => (u.uid.as_raw(), u.gid.as_raw()),
+                        _ => {
+                            cannot(&format!("no unprivileged user {USER} and useradd failed"));
+                            return None;
+                        }
+                    }
+                }
+            }
+        } else {
+            (
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw(),
+            )
+        };
+        // A directory the user owns and can reach: the repository may be where it cannot.
+        let base = if root {
+            std::env::temp_dir()
+        } else {
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        };
+        let ws = tempfile::Builder::new()
+            .prefix("podfs-user-")
+            .tempdir_in(base)
+            .unwrap();
+        std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = ws.path().join("podfs");
+        std::fs::copy(BIN, &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let o = Ordinary { uid, gid, ws, bin };
+        for dir in ["home", "m"] {
+            std::fs::create_dir(o.p(dir)).unwrap();
+        }
+        o.chown(o.ws.path());
+        Some(o)
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.ws.path().join(rel)
+    }
+
+    fn chown(&self, path: &Path) {
+        if nix::unistd::geteuid().is_root() {
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{}:{}", self.uid, self.gid))
+                .arg(path)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    }
+
+    /// A command run as the user, in the workspace, with a minimal environment.
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.current_dir(self.ws.path())
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .env("HOME", self.ws.path())
+            .env("TMPDIR", self.ws.path())
+            .stdin(Stdio::null());
+        if let Ok(lang) = std::env::var("LANG") {
+            c.env("LANG", lang);
+        }
+        if nix::unistd::geteuid().is_root() {
+            c.uid(self.uid).gid(self.gid);
+        }
+        c
+    }
+
+    fn podfs(&self) -> Command {
+        self.cmd(self.bin.to_str().unwrap())
+    }
+
+    fn sh(&self, script: &str) -> Output {
+        self.cmd("bash").arg("-c").arg(script).output().unwrap()
+    }
+
+    fn ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(out.status.success(), "`{script}` failed: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A demo-style home (a parent and its children) owned by the user, in `dir`.
+    fn home_in(&self, dir: &str, gen: Gen, children: &[&str]) -> PathBuf {
+        let names: Vec<String> = children.iter().map(|s| s.to_string()).collect();
+        let path = self.p(dir);
+        std::fs::create_dir_all(&path).unwrap();
+        podfs::demo::home::create(&path, gen, "parent", &names).unwrap();
+        self.chown(&path);
+        path
+    }
+
+    fn home(&self, gen: Gen, children: &[&str]) -> PathBuf {
+        self.home_in("home", gen, children)
+    }
+
+    /// Processes of the user still running (podfs, its pods, its guard).
+    fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(meta) = std::fs::metadata(entry.path()) else {
+                continue;
+            };
+            if meta.uid() != self.uid || pid == std::process::id() {
+                continue;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let state = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // Zombies already exited; their parent (not podfs) reaps them.
+            if cmdline.contains(self.bin.to_str().unwrap()) && !state.contains(") Z ") {
+                found.push(format!("{pid}: {cmdline}"));
+            }
+        }
+        found
+    }
+
+    /// Whether the user may mount at all; if not, check that podfs says so as a mount
+    /// failure (status 32) and leaves nothing behind, and report it.
+    fn can_mount(&self) -> bool {
+        let home = self.home_in("probe", &INSOMNIA, &["child1"]);
+        let out = self
+            .podfs()
+            .args(["mount", "--daemon", "m", "--home"])
+            .arg(&home)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let status = self.podfs().args(["unmount", "m"]).status().unwrap();
+            assert!(status.success());
+            return true;
+        }
+        assert_eq!(out.status.code(), Some(32), "{out:?}");
+        assert!(!is_mounted(&self.p("m")));
+        let mode = std::fs::metadata("/dev/fuse").map_or(0, |m| m.mode() & 0o777);
+        cannot(&format!(
+            "an ordinary user cannot mount FUSE here (/dev/fuse mode {mode:o}); podfs refused \
+             with status 32 as it should, but the unprivileged tests did not run"
+        ));
+        false
+    }
+}
+
+fn wait_mounted(path: &Path, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !is_mounted(path) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("podfs exited early with {status}");
+        }
+        assert!(Instant::now() < deadline, "not mounted in time");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Ends a child however the test goes, so that nothing outlives a failure.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Unmounts whatever the test left mounted.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            force_unmount(&self.0);
+        }
+    }
+}
+
+macro_rules! ordinary_user {
+    () => {{
+        need_fuse!();
+        match Ordinary::new() {
+            Some(o) if o.can_mount() => o,
+            _ => return,
+        }
+    }};
+}
+
+#[test]
+fn the_demo_runs_and_cleans_up_as_an_ordinary_user() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let o = ordinary_user!();
+    let m = o.p("m");
+    let _unmount = Unmount(m.clone());
+    let mut demo = Reaper(
+        o.podfs()
+            .arg("demo")
+            .arg(&m)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_mounted(&m, &mut demo.0);
+    let p = m.join("parent");
+    let p = p.display();
+    assert_eq!(o.ok(&format!("ls {p}")), "child1\nchild2\nchild3\n");
+    wait_for(Duration::from_secs(20), || {
+        o.sh(&format!("cat {p}/child1/status")).stdout == b"idle\n"
+    });
+    o.ok(&format!("echo 'from an ordinary user' > {p}/child1/input"));
+    wait_for(Duration::from_secs(20), || {
+        String::from_utf8_lossy(&o.sh(&format!("cat {p}/child1/log")).stdout)
+            .contains("echo: from an ordinary user")
+    });
+    o.ok(&format!("rm -r {p}/child3"));
+    assert_eq!(o.ok(&format!("ls {p}")), "child1\nchild2\n");
+    // Ctrl-C: unmounted, pods stopped, the home deleted.
+    signal(demo.0.id(), nix::sys::signal::Signal::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = demo.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the demo did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!is_mounted(&m));
+    let homes: Vec<_> = std::fs::read_dir(o.ws.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("podfs-demo-home-")
+        })
+        .collect();
+    assert!(homes.is_empty(), "the demo home stayed behind");
+    wait_for(Duration::from_secs(10), || o.leftovers().is_empty());
+}
+
+fn killed_mount(o: &Ordinary, program: &str) {
+    let m = o.p("m");
+    let _unmount = Unmount(m.clone());
+    let home = o.home(&INSOMNIA, &["child1", "child2"]);
+    let mut child = Reaper(match program {
+        "mount" => o
+            .podfs()
+            .args(["mount", "m", "--home"])
+            .arg(&home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        _ => o
+            .podfs()
+            .args(["demo", "m"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    });
+    wait_mounted(&m, &mut child.0);
+    assert!(o.ok("ls m/parent").contains("child1"));
+    signal(child.0.id(), nix::sys::signal::Signal::SIGKILL);
+    let _ = child.0.wait();
+    // The guard unmounts the dead mount (and, for the demo, stops the pods and deletes
+    // the home); fusermount3's own auto_unmount cannot see a mount it may not open.
+    wait_for(Duration::from_secs(20), || !is_mounted(&m));
+    wait_for(Duration::from_secs(20), || o.leftovers().is_empty());
+    let left: Vec<_> = std::fs::read_dir(o.ws.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("podfs-demo-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // The mount point is usable again.
+    assert!(std::fs::read_dir(&m).unwrap().next().is_none());
+}
+
+#[test]
+fn a_killed_mount_leaves_nothing_behind() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let o = ordinary_user!();
+    killed_mount(&o, "mount");
+}
+
+#[test]
+fn a_killed_demo_leaves_nothing_behind() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let o = ordinary_user!();
+    killed_mount(&o, "demo");
+}
+
+#[test]
+fn daemon_and_unmount_as_an_ordinary_user() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let o = ordinary_user!();
+    let _unmount = Unmount(o.p("m"));
+    let home = o.home(&YOI, &["child1"]);
+    let out = o
+        .podfs()
+        .args(["mount", "--daemon", "m/", "--home"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(is_mounted(&o.p("m")));
+    assert_eq!(o.ok("cat m/parent/child1/cursor"), "0\n");
+    // Mounting again on it is refused as a usage error, whatever the home holds.
+    let again = o
+        .podfs()
+        .args(["mount", "m", "--home"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    let status = o.podfs().args(["unmount", "./m/"]).status().unwrap();
+    assert!(status.success());
+    assert!(!is_mounted(&o.p("m")));
+    wait_for(Duration::from_secs(10), || o.leftovers().is_empty());
+}
+
+/// What systemd would run for `podfs.user.service`: the unit's own command lines, with
+/// `%h` the user's home, run as the user; stopped with the unit's KillSignal.
+#[test]
+fn the_user_unit_command_lines_work_as_an_ordinary_user() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let o = ordinary_user!();
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-scripts/systemd/podfs.user.service"),
+    )
+    .unwrap();
+    let line = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("the unit has no {key}"))
+            .replace("%h", o.ws.path().to_str().unwrap())
+            .replace("@BINDIR@", o.ws.path().to_str().unwrap())
+    };
+    assert_eq!(line("KillSignal"), "SIGTERM");
+    let pods = o.p("pods");
+    let _unmount = Unmount(pods.clone());
+    o.ok(&line("ExecStartPre"));
+    // The unit finds the home the way the runtime does: here through INSOMNIA_HOME.
+    let home = o.home(&INSOMNIA, &["child1"]);
+    let start = line("ExecStart");
+    let mut words = start.split_whitespace();
+    let mut service = Reaper(
+        o.cmd(words.next().unwrap())
+            .args(words)
+            .env("INSOMNIA_HOME", &home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_mounted(&pods, &mut service.0);
+    assert_eq!(o.ok("ls pods/parent"), "child1\n");
+    signal(service.0.id(), nix::sys::signal::Signal::SIGTERM);
+    let status = service.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!is_mounted(&pods));
+}
