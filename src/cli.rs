@@ -5,6 +5,7 @@
 //! Exit status, in the spirit of mount(8): 0 success; 1 a command the user can fix (bad
 //! arguments, mount point or home); 2 any other failure; 32 the mount itself failed.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -272,8 +273,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => crate::demo::run(&args),
         Command::Unmount { mountpoint } => mount::unmount_path(&mountpoint),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "podfs", &mut std::io::stdout());
-            Ok(())
+            // Rendered first: clap_complete panics on a failed write (a full disk, a
+            // closed pipe); podfs reports it as a failure.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "podfs", &mut script);
+            let mut out = std::io::stdout().lock();
+            out.write_all(&script)
+                .and_then(|()| out.flush())
+                .map_err(|e| Error::io("write the completions", e))
         }
         Command::Man { dir } => crate::manual::write(dir.as_deref()),
         Command::Pod(args) => crate::demo::pod::run(args),

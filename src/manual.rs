@@ -170,9 +170,12 @@ pub fn pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
 pub fn write(dir: Option<&Path>) -> Result<()> {
     let pages = pages().map_err(|e| Error::io("render the manual pages", e))?;
     match dir {
-        None => std::io::stdout()
-            .write_all(&pages[0].1)
-            .map_err(|e| Error::io("write the manual page", e)),
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&pages[0].1)
+                .and_then(|()| out.flush())
+                .map_err(|e| Error::io("write the manual page", e))
+        }
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;

@@ -494,7 +494,7 @@ mod tests {
         let user = home_with(&[".insomnia/pods", ".local/share/yoi/workers"]);
         let u = user.path().to_str().unwrap();
         let err = locate(&Overrides::default(), &env(&[("HOME", u)])).unwrap_err();
-        assert!(err.to_string().contains("ambiguous"), "{err}");
+        assert!(matches!(err, Error::Usage(_)), "{err}");
         let only = home_with(&[".local/share/yoi/workers"]);
         let got = locate(
             &Overrides::default(),

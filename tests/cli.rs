@@ -73,6 +73,30 @@ fn bad_arguments_are_usage_errors_and_version_and_help_succeed() {
     );
 }
 
+/// A command that was right but could not be carried out is a failure (2), never a panic
+/// and never a silent success.
+#[test]
+fn runtime_failures_exit_2() {
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    for args in [&["completions", "bash"][..], &["man"][..]] {
+        let status = Command::new(BIN)
+            .args(args)
+            .stdout(full())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(2), "{args:?}");
+    }
+    assert_eq!(
+        podfs(&["man", "--dir", "/proc/podfs-cannot-create-this"]),
+        2
+    );
+}
+
 #[test]
 fn a_stale_mount_is_detected_and_recovered() {
     need_fuse!();

@@ -618,3 +618,70 @@ fn rm_r_of_a_silent_child_is_ebusy_within_the_stop_timeout() {
     assert!(ok(&format!("ls {}/parent", m.s())).contains("silent"));
     drop(listener);
 }
+
+/// `-o ro` is the look-only mount the documentation offers next to the `rm -r` warning:
+/// everything reads, nothing changes.
+#[test]
+fn a_read_only_mount_changes_nothing() {
+    need_fuse!();
+    let home = Home::fixture(&INSOMNIA, "live");
+    let before = home.read(&home.meta("parent"));
+    let m = Mount::quick(&home, &["-o", "ro"]);
+    let p = format!("{}/parent", m.s());
+    assert_eq!(ok(&format!("cat {p}/child1/cursor")), "0\n");
+    assert!(ok(&format!("cat {p}/child1/scope")).starts_with("write"));
+    for op in [
+        format!("os.rmdir('{p}/child1')"),
+        format!("os.unlink('{p}/child1/scope')"),
+        format!("open('{p}/child1/input', 'w')"),
+        format!("open('{p}/child1/cursor', 'w')"),
+    ] {
+        assert_eq!(py_errno(&op), "EROFS", "{op}");
+    }
+    assert_ne!(fails(&format!("rm -r {p}")), 0);
+    assert_eq!(ok(&format!("ls {p}")), "child1\nchild2\nchild3\n");
+    assert_eq!(home.read(&home.meta("parent")), before);
+}
+
+/// What podfs does not support fails the way a Linux pseudo-filesystem does.
+#[test]
+fn unsupported_operations_get_pseudo_filesystem_errnos() {
+    need_fuse!();
+    let home = Home::fixture(&INSOMNIA, "live");
+    let m = Mount::quick(&home, &[]);
+    let c = format!("{}/parent/child1", m.s());
+    for (op, errno) in [
+        (format!("os.getxattr('{c}/scope', 'user.x')"), "ENOTSUP"),
+        (
+            format!("os.setxattr('{c}/scope', 'user.x', b'1')"),
+            "ENOTSUP",
+        ),
+        // fallocate(2) itself: glibc's posix_fallocate would fall back to writing zeros.
+        (
+            format!(
+                "import ctypes; libc = ctypes.CDLL(None, use_errno=True); \
+                 fd = os.open('{c}/cursor', os.O_WRONLY); \
+                 r = libc.fallocate(fd, 0, ctypes.c_long(0), ctypes.c_long(10)); \
+                 e = ctypes.get_errno(); os.close(fd); \
+                 assert r == -1; raise OSError(e, 'fallocate')"
+            ),
+            "ENOTSUP",
+        ),
+        (format!("os.symlink('/tmp', '{c}/link')"), "EPERM"),
+        (format!("os.link('{c}/scope', '{c}/hard')"), "EPERM"),
+        (format!("os.rename('{c}/scope', '{c}/other')"), "EPERM"),
+        (format!("os.readlink('{c}/scope')"), "EINVAL"),
+        (format!("os.mkdir('{c}/sub')"), "EPERM"),
+        (format!("open('{c}/new', 'w')"), "EACCES"),
+        (format!("os.mkfifo('{c}/fifo')"), "EACCES"),
+    ] {
+        assert_eq!(py_errno(&op), errno, "{op}");
+    }
+    // SEEK_DATA gets the kernel's own answer: the whole file is data.
+    assert_eq!(
+        ok(&format!(
+            "python3 -c \"import os; fd = os.open('{c}/scope', os.O_RDONLY); print(os.lseek(fd, 0, os.SEEK_DATA))\""
+        )),
+        "0\n"
+    );
+}
