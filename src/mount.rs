@@ -477,7 +477,12 @@ impl Mounted {
         }) = self.made.take()
         {
             drop(watchdog);
-            let _ = child.wait();
+            // It exits once it sees the socket close; a stopped or stuck one (it runs as
+            // root, so it cannot be killed from here) must not hold the unmount up.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
         }
         self.fs.shutdown();
         if let Some(guard) = self.guard.take() {

@@ -102,16 +102,22 @@ fn a_stale_mount_is_detected_and_recovered() {
     need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let mut m = Mount::new(&home);
+    // podfs and its guard both killed (as when a whole cgroup is): nothing unmounts, and
+    // the mount outlives its server: "Transport endpoint is not connected".
+    let guard = m.guard_pid().expect("every mount has a guard");
+    signal(guard, nix::sys::signal::Signal::SIGKILL);
+    wait_for(Duration::from_secs(5), || {
+        !std::path::Path::new(&format!("/proc/{guard}/cmdline")).exists()
+            || std::fs::read(format!("/proc/{guard}/cmdline")).is_ok_and(|c| c.is_empty())
+    });
     m.kill();
-    // A direct (root) mount outlives its server: "Transport endpoint is not connected".
-    if m.is_mounted() {
-        assert_eq!(
-            py_errno(&format!("os.listdir('{}')", m.s())),
-            "ENOTCONN",
-            "{}",
-            m.log()
-        );
-    }
+    assert!(m.is_mounted());
+    assert_eq!(
+        py_errno(&format!("os.listdir('{}')", m.s())),
+        "ENOTCONN",
+        "{}",
+        m.log()
+    );
     let mnt = m.s();
     let mut again = Command::new(BIN)
         .args(["mount", &mnt, "--home", &home.s()])

@@ -403,10 +403,12 @@ both!(
 fn concurrent_readers(gen: Gen) {
     let live = Live::new(gen);
     let c = live.c();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
     for round in 0..3 {
         ok(&format!("echo 0 > {c}/cursor"));
         let out = ok(&format!(
-            "for i in $(seq 16); do cat {c}/output > /tmp/podfs-out-$$-$i & done; wait; cat /tmp/podfs-out-$$-*; rm -f /tmp/podfs-out-$$-*"
+            "for i in $(seq 16); do cat {c}/output > {d}/out-$i & done; wait; cat {d}/out-*; rm -f {d}/out-*"
         ));
         assert_eq!(
             out, "echo: child1 task: describe your work directory\n",

@@ -226,7 +226,8 @@ impl Drop for Demo {
     }
 }
 
-/// The pods among the processes whose parent is `pid` (not the demo's cleanup guard).
+/// The pods among the processes whose parent is `pid` (not the demo's cleanup guard, nor
+/// the fusermount3 that an ordinary user's mount keeps running).
 fn children_of(pid: u32) -> Vec<(u32, String)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -240,8 +241,8 @@ fn children_of(pid: u32) -> Vec<(u32, String)> {
         let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
         let fields: Vec<&str> = after.split_whitespace().collect();
         let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-        let guard = cmdline.split(|b| *b == 0).any(|arg| arg == b"guard");
-        if fields.get(1).and_then(|s| s.parse::<u32>().ok()) == Some(pid) && !guard {
+        let pod = cmdline.split(|b| *b == 0).any(|arg| arg == b"pod");
+        if fields.get(1).and_then(|s| s.parse::<u32>().ok()) == Some(pid) && pod {
             out.push((p, fields[0].to_string()));
         }
     }

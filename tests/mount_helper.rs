@@ -17,12 +17,15 @@ struct Helper;
 
 impl Helper {
     fn install() -> Option<Helper> {
+        if !running_as_root("installing the mount helper into /sbin") {
+            return None;
+        }
         if Path::new(HELPER).exists() {
             let msg = format!("{HELPER} already exists (a real installation?); not replacing it");
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("{msg}");
             }
-            eprintln!("\n!!!!! SKIPPED: {msg} !!!!!\n");
+            loud(&format!("SKIPPED: {msg}"));
             return None;
         }
         let script = std::fs::read_to_string(

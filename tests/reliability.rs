@@ -622,6 +622,7 @@ fn open_to_all(m: &Mount) {
 #[test]
 fn the_mount_is_private_by_default() {
     need_fuse!();
+    need_root!("acting as another user (nobody)");
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::quick(&home, &[]);
     open_to_all(&m);
@@ -637,6 +638,7 @@ fn the_mount_is_private_by_default() {
 #[test]
 fn allow_other_applies_honest_modes() {
     need_fuse!();
+    need_root!("acting as another user (nobody)");
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::quick(&home, &["--allow-other"]);
     open_to_all(&m);

@@ -29,6 +29,31 @@ pub fn fuse_available() -> bool {
     false
 }
 
+/// Whether this test may do what only root can (install into /sbin, act as another
+/// user). As an ordinary user it says loudly that it did not run; CI runs as root, so
+/// there a missing privilege is a failure.
+pub fn running_as_root(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let msg = format!("NOT RUN as an ordinary user: {what} needs root");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{msg} (CI=true makes this a failure)"
+    );
+    loud(&msg);
+    false
+}
+
+#[macro_export]
+macro_rules! need_root {
+    ($what:expr) => {
+        if !running_as_root($what) {
+            return;
+        }
+    };
+}
+
 /// Print past the test harness's output capture, so a skip shows in `cargo test`'s output
 /// even when the test passes.
 pub fn loud(msg: &str) {
@@ -322,6 +347,25 @@ impl Mount {
     }
 
     /// SIGKILL without unmounting (leaves a stale mount for the drop guard to clear).
+    /// The pid of this mount's cleanup guard (a child process running `podfs guard`).
+    pub fn guard_pid(&self) -> Option<u32> {
+        let me = self.pid();
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let guard = cmdline.split(|b| *b == 0).any(|a| a == b"guard");
+            (ppid == me && guard).then_some(pid)
+        })
+    }
+
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("already stopped");
         let _ = child.kill();
