@@ -183,3 +183,32 @@ fn a_mount_with_a_bad_option_fails_as_a_mount() {
     force_unmount(dir.path());
     assert_eq!(code, 32);
 }
+
+/// The home is found through each generation's own variable, the generation is read off
+/// the disk, and the first log line says which one is served.
+#[test]
+fn each_generation_is_mounted_from_its_own_environment_variable() {
+    need_fuse!();
+    for (gen, var) in [(&INSOMNIA, "INSOMNIA_HOME"), (&YOI, "YOI_HOME")] {
+        let home = Home::fixture(gen, "live");
+        let mnt = tempfile::tempdir().unwrap();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut podfs = Command::new(BIN)
+            .args(["--log-file", log.path().to_str().unwrap(), "mount"])
+            .arg(mnt.path())
+            .env_remove("INSOMNIA_HOME")
+            .env_remove("YOI_HOME")
+            .env(var, home.path())
+            .env("HOME", "/nonexistent")
+            .spawn()
+            .unwrap();
+        wait_for(Duration::from_secs(10), || is_mounted(mnt.path()));
+        let listed = ok(&format!("ls {}/parent", mnt.path().display()));
+        signal(podfs.id(), nix::sys::signal::Signal::SIGTERM);
+        assert!(podfs.wait().unwrap().success());
+        assert_eq!(listed, "child1\nchild2\nchild3\n", "{var}");
+        let first = std::fs::read_to_string(log.path()).unwrap();
+        let first = first.lines().next().unwrap_or_default().to_string();
+        assert!(first.contains(gen.id) && first.contains(var), "{first}");
+    }
+}
