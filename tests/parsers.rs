@@ -4,6 +4,9 @@
 //!
 //! `cargo test --test parsers` runs 256 cases per property; `PROPTEST_CASES` raises it.
 
+mod common;
+
+use common::cursor_grammar;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -88,18 +91,6 @@ fn chunks(data: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
         .map(|w| data[w[0]..w[1]].to_vec())
         .filter(|c| !c.is_empty())
         .collect()
-}
-
-/// The cursor grammar restated: digits with at most one trailing newline, fitting a u64.
-fn cursor_grammar(data: &[u8]) -> Option<Option<u64>> {
-    if data.is_empty() {
-        return Some(None);
-    }
-    let body = data.strip_suffix(b"\n").unwrap_or(data);
-    if body.is_empty() || !body.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(body).ok()?.parse().ok().map(Some)
 }
 
 /// What one message should deliver, restated: the bytes as one text, one trailing newline

@@ -518,7 +518,7 @@ fn random_writes_to_cursor_are_all_or_nothing() {
         let data: Vec<u8> = (0..len)
             .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
             .collect();
-        let expect = podfs_parse(&data);
+        let expect = cursor_grammar(&data);
         let result = write_and_close(&cursor, &data);
         let now: u64 = std::fs::read_to_string(&cursor)
             .unwrap()
@@ -553,19 +553,6 @@ fn write_and_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// The cursor grammar, restated independently of the implementation: `None` is refused,
-/// `Some(None)` changes nothing (nothing was written), `Some(Some(v))` sets `v`.
-fn podfs_parse(data: &[u8]) -> Option<Option<u64>> {
-    if data.is_empty() {
-        return Some(None);
-    }
-    let body = data.strip_suffix(b"\n").unwrap_or(data);
-    if body.is_empty() || !body.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(body).ok()?.parse().ok().map(Some)
 }
 
 #[test]

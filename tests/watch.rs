@@ -18,21 +18,8 @@ use common::*;
 /// Readiness is read from the stats file (written once every socket listens), not by
 /// connecting: every connection costs a pod one Snapshot, and those are what is counted.
 fn pods_with_stats(home: &Home, names: &[&str], stats: &Path, extra: &[&str]) -> PodProcess {
-    let mut cmd = std::process::Command::new(BIN);
-    cmd.args([
-        "--log-level",
-        "warn",
-        "pod",
-        "--generation",
-        home.gen.id,
-        "--home",
-    ])
-    .arg(home.path())
-    .arg("--stats")
-    .arg(stats)
-    .args(extra)
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::null());
+    let mut cmd = PodProcess::command(home);
+    cmd.arg("--stats").arg(stats).args(extra);
     for n in names {
         cmd.args(["--name", n]);
     }

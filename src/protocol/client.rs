@@ -39,18 +39,23 @@ pub fn refuses_connections(path: &Path, timeout: Duration) -> bool {
     }
 }
 
+/// A non-blocking, close-on-exec Unix stream socket.
+fn unix_socket() -> io::Result<OwnedFd> {
+    Ok(socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?)
+}
+
 /// `connect()` with a deadline. A Unix socket whose backlog is full makes a non-blocking
 /// connect fail with EAGAIN, and a blocking one hang; podfs retries until the deadline.
 pub fn connect(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
     let deadline = Instant::now() + timeout;
     let addr = UnixAddr::new(path).map_err(io::Error::from)?;
     loop {
-        let fd: OwnedFd = socket::socket(
-            AddressFamily::Unix,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )?;
+        let fd = unix_socket()?;
         match socket::connect(fd.as_raw_fd(), &addr) {
             Ok(()) => return finish(fd),
             Err(Errno::EINPROGRESS) => {
@@ -75,12 +80,7 @@ pub fn connect(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
 /// listener's backlog is full (try again shortly), the stream (left non-blocking) otherwise.
 pub fn connect_nonblocking(path: &Path) -> io::Result<Option<UnixStream>> {
     let addr = UnixAddr::new(path).map_err(io::Error::from)?;
-    let fd: OwnedFd = socket::socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
+    let fd = unix_socket()?;
     match socket::connect(fd.as_raw_fd(), &addr) {
         Ok(()) => Ok(Some(UnixStream::from(fd))),
         // A Unix socket never connects asynchronously, but be exact about it anyway.

@@ -477,21 +477,27 @@ pub fn demo_pods(home: &Home, children: &[&str]) -> podfs::demo::Pods {
 pub struct PodProcess(pub Child);
 
 impl PodProcess {
+    /// `podfs pod` for `home`'s generation, before any `--name`.
+    pub fn command(home: &Home) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "--log-level",
+            "warn",
+            "pod",
+            "--generation",
+            home.gen.id,
+            "--home",
+        ])
+        .arg(home.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+        cmd
+    }
+
     pub fn start(home: &Home, name: &str, extra: &[&str]) -> PodProcess {
-        let child = Command::new(BIN)
-            .args([
-                "--log-level",
-                "warn",
-                "pod",
-                "--generation",
-                home.gen.id,
-                "--home",
-            ])
-            .arg(home.path())
+        let child = Self::command(home)
             .args(["--name", name])
             .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .spawn()
             .unwrap();
         let sock = home.path().join("run").join(name).join("sock");
@@ -571,4 +577,18 @@ pub fn run_turn(m: &Mount, child: &str, text: &str) {
         log.len() > before.len() && log.ends_with(&reply)
     });
     settle(m, child);
+}
+
+/// The cursor grammar, restated independently of the implementation: digits with at most
+/// one trailing newline, fitting a u64. `None` is refused, `Some(None)` changes nothing
+/// (nothing was written), `Some(Some(v))` sets `v`.
+pub fn cursor_grammar(data: &[u8]) -> Option<Option<u64>> {
+    if data.is_empty() {
+        return Some(None);
+    }
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    if body.is_empty() || !body.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(body).ok()?.parse().ok().map(Some)
 }
