@@ -255,6 +255,14 @@ impl World {
         }
     }
 
+    /// Whether the watch of the child in `dir` has caught up with `entries`: its whole
+    /// text in `log`, and `status` back to idle (bounded wait).
+    fn caught_up(&self, dir: &str, entries: &[Value]) -> bool {
+        let expected = text_of(entries, 0);
+        eventually(|| self.cat(&format!("{dir}log")) == Ok(expected.clone()))
+            && eventually(|| self.cat(&format!("{dir}status")) == Ok("idle\n".into()))
+    }
+
     fn ino(&self, path: &str) -> Result<u64, i32> {
         let mut ino = inode::ROOT;
         for part in path.split('/') {
@@ -607,17 +615,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 if m.watched && m.listed {
                     // Wait until it has: the reply, then the end of the turn.
-                    let expected = text_of(&m.entries, 0);
-                    prop_assert!(
-                        eventually(|| world.cat(&path(i, "log")) == Ok(expected.clone())),
-                        "{:?}",
-                        op
-                    );
-                    prop_assert!(
-                        eventually(|| world.cat(&path(i, "status")) == Ok("idle\n".into())),
-                        "{:?}",
-                        op
-                    );
+                    prop_assert!(world.caught_up(&path(i, ""), &m.entries), "{:?}", op);
                 }
             }
             Op::Compact(i) => {
@@ -634,12 +632,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     m.seen = m.entries.clone();
                 }
                 if m.watched && m.listed {
-                    let expected = text_of(&m.entries, 0);
-                    prop_assert!(
-                        eventually(|| world.cat(&path(i, "log")) == Ok(expected.clone())),
-                        "{:?}",
-                        op
-                    );
+                    prop_assert!(world.caught_up(&path(i, ""), &m.entries), "{:?}", op);
                 }
             }
             Op::Down(i) => {

@@ -77,6 +77,17 @@ pub fn file_ino(pod: &str, child: &str, kind: FileKind) -> u64 {
     child_ino(pod, child) | kind.code()
 }
 
+/// The table entry a node belongs to and the code of the node within it (`None` for the
+/// root, which has a fixed number).
+fn split(node: &Node) -> Option<(Base, u64)> {
+    Some(match node {
+        Node::Root => return None,
+        Node::Pod(p) => (Base::Pod(p.clone()), 0),
+        Node::Child(p, c) => (Base::Child(p.clone(), c.clone()), 0),
+        Node::File(p, c, k) => (Base::Child(p.clone(), c.clone()), k.code()),
+    })
+}
+
 #[derive(Default)]
 pub struct Inodes {
     table: RwLock<HashMap<u64, Entry>>,
@@ -86,11 +97,8 @@ impl Inodes {
     /// The number for `node`, counting one more kernel reference to it (a successful
     /// lookup, or an entry of readdirplus).
     pub fn remember(&self, node: &Node) -> u64 {
-        let (base, code) = match node {
-            Node::Root => return ROOT,
-            Node::Pod(p) => (Base::Pod(p.clone()), 0),
-            Node::Child(p, c) => (Base::Child(p.clone(), c.clone()), 0),
-            Node::File(p, c, k) => (Base::Child(p.clone(), c.clone()), k.code()),
+        let Some((base, code)) = split(node) else {
+            return ROOT;
         };
         let mut table = self.table.write();
         let mut salt = 0;
@@ -130,11 +138,8 @@ impl Inodes {
 
     /// The number `node` has, without counting a reference (listings, invalidations).
     pub fn number(&self, node: &Node) -> u64 {
-        let (base, code) = match node {
-            Node::Root => return ROOT,
-            Node::Pod(p) => (Base::Pod(p.clone()), 0),
-            Node::Child(p, c) => (Base::Child(p.clone(), c.clone()), 0),
-            Node::File(p, c, k) => (Base::Child(p.clone(), c.clone()), k.code()),
+        let Some((base, code)) = split(node) else {
+            return ROOT;
         };
         let table = self.table.read();
         let mut salt = 0;
