@@ -105,7 +105,8 @@ fn daemon_returns_once_the_mount_is_ready() {
     let mnt = tempfile::tempdir().unwrap();
     let _guard = Unmount(mnt.path());
     let m = mnt.path().display().to_string();
-    let log = home.path().with_extension("daemon.log");
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("daemon.log");
     let out = Command::new(BIN)
         .args([
             "--log-file",

@@ -412,6 +412,7 @@ impl Drop for Mount {
             }
         }
         force_unmount(self.path());
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
