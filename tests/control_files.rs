@@ -94,7 +94,7 @@ fn refuses(gen: Gen, action: &str) {
 fn subshell(gen: Gen) {
     sends(
         gen,
-        "cd $(mktemp -d) && printf 'head ' > h && printf 'body\\n' > b && (cat h; cat b) > {c}/input",
+        "d=$(mktemp -d) && printf 'head ' > $d/h && printf 'body\\n' > $d/b && (cat $d/h; cat $d/b) > {c}/input; s=$?; rm -rf $d; exit $s",
         &["head body"],
     );
 }
