@@ -433,11 +433,6 @@ impl Mounted {
         &self.mountpoint
     }
 
-    /// Whether the mount went through fusermount3 (unprivileged).
-    pub fn via_fusermount(&self) -> bool {
-        matches!(self.made, Some(Made::Fusermount { .. }))
-    }
-
     /// Unmount and wait (bounded) for the session to end. A busy mount (a process still
     /// has a file open) is detached lazily instead of failing.
     pub fn unmount(mut self) {
@@ -732,11 +727,6 @@ fn unescape_mounts(field: &str) -> String {
 /// Whether the mount with the kernel's id `id` is still the top mount at `mountpoint`.
 pub fn mount_is_present(id: u64, mountpoint: &Path) -> bool {
     top_mount(mountpoint).is_some_and(|(top, _)| top == id)
-}
-
-/// Whether `path` is the mount point of a podfs mount (for tests and the CLI).
-pub fn is_podfs_mount(path: &Path) -> bool {
-    absolute(path).ok().and_then(|p| mount_type(&p)).as_deref() == Some(FSTYPE)
 }
 
 #[cfg(test)]

@@ -227,26 +227,13 @@ impl Drop for Demo {
 }
 
 /// The pods among the processes whose parent is `pid` (not the demo's cleanup guard, nor
-/// the fusermount3 that an ordinary user's mount keeps running).
+/// the fusermount3 that an ordinary user's mount keeps running), with their states.
 fn children_of(pid: u32) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-        let pod = cmdline.split(|b| *b == 0).any(|arg| arg == b"pod");
-        if fields.get(1).and_then(|s| s.parse::<u32>().ok()) == Some(pid) && pod {
-            out.push((p, fields[0].to_string()));
-        }
-    }
-    out
+    processes()
+        .into_iter()
+        .filter(|p| p.ppid == pid && p.has_arg("pod"))
+        .map(|p| (p.pid, p.state))
+        .collect()
 }
 
 #[test]

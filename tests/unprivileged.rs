@@ -159,28 +159,16 @@ impl Ordinary {
         self.home_in("home", gen, children)
     }
 
-    /// Processes of the user still running (podfs, its pods, its guard).
+    /// Processes of the user still running (podfs, its pods, its guard); zombies have
+    /// exited already, and their parent (not podfs) reaps them.
     fn leftovers(&self) -> Vec<String> {
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(meta) = std::fs::metadata(entry.path()) else {
-                continue;
-            };
-            if meta.uid() != self.uid || pid == std::process::id() {
-                continue;
-            }
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            let state = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            // Zombies already exited; their parent (not podfs) reaps them.
-            if cmdline.contains(self.bin.to_str().unwrap()) && !state.contains(") Z ") {
-                found.push(format!("{pid}: {cmdline}"));
-            }
-        }
-        found
+        let bin = self.bin.to_str().unwrap();
+        processes()
+            .into_iter()
+            .filter(|p| p.uid == self.uid && p.pid != std::process::id())
+            .filter(|p| p.args.first().is_some_and(|a| a == bin) && p.state != "Z")
+            .map(|p| format!("{}: {}", p.pid, p.args.join(" ")))
+            .collect()
     }
 
     /// Whether the user may mount at all; if not, check that podfs says so as a mount

@@ -51,8 +51,8 @@ pub struct Attr {
     pub perm: u16,
     pub nlink: u32,
     pub mtime: SystemTime,
-    /// The content changes on its own (live files, the cursor): the kernel must not cache
-    /// these attributes, so `stat` always shows the size a read would return now.
+    /// The content changes on its own (the live files): the kernel must not cache these
+    /// attributes, so `stat` always shows the size a read would return now.
     pub volatile: bool,
 }
 
@@ -130,10 +130,9 @@ enum Handle {
         file: ChildFile,
         watch: Option<Arc<Watch>>,
     },
-    /// All text of the current history, read live; or, without a watch, fixed text.
+    /// All text of the current history, read live; empty without a watch.
     Log {
         watch: Option<Arc<Watch>>,
-        fixed: Arc<[u8]>,
         seen: AtomicU64,
     },
     Input {
@@ -318,11 +317,6 @@ impl PodFs {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Inode-table entries held (for tests of memory behaviour).
-    pub fn inode_count(&self) -> usize {
-        self.inodes.len()
-    }
-
     /// One log line with what the mount holds: inode-table entries, open handles,
     /// watches, the text they hold, and the watch counters (`kill -USR1` asks for it).
     pub fn report(&self) {
@@ -357,10 +351,6 @@ impl PodFs {
             FileKind::Status => self.client.timeouts.status_wait,
             _ => self.client.timeouts.io,
         }
-    }
-
-    fn incarnation(&self, view: &ParentView, child: &PodName) -> u64 {
-        view.incarnation(child)
     }
 
     // -----------------------------------------------------------------------------------
@@ -431,11 +421,9 @@ impl PodFs {
             self.cursors
                 .get(&(pod.clone(), child.clone()), view.incarnation(child))
         });
-        let s = w.state();
-        if !s.ready() && !now {
-            drop(s);
-            return Step::Wait(w, self.bound(kind));
-        }
+        let Some(s) = w.state_if_ready(now) else {
+            return Step::Wait(w.clone(), self.bound(kind));
+        };
         Step::Ready(Ok(match kind {
             FileKind::Status => (s.status_word().as_str().len() as u64 + 1, s.status_changed),
             FileKind::Log => (
@@ -752,7 +740,7 @@ impl PodFs {
             },
             FileKind::Cursor => Handle::Cursor {
                 bytes: Mutex::new(self.value(&view, &pod, &child, kind).into()),
-                incarnation: self.incarnation(&view, &child),
+                incarnation: view.incarnation(&child),
                 value: Mutex::new(CursorValue::default()),
                 file,
             },
@@ -769,11 +757,9 @@ impl PodFs {
                 let (bytes, seen, watch) = match self.watch_of(record) {
                     None => (UNREACHABLE.into(), 0, None),
                     Some(w) => {
-                        let s = w.state();
-                        if !s.ready() && !now {
-                            drop(s);
-                            return Step::Wait(w, self.bound(kind));
-                        }
+                        let Some(s) = w.state_if_ready(now) else {
+                            return Step::Wait(w.clone(), self.bound(kind));
+                        };
                         let bytes = format!("{}\n", s.status_word()).into_bytes();
                         let seen = s.status_version;
                         drop(s);
@@ -788,7 +774,7 @@ impl PodFs {
                 }
             }
             FileKind::Output => {
-                let incarnation = self.incarnation(&view, &child);
+                let incarnation = view.incarnation(&child);
                 match self.take_output(&pod, &child, incarnation, record, now) {
                     Step::Ready(Ok((bytes, watch))) => Handle::Output { bytes, file, watch },
                     Step::Ready(Err(e)) => return Step::Ready(Err(e)),
@@ -798,15 +784,12 @@ impl PodFs {
             FileKind::Log => match self.watch_of(record) {
                 None => Handle::Log {
                     watch: None,
-                    fixed: Arc::from(&b""[..]),
                     seen: AtomicU64::new(0),
                 },
                 Some(w) => {
-                    let s = w.state();
-                    if !s.ready() && !now {
-                        drop(s);
-                        return Step::Wait(w, self.bound(kind));
-                    }
+                    let Some(s) = w.state_if_ready(now) else {
+                        return Step::Wait(w.clone(), self.bound(kind));
+                    };
                     if let Some(e) = self.no_history(&s) {
                         return Step::Ready(Err(e));
                     }
@@ -814,7 +797,6 @@ impl PodFs {
                     drop(s);
                     Handle::Log {
                         watch: Some(w),
-                        fixed: Arc::from(&b""[..]),
                         seen: AtomicU64::new(seen),
                     }
                 }
@@ -865,11 +847,9 @@ impl PodFs {
             return Step::Ready(Ok((Arc::from(&b""[..]), None)));
         };
         {
-            let s = w.state();
-            if !s.ready() && !now {
-                drop(s);
-                return Step::Wait(w, self.bound(FileKind::Output));
-            }
+            let Some(s) = w.state_if_ready(now) else {
+                return Step::Wait(w.clone(), self.bound(FileKind::Output));
+            };
             if let Some(e) = self.no_history(&s) {
                 return Step::Ready(Err(e));
             }
@@ -967,7 +947,7 @@ impl PodFs {
                 Ok(slice(&bytes.lock(), offset, size))
             }
             Handle::Output { bytes, .. } => Ok(slice(bytes, offset, size)),
-            Handle::Log { watch, fixed, seen } => match watch {
+            Handle::Log { watch, seen } => match watch {
                 Some(w) => {
                     let s = w.state();
                     seen.store(s.text_version, Ordering::Relaxed);
@@ -975,7 +955,7 @@ impl PodFs {
                         .as_ref()
                         .map_or_else(Vec::new, |h| slice_of_text(h.text(), offset, size)))
                 }
-                None => Ok(slice(fixed, offset, size)),
+                None => Ok(Vec::new()),
             },
             // Reading input returns nothing, so tree-walking tools copy it without an error.
             Handle::Input { .. } => Ok(Vec::new()),
@@ -994,11 +974,9 @@ impl PodFs {
                 let child = match watch {
                     None => Child::Unreachable,
                     Some(w) => {
-                        let s = w.state();
-                        if !s.ready() && !now {
-                            drop(s);
+                        let Some(s) = w.state_if_ready(now) else {
                             return Step::Wait(w.clone(), self.client.timeouts.io);
-                        }
+                        };
                         match s.reach {
                             Reach::Live if s.takes_input() => Child::Takes,
                             Reach::Live => Child::Busy,

@@ -77,6 +77,14 @@ impl Watch {
         self.state.lock()
     }
 
+    /// The live state, locked, if the child's state is known, or whatever it is when `now`
+    /// (the second round of an operation, which may not wait again). `None`: wait with
+    /// [`Watch::when_ready`].
+    pub fn state_if_ready(&self, now: bool) -> Option<MutexGuard<'_, LiveState>> {
+        let s = self.state.lock();
+        (s.ready() || now).then_some(s)
+    }
+
     /// Run `then` once the child's state is known (or at the latest after `bound`).
     pub fn when_ready(self: &Arc<Self>, bound: Duration, then: Callback) {
         let added = self.state.lock().add_waiter(then);
@@ -171,11 +179,6 @@ impl Watches {
         debug!(socket = %socket.path().display(), "watch started");
         self.reactor.send(Command::Start(w.clone()));
         w
-    }
-
-    /// The watch of `socket` if there is one (no interest is counted).
-    pub fn existing(&self, socket: &SocketPath) -> Option<Arc<Watch>> {
-        self.map.lock().get(socket).cloned()
     }
 
     /// End the watch of a child that is gone for good (after `rm -r`).

@@ -350,20 +350,10 @@ impl Mount {
     /// The pid of this mount's cleanup guard (a child process running `podfs guard`).
     pub fn guard_pid(&self) -> Option<u32> {
         let me = self.pid();
-        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let ppid: u32 = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let guard = cmdline.split(|b| *b == 0).any(|a| a == b"guard");
-            (ppid == me && guard).then_some(pid)
-        })
+        processes()
+            .into_iter()
+            .find(|p| p.ppid == me && p.has_arg("guard"))
+            .map(|p| p.pid)
     }
 
     pub fn kill(&mut self) {
@@ -592,4 +582,54 @@ pub fn cursor_grammar(data: &[u8]) -> Option<Option<u64>> {
         return None;
     }
     std::str::from_utf8(body).ok()?.parse().ok().map(Some)
+}
+
+/// A process as /proc shows it.
+pub struct Proc {
+    pub pid: u32,
+    pub ppid: u32,
+    /// The one-letter state (`S`, `R`, `Z`, `T`, ...).
+    pub state: String,
+    pub uid: u32,
+    pub args: Vec<String>,
+}
+
+impl Proc {
+    pub fn has_arg(&self, arg: &str) -> bool {
+        self.args.iter().any(|a| a == arg)
+    }
+}
+
+/// Every process this test can see.
+pub fn processes() -> Vec<Proc> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let (Ok(stat), Ok(meta)) = (
+            std::fs::read_to_string(entry.path().join("stat")),
+            std::fs::metadata(entry.path()),
+        ) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the command name may hold spaces and parentheses.
+        let Some((_, after)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        out.push(Proc {
+            pid,
+            ppid: fields.get(1).and_then(|f| f.parse().ok()).unwrap_or(0),
+            state: fields.first().unwrap_or(&"").to_string(),
+            uid: meta.uid(),
+            args: cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect(),
+        });
+    }
+    out
 }
