@@ -735,6 +735,8 @@ fn random_writes_to_input_are_one_run_or_nothing() {
         let text = std::str::from_utf8(&data).ok();
         let valid = text.is_some_and(|t| !t.strip_suffix('\n').unwrap_or(t).is_empty());
         let before = history_len(&sock);
+        let log = m.p("parent/child1/log");
+        let log_before = std::fs::read(&log).unwrap();
         let result = write_and_close(&input, &data);
         if data.is_empty() {
             // No write reached podfs at all: nothing to send, nothing sent.
@@ -744,6 +746,11 @@ fn random_writes_to_input_are_one_run_or_nothing() {
             runs += 1;
             // The run lands in the history (one turn: 6 entries, plus segment_start once).
             wait_for(Duration::from_secs(5), || history_len(&sock) > before);
+            // ... and podfs has followed it: its reply is in `log` (the child's history
+            // can be ahead of podfs's watch, which would still say idle from before).
+            wait_for(Duration::from_secs(5), || {
+                std::fs::read(&log).unwrap() != log_before
+            });
             settle(&m, "child1");
         } else {
             let err = result.expect_err("invalid input must be refused");
