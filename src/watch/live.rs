@@ -164,17 +164,17 @@ impl LiveState {
     }
 
     fn set_status(&mut self, status: PodStatus) {
-        let before = self.status_word();
-        self.status = status;
-        if self.status_word() != before {
-            self.status_version += 1;
-            self.status_changed = SystemTime::now();
-        }
+        self.changing_status_word(|s| s.status = status);
     }
 
     fn set_reach(&mut self, reach: Reach) {
+        self.changing_status_word(|s| s.reach = reach);
+    }
+
+    /// Apply `change`; if the word `status` shows moved, that is a new version of it.
+    fn changing_status_word(&mut self, change: impl FnOnce(&mut Self)) {
         let before = self.status_word();
-        self.reach = reach;
+        change(self);
         if self.status_word() != before {
             self.status_version += 1;
             self.status_changed = SystemTime::now();
