@@ -327,6 +327,7 @@ fn run_mount(args: MountArgs) -> Result<()> {
         args.watch.config(),
         &crate::fs::Settings {
             pool_threads: args.mount.workers,
+            ..crate::fs::Settings::default()
         },
         !args.mount.no_inotify,
     )?);

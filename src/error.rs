@@ -11,6 +11,21 @@ use tracing::Level;
 /// Convenience alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Run `f`, turning a panic into [`Error::Panicked`] (logged at error level), for every
+/// place that owes somebody an answer: a panic must never leave a request unanswered or
+/// take a thread that others wait on with it. The state podfs shares is behind
+/// `parking_lot` locks, which a panic does not poison.
+pub fn contain<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let e = Error::from_panic(&*payload);
+            tracing::error!(operation = what, error = %e, "panic contained; answered with EIO");
+            Err(e)
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No such pod, child or file.
@@ -57,6 +72,15 @@ pub enum Error {
     /// A bounded wait ran out.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The caller got a signal while podfs waited on its behalf.
+    #[error("interrupted by a signal")]
+    Interrupted,
+    /// Holding this child's history would take podfs past its memory budget.
+    #[error("over the memory budget: {0}")]
+    OverBudget(String),
+    /// A bug in podfs: an operation panicked. The request is answered; podfs keeps serving.
+    #[error("internal error: {0}")]
+    Panicked(String),
     /// `pods.json` stayed locked for longer than the bounded wait.
     #[error("{0}: lock not acquired in time (another process holds it)")]
     LockTimeout(PathBuf),
@@ -82,6 +106,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error for a caught panic, with its message when it has one.
+    pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        Error::Panicked(what)
+    }
+
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             context: context.into(),
@@ -113,6 +147,9 @@ impl Error {
             Error::Protocol(_) => libc::EPROTO,
             Error::Rejected(_) => libc::EIO,
             Error::Timeout(_) => libc::ETIMEDOUT,
+            Error::Interrupted => libc::EINTR,
+            Error::OverBudget(_) => libc::EFBIG,
+            Error::Panicked(_) => libc::EIO,
             Error::LockTimeout(_) => libc::EAGAIN,
             Error::NotConfirmed(_) => libc::EIO,
             Error::OutsideRuntimeDir(_) => libc::EACCES,
@@ -146,14 +183,19 @@ impl Error {
             | Error::TooBig { .. }
             | Error::NotEmpty(_)
             | Error::Busy(_)
+            | Error::Interrupted
             | Error::Unreachable(_) => Level::DEBUG,
             Error::Usage(_) | Error::MountFailed(_) => Level::INFO,
             Error::Protocol(_)
             | Error::Rejected(_)
             | Error::Timeout(_)
+            | Error::OverBudget(_)
             | Error::LockTimeout(_)
             | Error::OutsideRuntimeDir(_) => Level::WARN,
-            Error::Corrupt { .. } | Error::NotConfirmed(_) | Error::Io { .. } => Level::ERROR,
+            Error::Corrupt { .. }
+            | Error::NotConfirmed(_)
+            | Error::Panicked(_)
+            | Error::Io { .. } => Level::ERROR,
         }
     }
 }
@@ -170,6 +212,12 @@ mod tests {
         assert_eq!(Error::TooBig { size: 2, limit: 1 }.errno(), libc::EFBIG);
         assert_eq!(Error::NotPermitted("mkdir".into()).errno(), libc::EPERM);
         assert_eq!(Error::corrupt("/x", "bad").errno(), libc::EIO);
+        assert_eq!(Error::Interrupted.errno(), libc::EINTR);
+        assert_eq!(Error::OverBudget("x".into()).errno(), libc::EFBIG);
+        let caught = std::panic::catch_unwind(|| panic!("boom")).unwrap_err();
+        let e = Error::from_panic(&*caught);
+        assert_eq!(e.errno(), libc::EIO);
+        assert!(matches!(e, Error::Panicked(m) if m == "boom"));
         let raw = Error::io("open", io::Error::from_raw_os_error(libc::ENOSPC));
         assert_eq!(raw.errno(), libc::ENOSPC);
         let kindless = Error::io("x", io::Error::other("no errno"));

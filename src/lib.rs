@@ -12,10 +12,12 @@
 //! * The command line: [`cli`], [`mount`], [`daemon`], [`demo`], [`manual`].
 
 pub mod cli;
+pub mod confine;
 pub mod cursors;
 pub mod daemon;
 pub mod demo;
 pub mod error;
+pub mod failpoint;
 pub mod fs;
 pub mod generation;
 pub mod guard;
@@ -26,9 +28,11 @@ pub mod parents;
 pub mod paths;
 pub mod pod_client;
 pub mod pool;
+pub mod process;
 pub mod protocol;
 pub mod reclaim;
 pub mod scope;
+pub mod scratch;
 pub mod store;
 pub mod sync;
 #[cfg(test)]

@@ -15,8 +15,21 @@ fn return_large_blocks_to_the_system() {
     }
 }
 
+/// Every watched child holds a descriptor, and a thousand children are a normal tree: the
+/// soft limit (often 1024) would run out long before the hard one. podfs raises it to the
+/// hard limit, as it may without privilege.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     return_large_blocks_to_the_system();
+    raise_descriptor_limit();
     let args = podfs::cli::from_mount_helper_convention(std::env::args_os().collect());
     let cli = match podfs::cli::Cli::try_parse_from(args) {
         Ok(cli) => cli,

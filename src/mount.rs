@@ -443,6 +443,9 @@ impl Mounted {
         let Some(session) = self.session.take() else {
             return;
         };
+        // First answer everyone podfs keeps waiting (readers of a silent child, a removal
+        // waiting for a child to stop): an unmount must not wait for any child.
+        self.fs.shutdown();
         if !session.guard.is_finished() && self.still_ours() {
             match &self.made {
                 Some(Made::Fusermount { .. }) => {
@@ -458,12 +461,14 @@ impl Mounted {
                     }
                 }
             }
-            let deadline = Instant::now() + Duration::from_secs(3);
+            // A process that still has a file open keeps a lazily detached mount's session
+            // alive; once podfs exits, the kernel fails whatever it still asks.
+            let deadline = Instant::now() + Duration::from_millis(300);
             while !session.guard.is_finished() && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(10));
             }
             if !session.guard.is_finished() {
-                warn!("session still busy after unmount; exiting anyway");
+                debug!("session still busy after unmount; exiting anyway");
             }
         }
         if let Some(Made::Fusermount {
@@ -474,12 +479,11 @@ impl Mounted {
             drop(watchdog);
             // It exits once it sees the socket close; a stopped or stuck one (it runs as
             // root, so it cannot be killed from here) must not hold the unmount up.
-            let deadline = Instant::now() + Duration::from_secs(2);
+            let deadline = Instant::now() + Duration::from_millis(300);
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(10));
             }
         }
-        self.fs.shutdown();
         if let Some(guard) = self.guard.take() {
             guard.dismiss();
         }
@@ -735,7 +739,7 @@ mod tests {
 
     #[test]
     fn preflight_explains_bad_mount_points() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_fixtures::tempdir();
         let missing = dir.path().join("nope");
         let err = preflight(&missing).unwrap_err().to_string();
         if Path::new("/dev/fuse").exists() {
@@ -762,7 +766,7 @@ mod tests {
 
     #[test]
     fn relative_paths_and_trailing_slashes_are_made_absolute() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_fixtures::tempdir();
         let canonical = dir.path().canonicalize().unwrap();
         std::fs::create_dir(canonical.join("m1")).unwrap();
         let with_slash = PathBuf::from(format!("{}/m1/", canonical.display()));

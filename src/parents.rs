@@ -7,12 +7,14 @@
 //! runtime rewrites the file in place; a reload follows within milliseconds); where inotify
 //! is unavailable, a `stat` at most every [`REVALIDATE`] stands in for it. Nothing here
 //! sleeps on a caller's thread: a torn read is retried at once a few times, then the last
-//! good view is served while the file stays unreadable for less than [`CORRUPT_GRACE`], and
-//! the inotify thread re-reads it when the writer is done.
+//! good view is served until the file has stayed unreadable for [`CORRUPT_GRACE`] (counted
+//! from when it went bad), and the inotify thread re-reads it when the writer is done.
+//!
+//! Pod directories and their `metadata.json` are read without following symlinks
+//! ([`crate::confine`]): a symlinked pod is not a pod to podfs.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -137,8 +139,8 @@ struct Cached {
     view: Option<Arc<ParentView>>,
     stamp: Option<Stamp>,
     checked: Option<Instant>,
-    /// When the file last parsed, and since when it has not.
-    good_at: Option<Instant>,
+    /// Since when the file has not parsed (it parsed before that, or never did).
+    bad_since: Option<Instant>,
     /// Whether inotify reports changes to this parent's directory.
     watched: bool,
     /// An event arrived that has not been read yet.
@@ -257,7 +259,8 @@ impl ParentCache {
                     | AddWatchFlags::IN_ONLYDIR
             }
             Target::Pod(_) => {
-                AddWatchFlags::IN_MODIFY
+                AddWatchFlags::IN_DONT_FOLLOW
+                    | AddWatchFlags::IN_MODIFY
                     | AddWatchFlags::IN_CLOSE_WRITE
                     | AddWatchFlags::IN_CREATE
                     | AddWatchFlags::IN_DELETE
@@ -361,10 +364,15 @@ impl ParentCache {
                     let Ok(name) = PodName::new(&name) else {
                         continue;
                     };
+                    // A symlink is not a pod directory to podfs (see crate::confine).
+                    if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        continue;
+                    }
                     // Watched before the check, so a metadata.json written right after the
                     // check is still noticed.
                     self.watch_pod(&name);
-                    if entry.path().join("metadata.json").is_file() {
+                    let meta = std::fs::symlink_metadata(entry.path().join(metadata::FILE));
+                    if meta.is_ok_and(|m| m.is_file()) {
                         pods.push(name);
                     }
                 }
@@ -413,19 +421,29 @@ impl ParentCache {
 
     fn revalidate(&self, parent: &PodName, force: bool) -> Result<Arc<ParentView>> {
         let path = self.paths.metadata(parent);
-        let stat = match std::fs::metadata(&path) {
-            Ok(stat) => stat,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let not_found = || Error::NotFound(format!("pod {parent}"));
+        let found = self
+            .paths
+            .open_pod_dir(parent)
+            .and_then(|dir| dir.stat(metadata::FILE).map(|stat| (dir, stat)));
+        let (dir, stat) = match found {
+            Ok((dir, stat)) if stat.mode & libc::S_IFMT == libc::S_IFREG => (dir, stat),
+            // Missing, or a symlink (or not a directory) where the pod should be.
+            Ok(_) => {
                 self.gone(parent);
-                return Err(Error::NotFound(format!("pod {parent}")));
+                return Err(not_found());
+            }
+            Err(e) if is_absent(&e) => {
+                self.gone(parent);
+                return Err(not_found());
             }
             Err(e) => return Err(Error::io(format!("stat {}", path.display()), e)),
         };
         let stamp = Stamp {
-            ino: stat.ino(),
-            size: stat.size(),
-            mtime_ns: i128::from(stat.mtime()) * 1_000_000_000 + i128::from(stat.mtime_nsec()),
-            ctime_ns: i128::from(stat.ctime()) * 1_000_000_000 + i128::from(stat.ctime_nsec()),
+            ino: stat.ino,
+            size: stat.size,
+            mtime_ns: stat.mtime_ns,
+            ctime_ns: stat.ctime_ns,
         };
         let slot = self.mutation_lock(parent);
         let mut cache = slot.cache.lock();
@@ -444,21 +462,30 @@ impl ParentCache {
         }
         // The runtime's torn writes last microseconds: re-read at once, never sleep here.
         let mut parsed = Err(Error::NotFound(String::new()));
+        let mut mtime = stat.mtime;
         for attempt in 0..3 {
             if attempt > 0 {
                 thread::yield_now();
             }
-            parsed = metadata::read_bytes(&path).and_then(|bytes| {
-                metadata::parse_registry(&bytes, self.paths.generation)
-                    .map_err(|e| Error::corrupt(&path, e))
-            });
+            parsed = match dir.read(metadata::FILE) {
+                Ok((bytes, read_stamp)) => {
+                    mtime = read_stamp.mtime;
+                    metadata::parse_registry(&bytes, self.paths.generation)
+                        .map_err(|e| Error::corrupt(&path, e))
+                }
+                Err(e) if is_absent(&e) => Err(not_found()),
+                Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+            };
             if !matches!(parsed, Err(Error::Corrupt { .. })) {
                 break;
             }
         }
         match parsed {
             Ok(file) => {
-                let mtime = stat.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                if file.malformed > 0 {
+                    warn!(%parent, entries = file.malformed,
+                          "registry entries without the runtime's shape are not shown; the rest are");
+                }
                 let view = Arc::new(ParentView::new(parent, file, mtime));
                 debug!(%parent, children = view.len(), "metadata parsed");
                 // A file modified within the filesystem's timestamp granularity could change
@@ -469,7 +496,7 @@ impl ParentCache {
                 let old = cache.view.replace(view.clone());
                 cache.stamp = (!racy).then_some(stamp);
                 cache.checked = Some(now);
-                cache.good_at = Some(now);
+                cache.bad_since = None;
                 cache.dirty = false;
                 drop(cache);
                 if let Some(old) = old {
@@ -493,7 +520,8 @@ impl ParentCache {
                 Err(Error::NotFound(format!("pod {parent}")))
             }
             Err(e) => {
-                let within_grace = cache.good_at.is_some_and(|at| at.elapsed() < CORRUPT_GRACE);
+                let bad_since = *cache.bad_since.get_or_insert(now);
+                let within_grace = bad_since.elapsed() < CORRUPT_GRACE;
                 match (&cache.view, within_grace) {
                     (Some(view), true) => {
                         debug!(%parent, error = %e, "metadata.json unreadable; serving the last good view");
@@ -546,6 +574,15 @@ impl ParentCache {
     fn mark_root_dirty(&self) {
         self.root.lock().dirty = true;
     }
+}
+
+/// Whether an error opening a pod's directory or file means it is not there (missing, or
+/// a symlink or a file where a directory should be).
+fn is_absent(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
+    )
 }
 
 /// The inotify thread: marks what changed at once (readers then re-read on access), and
@@ -658,7 +695,7 @@ mod tests {
     }
 
     fn staged(state: &str, inotify: bool) -> (tempfile::TempDir, Arc<ParentCache>) {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_fixtures::tempdir();
         let home = dir.path().to_str().unwrap().to_string();
         for rel in ["pods/parent/metadata.json", "pods/child1/metadata.json"] {
             let src = format!("insomnia-5472/{state}/{rel}");

@@ -146,6 +146,19 @@ impl Paths {
         self.pod_runtime_dir(pod).join(self.generation.mirror_file)
     }
 
+    /// `<store>/<pod>/`, opened beneath the data dir without following a symlink.
+    pub fn open_pod_dir(&self, pod: &PodName) -> std::io::Result<crate::confine::Dir> {
+        crate::confine::Dir::beneath(
+            &self.data,
+            &Path::new(self.generation.store_dir).join(pod.as_str()),
+        )
+    }
+
+    /// `<runtime>/<pod>/`, opened beneath the runtime dir without following a symlink.
+    pub fn open_pod_runtime_dir(&self, pod: &PodName) -> std::io::Result<crate::confine::Dir> {
+        crate::confine::Dir::beneath(&self.runtime, Path::new(pod.as_str()))
+    }
+
     /// True when `socket` lies strictly inside the runtime dir, compared component-wise
     /// after removing `.` and refusing `..`, so that a registry entry cannot steer podfs to
     /// an arbitrary socket on the machine.
@@ -429,7 +442,7 @@ mod tests {
     }
 
     fn home_with(dirs: &[&str]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_fixtures::tempdir();
         for d in dirs {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }

@@ -13,3 +13,9 @@ pub fn read(rel: &str, home: &str) -> String {
         .unwrap_or_else(|e| panic!("fixture {} missing: {e}", path.display()));
     text.replace("@HOME@", home)
 }
+
+/// A private temporary directory for a unit test, where this user may write one (see
+/// [`crate::scratch`]).
+pub fn tempdir() -> tempfile::TempDir {
+    crate::scratch::tempdir("podfs-test-").expect("a writable temporary directory")
+}

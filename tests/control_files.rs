@@ -264,6 +264,20 @@ both!(
     cut_at_close
 );
 
+/// Another client (the parent's LLM, another mount) starts a run straight on the socket.
+const OTHER_CLIENT: &str = r#"
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile('rwb')
+while json.loads(f.readline())['event'] != 'snapshot':
+    pass
+f.write(json.dumps({'method': 'run', 'params': {'input': [{'kind': 'text', 'content': 'other'}]}}).encode() + b'\n')
+f.flush()
+while json.loads(f.readline())['event'] != 'user_message':
+    pass
+"#;
+
 fn busy_midway(gen: Gen) {
     let home = Home::demo(gen, &["child1"]);
     let _parent = PodProcess::start(&home, "parent", &[]);
@@ -271,14 +285,17 @@ fn busy_midway(gen: Gen) {
     let _child = PodProcess::start(&home, "child1", &["--callback", &cb, "--turn-ms", "1500"]);
     let m = Mount::quick(&home, &[]);
     let c = format!("{}/parent/child1", m.s());
-    // Writer A starts a message while the child is idle; B's message starts a turn; A's
-    // next write is refused, and A's message never arrives.
+    let other = home.path().join("other_client.py");
+    std::fs::write(&other, OTHER_CLIENT).unwrap();
+    let sock = home.path().join("run/child1/sock");
+    // Writer A starts a message while the child is idle; another client's message starts
+    // a turn; A's next write is refused, and A's message never arrives.
     let out = ok(&format!(
         "python3 -c \"
 import errno, os, subprocess, time
 a = os.open('{c}/input', os.O_WRONLY)
 os.write(a, b'first half ')
-subprocess.run(['bash', '-c', 'echo other > {c}/input'], check=True)
+subprocess.run(['python3', '{other}', '{sock}'], check=True)
 deadline = time.time() + 5
 while open('{c}/status').read() != 'running\\n' and time.time() < deadline:
     time.sleep(0.02)
@@ -290,7 +307,9 @@ try:
     os.close(a); print('closed')
 except OSError as e:
     print(errno.errorcode[e.errno])
-\""
+\"",
+        other = other.display(),
+        sock = sock.display()
     ));
     assert_eq!(out, "EBUSY\nEBUSY\n");
     settle(&m, "child1");
@@ -311,23 +330,41 @@ both!(
 fn cursor_values(gen: Gen) {
     let live = Live::new(gen);
     let c = live.c();
-    ok(&format!("echo 12 | dd of={c}/cursor bs=1 status=none"));
-    assert_eq!(ok(&format!("cat {c}/cursor")), "12\n");
-    ok(&format!("(printf 3; printf 4) > {c}/cursor"));
-    assert_eq!(ok(&format!("cat {c}/cursor")), "34\n");
+    // child1's history holds 7 entries: values from 0 to 7.
+    ok(&format!("echo 06 | dd of={c}/cursor bs=1 status=none"));
+    assert_eq!(ok(&format!("cat {c}/cursor")), "6\n");
+    ok(&format!("(printf 0; printf 4) > {c}/cursor"));
+    assert_eq!(ok(&format!("cat {c}/cursor")), "4\n");
     // The second newline is refused at its write; the cursor stays.
     fails(&format!("printf '5\\n\\n' > {c}/cursor"));
-    assert_eq!(ok(&format!("cat {c}/cursor")), "34\n");
+    assert_eq!(ok(&format!("cat {c}/cursor")), "4\n");
     assert_eq!(
         py_errno(&format!(
             "fd = os.open('{c}/cursor', os.O_WRONLY); os.write(fd, b'7'); os.write(fd, b' 8')"
         )),
         "EINVAL"
     );
-    assert_eq!(ok(&format!("cat {c}/cursor")), "34\n");
+    assert_eq!(ok(&format!("cat {c}/cursor")), "4\n");
+    // Past the end of the history: refused at the write that gets there.
+    assert_eq!(
+        py_errno(&format!(
+            "fd = os.open('{c}/cursor', os.O_WRONLY); os.write(fd, b'999')"
+        )),
+        "EINVAL"
+    );
+    assert_eq!(
+        py_errno(&format!(
+            "fd = os.open('{c}/cursor', os.O_WRONLY); os.write(fd, b'1'); os.write(fd, b'2')"
+        )),
+        "EINVAL"
+    );
+    fails(&format!("echo 999 > {c}/cursor"));
+    assert_eq!(ok(&format!("cat {c}/cursor")), "4\n");
+    ok(&format!("echo 7 > {c}/cursor"));
+    assert_eq!(ok(&format!("cat {c}/cursor {c}/output")), "7\n");
     // An open closed without a write changes nothing.
     ok(&format!(": > {c}/cursor"));
-    assert_eq!(ok(&format!("cat {c}/cursor")), "34\n");
+    assert_eq!(ok(&format!("cat {c}/cursor")), "7\n");
     ok(&format!("echo 0 > {c}/cursor"));
     assert_eq!(
         ok(&format!("cat {c}/output")),
@@ -349,13 +386,16 @@ fn cursor_size(gen: Gen) {
     };
     let read = || ok(&format!("cat {c}/cursor")).len();
     assert_eq!(size(), read());
-    ok(&format!("echo 12345 > {c}/cursor"));
-    assert_eq!(size(), 6);
-    // Reading output moves the cursor to the end of the history (a cursor past the end
-    // starts over): from six bytes to two, without a write to `cursor`.
+    // A turn takes the history to 13 entries; reading output moves the cursor there: from
+    // two bytes to three, without a write to `cursor`.
+    run_turn(&live.m, "child1", "grow");
     ok(&format!("cat {c}/output > /dev/null"));
+    assert_eq!(ok(&format!("cat {c}/cursor")), "13\n");
+    assert_eq!(size(), 3);
     assert_eq!(size(), read());
-    assert_eq!(read(), 2);
+    ok(&format!("echo 5 > {c}/cursor"));
+    assert_eq!(size(), 2);
+    assert_eq!(size(), read());
 }
 both!(stat_of_cursor_follows_its_value, cursor_size);
 

@@ -21,10 +21,11 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use podfs::error::Error;
-use podfs::fs::{inode, PodFs, Step};
+use podfs::fs::{inode, Caller, PodFs, Step};
 use podfs::generation::INSOMNIA_5472 as GEN;
 use podfs::paths::Paths;
 use podfs::pod_client::Timeouts;
+use podfs::process::Requester;
 use podfs::protocol::history::History;
 use podfs::watch::WatchConfig;
 
@@ -197,21 +198,26 @@ struct World {
     paths: Paths,
 }
 
-/// Run an operation that may ask to wait for a watch: wait as the adapter does, then ask
-/// again.
-fn settle<T: Send + 'static>(first: Step<T>, again: impl FnOnce() -> Step<T>) -> Result<T, Error> {
+/// Run an operation that may ask to wait: park it as the adapter does, then ask again.
+fn settle<T: Send + 'static>(
+    fs: &PodFs,
+    first: Step<T>,
+    again: impl FnOnce() -> Step<T>,
+) -> Result<T, Error> {
     match first {
         Step::Ready(r) => r,
         Step::Wait(w, bound) => {
             let (tx, rx) = mpsc::channel();
-            w.when_ready(
+            fs.park(
+                w,
                 bound,
-                Box::new(move || {
+                Requester::NOBODY,
+                Box::new(move |_| {
                     let _ = tx.send(());
                 }),
             );
             rx.recv_timeout(bound + Duration::from_secs(5))
-                .expect("the watch never answered");
+                .expect("the wait never ended");
             again().into_result()
         }
     }
@@ -277,9 +283,11 @@ impl World {
 
     fn open(&self, path: &str, write: bool) -> Result<u64, i32> {
         let ino = self.ino(path)?;
-        settle(self.fs.open(ino, write, false), || {
-            self.fs.open(ino, write, true)
-        })
+        settle(
+            &self.fs,
+            self.fs.open(ino, write, &Caller::INTERNAL, false),
+            || self.fs.open(ino, write, &Caller::INTERNAL, true),
+        )
         .map_err(|e| e.errno())
     }
 
@@ -305,14 +313,14 @@ impl World {
         let fh = self.open(path, true)?;
         let mut result = Ok(());
         for chunk in chunks {
-            let r = settle(self.fs.write(fh, chunk, false), || {
+            let r = settle(&self.fs, self.fs.write(fh, chunk, false), || {
                 self.fs.write(fh, chunk, true)
             });
             if let Err(e) = r {
                 result = Err(e.errno());
             }
         }
-        let closed = self.fs.flush(fh);
+        let closed = self.fs.flush(fh, &Caller::INTERNAL);
         self.fs.release(fh);
         match (result, closed) {
             (Err(e), _) => Err(e),
@@ -338,7 +346,7 @@ impl World {
     fn rmdir(&self, child: &str) -> Result<(), i32> {
         let parent = self.ino("parent").unwrap();
         self.fs
-            .rmdir(parent, OsStr::new(child))
+            .rmdir(parent, OsStr::new(child), &Caller::INTERNAL)
             .map_err(|e| e.errno())
     }
 
@@ -498,11 +506,23 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(got, Err(libc::ENOENT));
                     continue;
                 }
+                // A value is checked against the end of the history podfs knows: the
+                // child's own if it is up (the write waits for its watch), else the last
+                // one podfs saw, else none.
+                let m = &mut model[i];
+                if m.up {
+                    m.watched = true;
+                    m.seen = m.entries.clone();
+                }
+                let end = (m.up || m.watched).then_some(m.seen.len() as u64);
                 match cursor_value(chunks) {
+                    Some(Some(v)) if end.is_some_and(|end| v > end) => {
+                        prop_assert_eq!(got, Err(libc::EINVAL), "{:?} past {:?}", op, end)
+                    }
                     Some(v) => {
                         prop_assert_eq!(got, Ok(()), "{:?}", op);
                         if let Some(v) = v {
-                            model[i].cursor = v;
+                            m.cursor = v;
                         }
                     }
                     None => prop_assert_eq!(got, Err(libc::EINVAL), "{:?}", op),

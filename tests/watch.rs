@@ -351,20 +351,28 @@ fn three_hundred_watched_children_cost_no_thread_each() {
 }
 
 #[test]
-fn a_child_larger_than_the_whole_budget_is_still_served() {
+fn a_child_larger_than_the_whole_budget_fails_alone_and_never_loops() {
     need_fuse!();
-    let home = Home::demo(&INSOMNIA, &["huge"]);
+    let home = Home::demo(&INSOMNIA, &["huge", "small"]);
     let stats = home.path().join("stats.json");
-    let _pods = pods_with_stats(&home, &["huge"], &stats, &["--history-bytes", "1500000"]);
+    let _huge = pods_with_stats(&home, &["huge"], &stats, &["--history-bytes", "1500000"]);
+    let small_stats = home.path().join("small-stats.json");
+    let _small = pods_with_stats(&home, &["small"], &small_stats, &[]);
     let m = Mount::quick(&home, &["--memory-budget-mib", "1"]);
-    let c = format!("{}/parent/huge", m.s());
-    assert_eq!(ok(&format!("cat {c}/status")), "idle\n");
-    let log = ok(&format!("cat {c}/log"));
-    assert!(log.len() >= 1_500_000, "{}", log.len());
-    // Each look may need a fresh Snapshot once the watch is dropped, but never a loop.
+    let p = format!("{}/parent", m.s());
+    // What does not fit the budget answers EFBIG on its own files...
+    for file in ["status", "log", "output"] {
+        assert_eq!(
+            py_errno(&format!("open('{p}/huge/{file}').read()")),
+            "EFBIG",
+            "{file}"
+        );
+    }
+    // ...and nothing of its sibling's.
+    assert_eq!(ok(&format!("cat {p}/small/status")), "idle\n");
+    ok(&format!("cat {p}/small/log"));
+    assert!(m.log().contains("exceeds the memory budget"), "{}", m.log());
+    // Each look asked for the Snapshot at most once more: no loop of reconnects.
     let served = snapshots(&stats)["huge"];
-    assert!(
-        (1..=2).contains(&served),
-        "{served} Snapshots for two reads"
-    );
+    assert!((1..=2).contains(&served), "{served} Snapshots");
 }

@@ -172,39 +172,10 @@ impl Drop for Pods {
     }
 }
 
-/// Where the demo may put its throw-away files: `$XDG_RUNTIME_DIR` if set and writable,
-/// else the temporary directory, else `$XDG_CACHE_HOME` (or `~/.cache`), created if need be.
+/// Where the demo may put its throw-away files: `$XDG_RUNTIME_DIR` if set and writable
+/// (memory, and private to the user), else what [`crate::scratch::base`] finds.
 fn scratch_base() -> Result<PathBuf> {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
-    let candidates = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(|d| (PathBuf::from(d), false))
-        .into_iter()
-        .chain(std::iter::once((std::env::temp_dir(), false)))
-        .chain(cache.map(|c| (c, true)));
-    for (base, create) in candidates {
-        if !base.is_absolute() {
-            continue;
-        }
-        if create {
-            let _ = std::fs::create_dir_all(&base);
-        }
-        if nix::unistd::access(
-            &base,
-            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
-        )
-        .is_ok()
-        {
-            return Ok(base);
-        }
-    }
-    Err(Error::Usage(
-        "no writable place for the demo's files: none of $XDG_RUNTIME_DIR, the temporary \
-         directory ($TMPDIR, else /tmp) and $XDG_CACHE_HOME (else ~/.cache) is writable by \
-         this user; set TMPDIR to a directory you can write"
-            .into(),
-    ))
+    crate::scratch::base_preferring(std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from))
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {

@@ -1,10 +1,13 @@
 //! The only code that knows `fuser`: decode a request, call one operation of [`PodFs`],
 //! turn its answer into a reply.
 //!
-//! An operation that must wait for a child's watch hands its reply to that watch, which
-//! runs it again when the child's state is known: waiting costs no thread. Removals run on
-//! the worker pool. Nothing here blocks a request thread, so a child that accepts
-//! connections and never answers cannot stall anything else.
+//! An operation that must wait hands its reply to what it waits for, which runs it again
+//! when that is ready, its bound passed, or its caller got a signal: waiting costs no
+//! thread. Removals run on the worker pool. Nothing here blocks a request thread, so a
+//! child that accepts connections and never answers cannot stall anything else.
+//!
+//! Every method runs with its panics contained: a panic answers its request with `EIO`
+//! (fuser answers a dropped reply so), is logged, and leaves the thread serving.
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -19,9 +22,10 @@ use fuser::{
 };
 use tracing::{debug_span, event, Level, Span};
 
-use crate::error::{Error, Result};
+use crate::error::{contain, Error, Result};
 use crate::fs::kernel::Kernel;
-use crate::fs::{Attr, PodFs, Step};
+use crate::fs::{Attr, Caller, PodFs, Step};
+use crate::watch::live::Wake;
 
 /// Attribute and entry TTL: short, so changes show within a second even where the
 /// registry's changes cannot be pushed (no inotify).
@@ -93,23 +97,32 @@ impl Adapter {
         }
     }
 
-    /// Answer with `first`, or, if it must wait, with `again` once the watch is ready.
+    /// Answer with `first`, or, if it must wait, with `again` once what it waits for is
+    /// ready (or `EINTR` if `req`'s caller gets a signal first).
     fn answer<T: Send + 'static>(
         &self,
+        req: &Request,
         first: Step<T>,
         again: impl FnOnce(&PodFs) -> Step<T> + Send + 'static,
         reply: impl FnOnce(Result<T>) + Send + 'static,
     ) {
         match first {
             Step::Ready(r) => reply(r),
-            Step::Wait(watch, bound) => {
+            Step::Wait(wait, bound) => {
                 let fs = self.fs.clone();
                 let span = Span::current();
-                watch.when_ready(
+                self.fs.park(
+                    wait,
                     bound,
-                    Box::new(move || {
+                    caller(req).requester(),
+                    Box::new(move |why| {
                         let _entered = span.enter();
-                        reply(again(&fs).into_result())
+                        match why {
+                            Wake::Interrupted => reply(Err(Error::Interrupted)),
+                            Wake::Ready | Wake::Expired => {
+                                reply(contain("a parked operation", || again(&fs).into_result()))
+                            }
+                        }
                     }),
                 );
             }
@@ -146,6 +159,22 @@ fn span(op: &'static str, req: &Request, ino: u64) -> tracing::span::EnteredSpan
     debug_span!("fuse", op, req = req.unique().0, pid = req.pid(), ino).entered()
 }
 
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        pid: req.pid(),
+    }
+}
+
+/// Run one request's handling with its panic contained: the reply it owns is dropped on
+/// the way out, which fuser answers with EIO, and the thread goes on serving.
+fn guarded(op: &'static str, f: impl FnOnce()) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let e = Error::from_panic(&*payload);
+        tracing::error!(op, error = %e, "panic contained; the request is answered with EIO");
+    }
+}
+
 impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // readdirplus saves one lookup per entry for `ls -l`; the kernel may decline it.
@@ -159,7 +188,7 @@ impl Filesystem for Adapter {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _s = span("lookup", req, parent.0);
-        match self.fs.lookup(parent.0, name) {
+        guarded("lookup", || match self.fs.lookup(parent.0, name) {
             Ok(a) => reply.entry_with_ttls(
                 &attr_ttl(&a),
                 &TTL,
@@ -167,20 +196,24 @@ impl Filesystem for Adapter {
                 Generation(0),
             ),
             Err(e) => reply.error(errno("lookup", &e)),
-        }
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+        guarded("forget", || self.fs.forget(ino.0, nlookup));
     }
 
-    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _s = span("getattr", req, ino.0);
-        self.answer(
-            self.fs.getattr(ino.0, false),
-            move |fs| fs.getattr(ino.0, true),
-            self.reply_attr("getattr", reply),
-        );
+        let fh = fh.map(|f| f.0);
+        guarded("getattr", || {
+            self.answer(
+                req,
+                self.fs.getattr(ino.0, fh, false),
+                move |fs| fs.getattr(ino.0, fh, true),
+                self.reply_attr("getattr", reply),
+            )
+        });
     }
 
     fn setattr(
@@ -202,17 +235,20 @@ impl Filesystem for Adapter {
         reply: ReplyAttr,
     ) {
         let _s = span("setattr", req, ino.0);
-        let step = match (mode, uid, gid, size) {
-            (None, None, None, Some(size)) => self.fs.truncate(ino.0, size),
-            // touch(1): times are not kept, and that is not an error worth failing on.
-            (None, None, None, None) => self.fs.getattr(ino.0, false),
-            _ => Step::Ready(Err(Error::NotPermitted("attributes are fixed".into()))),
-        };
-        self.answer(
-            step,
-            move |fs| fs.getattr(ino.0, true),
-            self.reply_attr("setattr", reply),
-        );
+        guarded("setattr", || {
+            let step = match (mode, uid, gid, size) {
+                (None, None, None, Some(size)) => self.fs.truncate(ino.0, size),
+                // touch(1): times are not kept, and that is not an error worth failing on.
+                (None, None, None, None) => self.fs.getattr(ino.0, None, false),
+                _ => Step::Ready(Err(Error::NotPermitted("attributes are fixed".into()))),
+            };
+            self.answer(
+                req,
+                step,
+                move |fs| fs.getattr(ino.0, None, true),
+                self.reply_attr("setattr", reply),
+            )
+        });
     }
 
     fn mkdir(&self, req: &Request, p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
@@ -270,20 +306,24 @@ impl Filesystem for Adapter {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _s = span("unlink", req, parent.0);
-        reply_empty("unlink", reply, self.fs.unlink(parent.0, name))
+        guarded("unlink", || {
+            reply_empty("unlink", reply, self.fs.unlink(parent.0, name))
+        });
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _s = span("rmdir", req, parent.0);
         let fs = self.fs.clone();
         let name = name.to_os_string();
+        let caller = caller(req);
         // The kernel holds the directory locked until this is answered: invalidations for
-        // it wait (see fs::kernel).
-        self.fs.kernel.hold(parent.0);
+        // it wait (see fs::kernel), and are let go however the removal ends.
+        let held = fs.kernel.hold(parent.0);
         // Stopping a child and reclaiming its scope blocks: always on the pool.
         self.fs.pool.submit(move || {
-            reply_empty("rmdir", reply, fs.rmdir(parent.0, &name));
-            fs.kernel.release(parent.0);
+            let result = contain("rmdir", || fs.rmdir(parent.0, &name, &caller));
+            reply_empty("rmdir", reply, result);
+            drop(held);
         });
     }
 
@@ -303,6 +343,7 @@ impl Filesystem for Adapter {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _s = span("open", req, ino.0);
         let write = access_mode(flags);
+        let who = caller(req);
         // Direct I/O: every read reaches podfs, so values are never stale and readers see
         // the whole content whatever size `stat` reported. A read-only descriptor has
         // nothing to flush: skip that round trip on close.
@@ -311,14 +352,17 @@ impl Filesystem for Adapter {
         } else {
             FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
         };
-        self.answer(
-            self.fs.open(ino.0, write, false),
-            move |fs| fs.open(ino.0, write, true),
-            move |r| match r {
-                Ok(fh) => reply.opened(FileHandle(fh), open_flags),
-                Err(e) => reply.error(errno("open", &e)),
-            },
-        );
+        guarded("open", || {
+            self.answer(
+                req,
+                self.fs.open(ino.0, write, &who, false),
+                move |fs| fs.open(ino.0, write, &who, true),
+                move |r| match r {
+                    Ok(fh) => reply.opened(FileHandle(fh), open_flags),
+                    Err(e) => reply.error(errno("open", &e)),
+                },
+            )
+        });
     }
 
     fn read(
@@ -333,10 +377,10 @@ impl Filesystem for Adapter {
         reply: ReplyData,
     ) {
         let _s = span("read", req, ino.0);
-        match self.fs.read(fh.0, offset, size) {
+        guarded("read", || match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno("read", &e)),
-        }
+        });
     }
 
     fn write(
@@ -352,25 +396,31 @@ impl Filesystem for Adapter {
         reply: ReplyWrite,
     ) {
         let _s = span("write", req, ino.0);
-        let first = self.fs.write(fh.0, data, false);
-        // Only a write that must wait keeps a copy of its data.
-        let data = match &first {
-            Step::Wait(..) => data.to_vec(),
-            Step::Ready(_) => Vec::new(),
-        };
-        self.answer(
-            first,
-            move |fs| fs.write(fh.0, &data, true),
-            move |r| match r {
-                Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
-                Err(e) => reply.error(errno("write", &e)),
-            },
-        );
+        guarded("write", || {
+            let first = self.fs.write(fh.0, data, false);
+            // Only a write that must wait keeps a copy of its data.
+            let data = match &first {
+                Step::Wait(..) => data.to_vec(),
+                Step::Ready(_) => Vec::new(),
+            };
+            self.answer(
+                req,
+                first,
+                move |fs| fs.write(fh.0, &data, true),
+                move |r| match r {
+                    Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+                    Err(e) => reply.error(errno("write", &e)),
+                },
+            )
+        });
     }
 
     fn flush(&self, req: &Request, ino: INodeNo, fh: FileHandle, _l: LockOwner, reply: ReplyEmpty) {
         let _s = span("flush", req, ino.0);
-        reply_empty("flush", reply, self.fs.flush(fh.0))
+        let who = caller(req);
+        guarded("flush", || {
+            reply_empty("flush", reply, self.fs.flush(fh.0, &who))
+        });
     }
 
     fn release(
@@ -384,8 +434,10 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         let _s = span("release", req, ino.0);
-        self.fs.release(fh.0);
-        reply.ok();
+        guarded("release", || {
+            self.fs.release(fh.0);
+            reply.ok();
+        });
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _ds: bool, reply: ReplyEmpty) {
@@ -394,10 +446,10 @@ impl Filesystem for Adapter {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _s = span("opendir", req, ino.0);
-        match self.fs.opendir(ino.0) {
+        guarded("opendir", || match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("opendir", &e)),
-        }
+        });
     }
 
     fn readdir(
@@ -409,18 +461,20 @@ impl Filesystem for Adapter {
         mut reply: ReplyDirectory,
     ) {
         let _s = span("readdir", req, ino.0);
-        let result = self.fs.readdir(fh.0, offset, false, |next, entry| {
-            let kind = if entry.is_dir {
-                FileType::Directory
-            } else {
-                FileType::RegularFile
-            };
-            reply.add(INodeNo(entry.ino), next, kind, entry.name)
+        guarded("readdir", || {
+            let result = self.fs.readdir(fh.0, offset, false, |next, entry| {
+                let kind = if entry.is_dir {
+                    FileType::Directory
+                } else {
+                    FileType::RegularFile
+                };
+                reply.add(INodeNo(entry.ino), next, kind, entry.name)
+            });
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("readdir", &e)),
+            }
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("readdir", &e)),
-        }
     }
 
     fn readdirplus(
@@ -433,22 +487,27 @@ impl Filesystem for Adapter {
     ) {
         let _s = span("readdirplus", req, ino.0);
         let (uid, gid) = (self.uid, self.gid);
-        let result = self.fs.readdir(fh.0, offset, true, |next, entry| {
-            let attr = entry.attr.expect("readdirplus entries carry attributes");
-            // One TTL for the entry and its attributes here: live files get none.
-            reply.add(
-                INodeNo(entry.ino),
-                next,
-                entry.name,
-                &attr_ttl(&attr),
-                &Self::attr(uid, gid, &attr),
-                Generation(0),
-            )
+        guarded("readdirplus", || {
+            let result = self.fs.readdir(fh.0, offset, true, |next, entry| {
+                // Entries of a listing with attributes always carry them.
+                let Some(attr) = entry.attr else {
+                    return true;
+                };
+                // One TTL for the entry and its attributes here: live files get none.
+                reply.add(
+                    INodeNo(entry.ino),
+                    next,
+                    entry.name,
+                    &attr_ttl(&attr),
+                    &Self::attr(uid, gid, &attr),
+                    Generation(0),
+                )
+            });
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("readdirplus", &e)),
+            }
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("readdirplus", &e)),
-        }
     }
 
     fn releasedir(
@@ -459,8 +518,10 @@ impl Filesystem for Adapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.releasedir(fh.0);
-        reply.ok();
+        guarded("releasedir", || {
+            self.fs.releasedir(fh.0);
+            reply.ok();
+        });
     }
 
     fn fsyncdir(&self, _req: &Request, _i: INodeNo, _fh: FileHandle, _d: bool, reply: ReplyEmpty) {
@@ -470,7 +531,9 @@ impl Filesystem for Adapter {
     fn access(&self, req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
         let _s = span("access", req, ino.0);
         let write = mask.contains(fuser::AccessFlags::W_OK);
-        reply_empty("access", reply, self.fs.access(ino.0, write))
+        guarded("access", || {
+            reply_empty("access", reply, self.fs.access(ino.0, write))
+        });
     }
 
     /// No extended attributes; ENOSYS tells the kernel not to ask again.
@@ -516,7 +579,8 @@ impl Filesystem for Adapter {
 
     /// `status`, `log` and `output` are readable when their content changed since the
     /// descriptor last read it (`output`: when a new open would return text); the kernel
-    /// is told when that happens. Everything else is always ready, like a regular file.
+    /// is told on every change for as long as the file is open (an edge-triggered epoll
+    /// waits for exactly that). Everything else is always ready, like a regular file.
     fn poll(
         &self,
         req: &Request,
@@ -528,15 +592,15 @@ impl Filesystem for Adapter {
         reply: ReplyPoll,
     ) {
         let _s = span("poll", req, ino.0);
-        let wake: crate::watch::live::Callback =
+        let notify: crate::watch::live::Notify =
             if flags.contains(PollFlags::FUSE_POLL_SCHEDULE_NOTIFY) {
-                Box::new(move || {
-                    let _ = ph.notify();
+                std::sync::Arc::new(move || {
+                    let _ = ph.clone().notify();
                 })
             } else {
-                Box::new(|| {})
+                std::sync::Arc::new(|| {})
             };
-        match self.fs.poll(fh.0, wake) {
+        guarded("poll", || match self.fs.poll(fh.0, notify) {
             Ok(true) => reply.poll(
                 PollEvents::POLLIN
                     | PollEvents::POLLRDNORM
@@ -545,7 +609,7 @@ impl Filesystem for Adapter {
             ),
             Ok(false) => reply.poll(PollEvents::empty()),
             Err(e) => reply.error(errno("poll", &e)),
-        }
+        });
     }
 
     /// The kernel seeks on its own; ENOSYS tells it not to ask again.

@@ -39,6 +39,18 @@ struct Held {
     deferred: HashMap<u64, Vec<Inval>>,
 }
 
+/// Entry invalidations of a directory held back while its `rmdir` is answered.
+pub struct Hold {
+    queue: Arc<KernelQueue>,
+    dir: u64,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.queue.release(self.dir);
+    }
+}
+
 #[derive(Default)]
 pub struct KernelQueue {
     tx: Mutex<Option<mpsc::Sender<Inval>>>,
@@ -85,13 +97,18 @@ impl KernelQueue {
         }
     }
 
-    /// An `rmdir` in directory `dir` begins: hold entry invalidations for it.
-    pub fn hold(&self, dir: u64) {
+    /// An `rmdir` in directory `dir` begins: hold entry invalidations for it until the
+    /// returned guard is dropped (however the removal ends, a panic included).
+    pub fn hold(self: &Arc<Self>, dir: u64) -> Hold {
         *self.held.lock().busy.entry(dir).or_default() += 1;
+        Hold {
+            queue: self.clone(),
+            dir,
+        }
     }
 
     /// That `rmdir` has been answered: send what waited once no other is in flight.
-    pub fn release(&self, dir: u64) {
+    fn release(&self, dir: u64) {
         let waiting = {
             let mut h = self.held.lock();
             let Some(n) = h.busy.get_mut(&dir) else {

@@ -4,22 +4,25 @@
 //!
 //! Every operation decides once, by the kind of file it touches, whether it can answer at
 //! once: the registry files answer from the parent cache, and so do the live files of a
-//! child whose watch is ready. Otherwise the operation returns [`Step::Wait`] with the
-//! watch to wait for; the caller runs it again once the watch is ready (or its bound
-//! passed), and the second answer is final. Nothing here blocks: removals, the one blocking
-//! operation, run on the worker pool ([`PodFs::rmdir`]).
+//! child whose watch is ready. Otherwise the operation returns [`Step::Wait`] with what to
+//! wait for; the caller parks it ([`PodFs::park`]) and runs it again once that is ready,
+//! its bound passed, or its caller got a signal, and the second answer is final. Nothing
+//! here blocks: removals, the one blocking operation, run on the worker pool
+//! ([`PodFs::rmdir`]).
 
 pub mod adapter;
 pub mod files;
+pub mod gate;
 pub mod inode;
 pub mod kernel;
+pub mod output;
 pub mod writes;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use tracing::{debug, error, info, warn};
@@ -30,17 +33,19 @@ use crate::name::PodName;
 use crate::parents::{ParentCache, ParentView, RegistryChange};
 use crate::pod_client::{PodClient, SocketPath};
 use crate::pool::Pool;
+use crate::process::Requester;
 use crate::protocol::history::{effective_cursor, file_len};
-use crate::reclaim;
+use crate::reclaim::Removals;
 use crate::scope::render_scope;
 use crate::store::metadata::ChildRecord;
-use crate::watch::live::{Callback, LiveState, Reach, Topic};
+use crate::watch::live::{Failure, Intake, LiveState, Notify, Reach, Topic, Waiter};
 use crate::watch::{Watch, Watches};
 
 use files::FileKind;
+use gate::Gates;
 use inode::{Inodes, Node};
 use kernel::{Inval, KernelQueue};
-use writes::{Child, CursorValue, Delivery, Message};
+use writes::{Child, CursorValue, Delivery, Message, Refusal};
 
 /// Attributes in a form the adapter can translate.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,11 +71,19 @@ pub struct DirEntry<'a> {
     pub attr: Option<Attr>,
 }
 
+/// What a parked operation waits for.
+pub enum Wait {
+    /// The child's state, from its watch.
+    Watch(Arc<Watch>),
+    /// A cursor value closed but not yet applied (see [`gate`]).
+    Cursor(CursorKey),
+}
+
 /// An operation's answer.
 pub enum Step<T> {
     Ready(Result<T>),
-    /// Ask again once this watch knows the child's state, or after the bound.
-    Wait(Arc<Watch>, Duration),
+    /// Ask again once this is ready, or after the bound.
+    Wait(Wait, Duration),
 }
 
 impl<T> Step<T> {
@@ -79,6 +92,10 @@ impl<T> Step<T> {
             Step::Ready(r) => Step::Ready(r.map(f)),
             Step::Wait(w, b) => Step::Wait(w, b),
         }
+    }
+
+    fn watch(w: &Arc<Watch>, bound: Duration) -> Step<T> {
+        Step::Wait(Wait::Watch(w.clone()), bound)
     }
 
     /// The answer of a second round, which may not wait again.
@@ -124,7 +141,8 @@ enum Handle {
         seen: AtomicU64,
         watch: Option<Arc<Watch>>,
     },
-    /// One snapshot of the new text, taken at open (the cursor moved past it then).
+    /// One snapshot of the new text, taken at open (the cursor moved past it then), and
+    /// charged to the memory budget until released.
     Output {
         bytes: Arc<[u8]>,
         file: ChildFile,
@@ -145,6 +163,11 @@ enum Handle {
         incarnation: u64,
         value: Mutex<CursorValue>,
         bytes: Mutex<Arc<[u8]>>,
+        /// For a value's end check: the child's watch (writes only).
+        watch: Option<Arc<Watch>>,
+        /// A complete value was closed by one descriptor: it is held in the gate until
+        /// this handle's release applies it.
+        gated: AtomicBool,
     },
 }
 
@@ -154,9 +177,26 @@ impl Handle {
             Handle::Value { watch, .. }
             | Handle::Output { watch, .. }
             | Handle::Log { watch, .. }
-            | Handle::Input { watch, .. } => watch.as_ref(),
-            Handle::Cursor { .. } => None,
+            | Handle::Input { watch, .. }
+            | Handle::Cursor { watch, .. } => watch.as_ref(),
         }
+    }
+}
+
+/// Who asks, as the kernel tells it.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    /// The calling thread (0 when it is outside podfs's pid namespace).
+    pub pid: u32,
+}
+
+impl Caller {
+    /// podfs itself, or a test: may do anything, never interrupted.
+    pub const INTERNAL: Caller = Caller { uid: 0, pid: 0 };
+
+    pub fn requester(&self) -> Requester {
+        Requester(self.pid)
     }
 }
 
@@ -184,13 +224,22 @@ enum Listing {
 pub struct Settings {
     /// Threads of the pool that runs removals.
     pub pool_threads: usize,
+    /// The user the mount belongs to: the owner of every file (and so the one who may
+    /// write `cursor`, and read `output`, which moves it).
+    pub owner: u32,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { pool_threads: 4 }
+        Settings {
+            pool_threads: 4,
+            owner: nix::unistd::geteuid().as_raw(),
+        }
     }
 }
+
+/// How long a reader of the cursor waits for a value closed but not yet applied.
+const CURSOR_GATE: Duration = Duration::from_millis(500);
 
 type CursorKey = (PodName, PodName);
 /// A registry view and its children's inode numbers, in listing order.
@@ -203,6 +252,10 @@ pub struct PodFs {
     pub client: Arc<PodClient>,
     pub watches: Arc<Watches>,
     cursors: Arc<Cursors<CursorKey>>,
+    /// Cursor values closed and not yet applied.
+    gates: Arc<Gates<CursorKey>>,
+    removals: Removals,
+    owner: u32,
     inodes: Inodes,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
@@ -211,8 +264,8 @@ pub struct PodFs {
     pub kernel: Arc<KernelQueue>,
     pub pool: Pool,
     /// Open `output` snapshots per child (handle, size): while one is open, `stat` of
-    /// `output` shows its size, so a tool that stats, opens, stats the descriptor and
-    /// reads (`tar`, `rsync`) sees one consistent size.
+    /// `output` shows the newest one's size, so a tool that stats, opens and reads sees
+    /// one consistent size (`fstat` of a handle shows that handle's own).
     open_outputs: Mutex<HashMap<CursorKey, Vec<(u64, u64)>>>,
     next_fh: AtomicU64,
     started: SystemTime,
@@ -295,6 +348,9 @@ impl PodFs {
             client,
             watches,
             cursors,
+            gates: Arc::default(),
+            removals: Removals::default(),
+            owner: settings.owner,
             inodes: Inodes::default(),
             handles: Mutex::default(),
             dirs: Mutex::default(),
@@ -320,7 +376,7 @@ impl PodFs {
     /// One log line with what the mount holds: inode-table entries, open handles,
     /// watches, the text they hold, and the watch counters (`kill -USR1` asks for it).
     pub fn report(&self) {
-        let stats = &self.watches.stats;
+        let stats = self.watches.stats();
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
         tracing::info!(
@@ -334,6 +390,8 @@ impl PodFs {
             snapshots = load(&stats.snapshots),
             resyncs = load(&stats.resyncs),
             evicted_for_memory = load(&stats.evicted_for_memory),
+            over_budget = load(&stats.over_budget),
+            budget_used = self.watches.budget().used(),
             threads,
             "report"
         );
@@ -346,10 +404,26 @@ impl PodFs {
         Some(self.watches.watch(&socket))
     }
 
-    fn bound(&self, kind: FileKind) -> Duration {
+    /// How long an operation on `kind` waits for a child that has not answered: reads of
+    /// the history wait the I/O bound, the rest (`status`, any `stat`) the status bound.
+    fn bound(&self, kind: FileKind, reading: bool) -> Duration {
         match kind {
-            FileKind::Status => self.client.timeouts.status_wait,
-            _ => self.client.timeouts.io,
+            FileKind::Output | FileKind::Log | FileKind::Input | FileKind::Cursor if reading => {
+                self.client.timeouts.io
+            }
+            _ => self.client.timeouts.status_wait,
+        }
+    }
+
+    /// Park `then` until `wait` is ready, its `bound` passes, or `who` gets a signal.
+    pub fn park(&self, wait: Wait, bound: Duration, who: Requester, then: Waiter) {
+        match wait {
+            Wait::Watch(w) => w.when_ready(bound, who, then),
+            Wait::Cursor(key) => {
+                if let Some(expire) = self.gates.park(&key, then) {
+                    self.watches.at(Instant::now() + bound, expire);
+                }
+            }
         }
     }
 
@@ -422,13 +496,19 @@ impl PodFs {
                 .get(&(pod.clone(), child.clone()), view.incarnation(child))
         });
         let Some(s) = w.state_if_ready(now) else {
-            return Step::Wait(w.clone(), self.bound(kind));
+            return Step::watch(&w, self.bound(kind, false));
         };
+        if let Some(f) = s.failure() {
+            return Step::Ready(Err(failure_error(f)));
+        }
         Step::Ready(Ok(match kind {
-            FileKind::Status => (s.status_word().as_str().len() as u64 + 1, s.status_changed),
+            FileKind::Status => (
+                s.status_word().as_str().len() as u64 + 1,
+                s.status_changed(),
+            ),
             FileKind::Log => (
-                s.history.as_ref().map_or(0, |h| file_len(h.text())),
-                s.text_changed,
+                s.history().map_or(0, |h| file_len(h.text())),
+                s.text_changed(),
             ),
             FileKind::Output => {
                 let open = self
@@ -436,14 +516,14 @@ impl PodFs {
                     .lock()
                     .get(&(pod.clone(), child.clone()))
                     .and_then(|v| v.last().map(|(_, size)| *size));
-                let size = match (&s.history, s.reach, cursor) {
+                let size = match (s.history(), s.reach(), cursor) {
                     _ if open.is_some() => open.unwrap_or(0),
-                    (Some(h), Reach::Live, Some(c)) if s.fresh => {
+                    (Some(h), Reach::Live, Some(c)) if s.is_fresh() => {
                         file_len(h.text_from(effective_cursor(h.len(), c)))
                     }
                     _ => 0,
                 };
-                (size, s.text_changed)
+                (size, s.text_changed())
             }
             _ => unreachable!("not a live file"),
         }))
@@ -486,9 +566,23 @@ impl PodFs {
         }
     }
 
-    pub fn getattr(&self, ino: u64, now: bool) -> Step<Attr> {
+    /// Attributes of `ino`; with `fh` (an `fstat`), those of that open file: an open
+    /// `output` reports the size of its own snapshot, whatever other opens took since.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>, now: bool) -> Step<Attr> {
         let node = ready!(self.node(ino));
-        self.attr_of(&node, now)
+        let own_size = fh
+            .and_then(|fh| self.handles.lock().get(&fh).cloned())
+            .and_then(|h| match &*h {
+                Handle::Output { bytes, .. } => Some(bytes.len() as u64),
+                _ => None,
+            });
+        match own_size {
+            Some(size) => self.attr_of(&node, now).map(|mut a| {
+                a.size = size;
+                a
+            }),
+            None => self.attr_of(&node, now),
+        }
     }
 
     /// Look `name` up in directory `parent`; a success counts one kernel reference.
@@ -716,15 +810,29 @@ impl PodFs {
     // -----------------------------------------------------------------------------------
     // Files
 
+    /// Whether `caller` may move the cursor: reading `output` moves it, so it takes the
+    /// permission to write `cursor` (mode 0644, the mount's owner), not just to read.
+    fn may_move_cursor(&self, caller: &Caller) -> bool {
+        caller.uid == self.owner || caller.uid == 0
+    }
+
     /// Open a file; `write` when the caller asked for write access.
-    pub fn open(&self, ino: u64, write: bool, now: bool) -> Step<u64> {
+    pub fn open(&self, ino: u64, write: bool, caller: &Caller, now: bool) -> Step<u64> {
         let Node::File(pod, child, kind) = ready!(self.node(ino)) else {
             return Step::Ready(Err(Error::IsDir));
         };
         if write && !kind.writable() {
             return Step::Ready(Err(Error::ReadOnly));
         }
+        if kind == FileKind::Output && !self.may_move_cursor(caller) {
+            return Step::Ready(Err(Error::ReadOnly));
+        }
         let view = ready!(self.parents.child_view(&pod, &child));
+        let key = (pod.clone(), child.clone());
+        // A value closed but not yet applied is the cursor by the time this would read it.
+        if matches!(kind, FileKind::Output | FileKind::Cursor) && !now && self.gates.is_held(&key) {
+            return Step::Wait(Wait::Cursor(key), CURSOR_GATE);
+        }
         let file = ChildFile {
             pod: pod.clone(),
             child: child.clone(),
@@ -742,6 +850,9 @@ impl PodFs {
                 bytes: Mutex::new(self.value(&view, &pod, &child, kind).into()),
                 incarnation: view.incarnation(&child),
                 value: Mutex::new(CursorValue::default()),
+                // A value is checked against the history's end: start watching now.
+                watch: if write { self.watch_of(record) } else { None },
+                gated: AtomicBool::new(false),
                 file,
             },
             FileKind::Input => {
@@ -758,10 +869,13 @@ impl PodFs {
                     None => (UNREACHABLE.into(), 0, None),
                     Some(w) => {
                         let Some(s) = w.state_if_ready(now) else {
-                            return Step::Wait(w.clone(), self.bound(kind));
+                            return Step::watch(&w, self.bound(kind, true));
                         };
+                        if let Some(f) = s.failure() {
+                            return Step::Ready(Err(failure_error(f)));
+                        }
                         let bytes = format!("{}\n", s.status_word()).into_bytes();
-                        let seen = s.status_version;
+                        let seen = s.version(Topic::Status);
                         drop(s);
                         (bytes.into(), seen, Some(w))
                     }
@@ -788,12 +902,12 @@ impl PodFs {
                 },
                 Some(w) => {
                     let Some(s) = w.state_if_ready(now) else {
-                        return Step::Wait(w.clone(), self.bound(kind));
+                        return Step::watch(&w, self.bound(kind, true));
                     };
                     if let Some(e) = self.no_history(&s) {
                         return Step::Ready(Err(e));
                     }
-                    let seen = s.text_version;
+                    let seen = s.version(Topic::Text);
                     drop(s);
                     Handle::Log {
                         watch: Some(w),
@@ -818,14 +932,16 @@ impl PodFs {
     }
 
     /// Why a history cannot be shown, if it cannot: a child that accepted the connection
-    /// and never answered in the I/O bound (`ETIMEDOUT`), never an empty success.
+    /// and never answered in the I/O bound (`ETIMEDOUT`), never an empty success; a child
+    /// podfs cannot follow (`EFBIG` over the budget, or podfs's own errno).
     fn no_history(&self, s: &LiveState) -> Option<Error> {
-        match s.reach {
+        match s.reach() {
+            Reach::Failed(f) => Some(failure_error(f)),
             Reach::Silent => Some(Error::Timeout(
                 "the child accepted the connection but sent no Snapshot in time".into(),
             )),
             Reach::Pending => Some(Error::Timeout("the child did not answer in time".into())),
-            Reach::Live if !s.fresh => Some(Error::Timeout(
+            Reach::Live if !s.is_fresh() => Some(Error::Timeout(
                 "the child's history could not be refreshed in time".into(),
             )),
             Reach::Live | Reach::Gone => None,
@@ -834,7 +950,9 @@ impl PodFs {
 
     /// ReadPodOutput with the mount's cursor: the new text since the cursor, and the cursor
     /// moved past it, in one step with the cursor locked (two readers never get the same
-    /// text). An unreachable child gives nothing and leaves the cursor alone.
+    /// text). An unreachable child gives nothing and leaves the cursor alone. The text is
+    /// charged to the memory budget while the handle holds it; if it does not fit, the
+    /// open fails with `EFBIG` and the cursor stays where it was.
     fn take_output(
         &self,
         pod: &PodName,
@@ -848,36 +966,41 @@ impl PodFs {
         };
         {
             let Some(s) = w.state_if_ready(now) else {
-                return Step::Wait(w.clone(), self.bound(FileKind::Output));
+                return Step::watch(&w, self.bound(FileKind::Output, true));
             };
             if let Some(e) = self.no_history(&s) {
                 return Step::Ready(Err(e));
             }
-            if s.reach == Reach::Gone {
+            if s.reach() == Reach::Gone {
                 drop(s);
                 return Step::Ready(Ok((Arc::from(&b""[..]), Some(w))));
             }
         }
         let key = (pod.clone(), child.clone());
-        let taken = self.cursors.update(&key, incarnation, |cursor| {
-            let s = w.state();
-            let Some(h) = s.history.as_ref() else {
-                return (Vec::new(), *cursor, *cursor);
-            };
-            let before = *cursor;
-            let start = effective_cursor(h.len(), *cursor);
-            if start < *cursor {
-                warn!(%pod, %child, cursor = *cursor, len = h.len(), "history shrank below the cursor; starting over");
+        let budget = self.watches.budget();
+        // Room in the budget is made (idle watches ended) with nothing locked, then the
+        // take is tried once more.
+        let mut room_made = false;
+        let taken = loop {
+            match output::take(&self.cursors, &key, incarnation, w.state_lock(), budget) {
+                output::Take::Taken {
+                    bytes,
+                    before,
+                    after,
+                } => break Ok((bytes, before, after)),
+                output::Take::NeedsRoom(size) if !room_made => {
+                    room_made = true;
+                    self.watches.make_room(size);
+                }
+                output::Take::NeedsRoom(size) => {
+                    break Err(Error::OverBudget(format!(
+                        "{size} bytes of new text do not fit the memory budget; the cursor \
+                         did not move"
+                    )))
+                }
             }
-            let text = h.text_from(start);
-            let mut bytes = text.as_bytes().to_vec();
-            if !bytes.is_empty() && !text.ends_with('\n') {
-                bytes.push(b'\n');
-            }
-            *cursor = h.len();
-            (bytes, before, h.len())
-        });
-        let (bytes, before, after) = taken;
+        };
+        let (bytes, before, after) = ready!(taken);
         self.cursor_moved(pod, child, before, after);
         Step::Ready(Ok((bytes.into(), Some(w))))
     }
@@ -907,15 +1030,22 @@ impl PodFs {
         file: &ChildFile,
         watch: Option<&Arc<Watch>>,
         seen: &AtomicU64,
-    ) -> Option<Vec<u8>> {
+    ) -> Result<Option<Vec<u8>>> {
         if file.kind == FileKind::Status {
-            let w = watch?;
+            let Some(w) = watch else {
+                return Ok(None);
+            };
             let s = w.state();
-            seen.store(s.status_version, Ordering::Relaxed);
-            return Some(format!("{}\n", s.status_word()).into_bytes());
+            if let Some(f) = s.failure() {
+                return Err(failure_error(f));
+            }
+            seen.store(s.version(Topic::Status), Ordering::Relaxed);
+            return Ok(Some(format!("{}\n", s.status_word()).into_bytes()));
         }
-        let view = self.parents.child_view(&file.pod, &file.child).ok()?;
-        Some(self.value(&view, &file.pod, &file.child, file.kind))
+        let Ok(view) = self.parents.child_view(&file.pod, &file.child) else {
+            return Ok(None);
+        };
+        Ok(Some(self.value(&view, &file.pod, &file.child, file.kind)))
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
@@ -927,7 +1057,7 @@ impl PodFs {
                 watch,
             } => {
                 if offset == 0 {
-                    if let Some(new) = self.regenerate(file, watch.as_ref(), seen) {
+                    if let Some(new) = self.regenerate(file, watch.as_ref(), seen)? {
                         *bytes.lock() = new.into();
                     }
                 }
@@ -950,9 +1080,11 @@ impl PodFs {
             Handle::Log { watch, seen } => match watch {
                 Some(w) => {
                     let s = w.state();
-                    seen.store(s.text_version, Ordering::Relaxed);
-                    Ok(s.history
-                        .as_ref()
+                    if let Some(f) = s.failure() {
+                        return Err(failure_error(f));
+                    }
+                    seen.store(s.version(Topic::Text), Ordering::Relaxed);
+                    Ok(s.history()
                         .map_or_else(Vec::new, |h| slice_of_text(h.text(), offset, size)))
                 }
                 None => Ok(Vec::new()),
@@ -965,99 +1097,202 @@ impl PodFs {
     pub fn write(&self, fh: u64, data: &[u8], now: bool) -> Step<usize> {
         let handle = ready!(self.handle(fh));
         match &*handle {
-            Handle::Cursor { file, value, .. } => {
+            Handle::Cursor {
+                file, value, watch, ..
+            } => {
                 // The child may have gone meanwhile; then so has its cursor.
                 ready!(self.parents.child_view(&file.pod, &file.child));
-                value.lock().write(data).into()
+                // Only a value above 0 can be past the end: `echo 0 > cursor` never waits.
+                let prospective = {
+                    let mut v = value.lock().clone();
+                    v.write(data, None).map(|_| v.value()).unwrap_or(0)
+                };
+                let end = match watch {
+                    Some(w) if prospective > 0 => {
+                        let Some(s) = w.state_if_ready(now) else {
+                            return Step::watch(w, self.bound(FileKind::Cursor, false));
+                        };
+                        // Only a history podfs knows bounds the value.
+                        match s.reach() {
+                            Reach::Live | Reach::Gone | Reach::Pending => {
+                                s.history().map(|h| h.len())
+                            }
+                            Reach::Silent | Reach::Failed(_) => None,
+                        }
+                    }
+                    _ => None,
+                };
+                value.lock().write(data, end).into()
             }
             Handle::Input { watch, message, .. } => {
                 let child = match watch {
                     None => Child::Unreachable,
                     Some(w) => {
-                        let Some(s) = w.state_if_ready(now) else {
-                            return Step::Wait(w.clone(), self.client.timeouts.io);
+                        let Some(mut s) = w.state_if_ready(now) else {
+                            return Step::watch(w, self.bound(FileKind::Input, true));
                         };
-                        match s.reach {
-                            Reach::Live if s.takes_input() => Child::Takes,
-                            Reach::Live => Child::Busy,
-                            _ => Child::Unreachable,
+                        s.touch(Instant::now());
+                        match s.intake(fh) {
+                            Intake::Takes => Child::Takes,
+                            Intake::Busy => Child::Busy,
+                            Intake::Unreachable => Child::Unreachable,
+                            Intake::Failed(f) => Child::Untracked(failure_errno(f)),
                         }
                     }
                 };
-                w_touch(watch);
-                message.lock().write(data, child).into()
+                let written = message.lock().write(data, child);
+                if written.is_err() {
+                    self.free_intake(fh, watch.as_ref());
+                }
+                written.into()
             }
             _ => Step::Ready(Err(Error::ReadOnly)),
         }
     }
 
-    /// `close()` of one descriptor: a cursor value takes effect (so `echo 0 > cursor; cat
-    /// output` sees it), a refused or cut message says so. The message itself is sent when
-    /// the last descriptor closes ([`PodFs::release`]).
-    pub fn flush(&self, fh: u64) -> Result<()> {
+    /// The message of `fh` will not be sent: the child is free for other writers.
+    fn free_intake(&self, fh: u64, watch: Option<&Arc<Watch>>) {
+        if let Some(w) = watch {
+            let due = w.state().release_intake(fh);
+            for d in due {
+                d.run();
+            }
+        }
+    }
+
+    /// `close()` of one descriptor: a refused or cut value says so here. A writer killed by
+    /// a signal midway poisons its value (nothing of it takes effect), and a message whose
+    /// child is already gone fails here, where its writer can still hear of it. The value
+    /// itself takes effect when the last descriptor closes ([`PodFs::release`]).
+    pub fn flush(&self, fh: u64, caller: &Caller) -> Result<()> {
         match &*self.handle(fh)? {
             Handle::Cursor {
-                file,
-                value,
-                incarnation,
-                ..
+                file, value, gated, ..
             } => {
-                if let Some(v) = value.lock().at_close()? {
-                    let view = self.parents.child_view(&file.pod, &file.child)?;
-                    if view.incarnation(&file.child) != *incarnation {
-                        return Err(Error::NotFound(format!("{}/{}", file.pod, file.child)));
-                    }
-                    let key = (file.pod.clone(), file.child.clone());
-                    let before = self.cursors.set(&key, *incarnation, v);
-                    self.cursor_moved(&file.pod, &file.child, before, v);
-                    debug!(pod = %file.pod, child = %file.child, cursor = v, "cursor set");
+                let mut value = value.lock();
+                if value.at_close()?.is_some() && crate::process::killed_by_signal(caller.pid) {
+                    warn!(pod = %file.pod, child = %file.child,
+                          "cursor writer killed by a signal midway; the value is dropped");
+                    return Err(value.poison(Refusal::Killed));
+                }
+                if value.at_close()?.is_some() && !gated.swap(true, Ordering::SeqCst) {
+                    self.gates.hold(&(file.pod.clone(), file.child.clone()));
                 }
                 Ok(())
             }
-            Handle::Input { message, .. } => message.lock().at_close(),
+            Handle::Input {
+                file,
+                watch,
+                message,
+            } => {
+                let mut m = message.lock();
+                m.at_close()?;
+                if m.is_empty() {
+                    return Ok(());
+                }
+                if crate::process::killed_by_signal(caller.pid) {
+                    warn!(pod = %file.pod, child = %file.child,
+                          "input writer killed by a signal midway; nothing of its message is sent");
+                    let e = m.poison(Refusal::Killed);
+                    drop(m);
+                    self.free_intake(fh, watch.as_ref());
+                    return Err(e);
+                }
+                let gone = watch.as_ref().and_then(|w| match w.state().reach() {
+                    Reach::Gone | Reach::Silent => Some(Refusal::Unreachable),
+                    Reach::Failed(f) => Some(Refusal::Untracked(failure_errno(f))),
+                    Reach::Pending | Reach::Live => None,
+                });
+                if let Some(why) = gone {
+                    let e = m.poison(why);
+                    drop(m);
+                    self.free_intake(fh, watch.as_ref());
+                    return Err(e);
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
 
-    /// The last descriptor of an open closed.
+    /// The last descriptor of an open closed: a cursor value takes effect, a message is
+    /// sent.
     pub fn release(&self, fh: u64) {
         let Some(handle) = self.handles.lock().remove(&fh) else {
             return;
         };
         if let Some(w) = handle.watch() {
+            w.drop_poller(fh);
             w.unpin();
         }
-        if let Handle::Output { file, .. } = &*handle {
-            let key = (file.pod.clone(), file.child.clone());
-            let mut open = self.open_outputs.lock();
-            if let Some(list) = open.get_mut(&key) {
-                list.retain(|(h, _)| *h != fh);
-                if list.is_empty() {
-                    open.remove(&key);
+        match &*handle {
+            Handle::Output { file, bytes, .. } => {
+                self.watches.budget().resize(bytes.len(), 0);
+                let key = (file.pod.clone(), file.child.clone());
+                let mut open = self.open_outputs.lock();
+                if let Some(list) = open.get_mut(&key) {
+                    list.retain(|(h, _)| *h != fh);
+                    if list.is_empty() {
+                        open.remove(&key);
+                    }
                 }
             }
-        }
-        if let Handle::Input {
-            file,
-            watch,
-            message,
-        } = &*handle
-        {
-            let delivery = message.lock().finish();
-            self.deliver(file, watch.as_ref(), delivery);
+            Handle::Cursor {
+                file,
+                value,
+                incarnation,
+                gated,
+                ..
+            } => {
+                let key = (file.pod.clone(), file.child.clone());
+                if let Ok(Some(v)) = value.lock().at_close() {
+                    self.set_cursor(file, *incarnation, v);
+                }
+                if gated.load(Ordering::SeqCst) {
+                    self.gates.release(&key);
+                }
+            }
+            Handle::Input {
+                file,
+                watch,
+                message,
+            } => {
+                let delivery = message.lock().finish();
+                self.deliver(fh, file, watch.as_ref(), delivery);
+            }
+            Handle::Value { .. } | Handle::Log { .. } => {}
         }
     }
 
-    /// Hand a finished message to the child. The writer is gone by now, so every outcome
-    /// is logged, and a message that cannot be sent is logged at error level.
-    fn deliver(&self, file: &ChildFile, watch: Option<&Arc<Watch>>, delivery: Delivery) {
+    fn set_cursor(&self, file: &ChildFile, incarnation: u64, v: u64) {
+        let current = self
+            .parents
+            .child_view(&file.pod, &file.child)
+            .map(|view| view.incarnation(&file.child));
+        if current.ok() != Some(incarnation) {
+            debug!(pod = %file.pod, child = %file.child, "cursor value for a child that is gone");
+            return;
+        }
+        let key = (file.pod.clone(), file.child.clone());
+        let before = self.cursors.set(&key, incarnation, v);
+        self.cursor_moved(&file.pod, &file.child, before, v);
+        debug!(pod = %file.pod, child = %file.child, cursor = v, "cursor set");
+    }
+
+    /// Hand a finished message to the child. Its writer was told every write and close
+    /// succeeded, so it is delivered even if the child is busy with another client's turn
+    /// for a while (it waits for the child's next idle moment, bounded); what still fails
+    /// is logged at error level.
+    fn deliver(&self, fh: u64, file: &ChildFile, watch: Option<&Arc<Watch>>, delivery: Delivery) {
         let (pod, child) = (file.pod.clone(), file.child.clone());
         match delivery {
-            Delivery::Nothing => {}
+            Delivery::Nothing => self.free_intake(fh, watch),
             Delivery::Dropped(writes::Refusal::Incomplete) => {
+                self.free_intake(fh, watch);
                 error!(%pod, %child, "message not sent: it ends in the middle of a character");
             }
             Delivery::Dropped(why) => {
+                self.free_intake(fh, watch);
                 debug!(%pod, %child, ?why, "refused message discarded; its writer was told");
             }
             Delivery::Send(text) => {
@@ -1067,6 +1302,7 @@ impl PodFs {
                 };
                 let bytes = text.len();
                 w.send_run(
+                    fh,
                     text,
                     Box::new(move |outcome| match outcome {
                         Ok(()) => info!(%pod, %child, bytes, "message delivered"),
@@ -1078,8 +1314,9 @@ impl PodFs {
         }
     }
 
-    /// Whether the file has something new for `poll`; if not, `wake` runs when it has.
-    pub fn poll(&self, fh: u64, wake: Callback) -> Result<bool> {
+    /// Whether the file has something new for `poll`; `notify` is registered for the open
+    /// file (once, however often it polls) and runs on every later change until release.
+    pub fn poll(&self, fh: u64, notify: Notify) -> Result<bool> {
         let handle = self.handle(fh)?;
         match &*handle {
             Handle::Value {
@@ -1088,13 +1325,13 @@ impl PodFs {
                 file,
                 ..
             } if file.kind == FileKind::Status => {
-                Ok(!w.when_changed(Topic::Status, seen.load(Ordering::Relaxed), wake))
+                Ok(w.set_poller(fh, Topic::Status, seen.load(Ordering::Relaxed), notify))
             }
             Handle::Log {
                 seen,
                 watch: Some(w),
                 ..
-            } => Ok(!w.when_changed(Topic::Text, seen.load(Ordering::Relaxed), wake)),
+            } => Ok(w.set_poller(fh, Topic::Text, seen.load(Ordering::Relaxed), notify)),
             Handle::Output {
                 file,
                 watch: Some(w),
@@ -1106,12 +1343,11 @@ impl PodFs {
                 let cursor = self.cursors.get(&key, view.incarnation(&file.child));
                 let s = w.state();
                 let pending = s
-                    .history
-                    .as_ref()
+                    .history()
                     .is_some_and(|h| !h.text_from(effective_cursor(h.len(), cursor)).is_empty());
-                let version = s.text_version;
+                let version = s.version(Topic::Text);
                 drop(s);
-                Ok(pending || !w.when_changed(Topic::Text, version, wake))
+                Ok(w.set_poller(fh, Topic::Text, version, notify) || pending)
             }
             // Everything else never changes on its own: always readable, like a file.
             _ => Ok(true),
@@ -1140,8 +1376,9 @@ impl PodFs {
         }
     }
 
-    /// `rmdir <parent>/<child>`: stop and reclaim. Blocking: run it on [`PodFs::pool`].
-    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+    /// `rmdir <parent>/<child>`: stop and reclaim, for `caller` (whose signal ends the
+    /// waits before any file is touched). Blocking: run it on [`PodFs::pool`].
+    pub fn rmdir(&self, parent: u64, name: &OsStr, caller: &Caller) -> Result<()> {
         match self.node(parent)? {
             Node::Pod(pod) => {
                 let child = PodName::from_os(name)?;
@@ -1149,7 +1386,13 @@ impl PodFs {
                 let socket = view
                     .child(&child)
                     .and_then(|r| self.client.socket(&r.socket_path).ok());
-                reclaim::remove_child(&self.parents, &self.client, &pod, &child)?;
+                self.removals.remove_child(
+                    &self.parents,
+                    &self.client,
+                    &pod,
+                    &child,
+                    caller.requester(),
+                )?;
                 self.cursors.forget(&(pod, child));
                 if let Some(socket) = socket {
                     self.watches.end(&socket);
@@ -1166,7 +1409,8 @@ impl PodFs {
         }
     }
 
-    /// Release everything held (at unmount).
+    /// Release everything held (at unmount): every parked operation is answered now,
+    /// whatever the children do, and nothing is waited for longer than a moment.
     pub fn shutdown(&self) {
         self.kernel.disconnect();
         self.watches.shutdown();
@@ -1174,9 +1418,23 @@ impl PodFs {
     }
 }
 
-fn w_touch(watch: &Option<Arc<Watch>>) {
-    if let Some(w) = watch {
-        w.state().last_interest = std::time::Instant::now();
+/// The error a file of a child podfs cannot follow answers with.
+fn failure_error(f: Failure) -> Error {
+    match f {
+        Failure::OverBudget => Error::OverBudget(
+            "the child's history does not fit podfs's memory budget (--memory-budget-mib)".into(),
+        ),
+        Failure::Local(errno) => Error::io(
+            "podfs cannot follow the child for lack of its own resources",
+            std::io::Error::from_raw_os_error(errno),
+        ),
+    }
+}
+
+fn failure_errno(f: Failure) -> i32 {
+    match f {
+        Failure::OverBudget => libc::EFBIG,
+        Failure::Local(errno) => errno,
     }
 }
 

@@ -21,8 +21,14 @@ pub enum Refusal {
     Busy,
     Unreachable,
     Invalid,
+    /// A cursor value past the end of the child's history.
+    PastEnd,
     /// The last descriptor closed in the middle of a character.
     Incomplete,
+    /// The writer was killed by a signal before it finished (its prefix is not a message).
+    Killed,
+    /// podfs cannot follow the child (over the memory budget, or out of its own resources).
+    Untracked(i32),
 }
 
 impl Refusal {
@@ -37,9 +43,20 @@ impl Refusal {
             Refusal::Busy => Error::Busy("the child is running a turn".into()),
             Refusal::Unreachable => Error::Unreachable("the child is unreachable".into()),
             Refusal::Invalid => Error::InvalidValue("cursor takes one decimal item index".into()),
+            Refusal::PastEnd => {
+                Error::InvalidValue("the cursor would point past the end of the history".into())
+            }
             Refusal::Incomplete => {
                 Error::InvalidValue("input ends in the middle of a character".into())
             }
+            Refusal::Killed => Error::Interrupted,
+            Refusal::Untracked(libc::EFBIG) => {
+                Error::OverBudget("the child's history exceeds the memory budget".into())
+            }
+            Refusal::Untracked(errno) => Error::io(
+                "podfs cannot follow the child",
+                std::io::Error::from_raw_os_error(errno),
+            ),
         }
     }
 }
@@ -50,6 +67,8 @@ pub enum Child {
     Takes,
     Busy,
     Unreachable,
+    /// podfs cannot follow the child; the errno says why.
+    Untracked(i32),
 }
 
 /// What closing the last descriptor of an `input` open does.
@@ -79,6 +98,20 @@ impl Message {
         why.error()
     }
 
+    /// Refuse the whole message now (its writer was killed, or the child went away before
+    /// it was sent): nothing of it will be sent.
+    pub fn poison(&mut self, why: Refusal) -> Error {
+        match self.refused {
+            Some(earlier) => earlier.error(),
+            None => self.refuse(why),
+        }
+    }
+
+    /// Whether this message was refused.
+    pub fn is_refused(&self) -> bool {
+        self.refused.is_some()
+    }
+
     /// One `write()`; `child` is the child's state at this moment.
     pub fn write(&mut self, data: &[u8], child: Child) -> Result<usize> {
         if let Some(why) = self.refused {
@@ -88,6 +121,7 @@ impl Message {
             Child::Takes => {}
             Child::Busy => return Err(self.refuse(Refusal::Busy)),
             Child::Unreachable => return Err(self.refuse(Refusal::Unreachable)),
+            Child::Untracked(errno) => return Err(self.refuse(Refusal::Untracked(errno))),
         }
         if self.bytes.len() + data.len() > INPUT_LIMIT {
             return Err(self.refuse(Refusal::TooBig));
@@ -147,19 +181,21 @@ impl Message {
 }
 
 /// The value written through one open of `cursor`: decimal digits, at most one newline
-/// at the end, nothing else.
+/// at the end, nothing else, and never past the end of the child's history.
 #[derive(Debug, Default, Clone)]
 pub struct CursorValue {
     value: u64,
     digits: usize,
     newline: bool,
-    refused: bool,
+    refused: Option<Refusal>,
 }
 
 impl CursorValue {
-    pub fn write(&mut self, data: &[u8]) -> Result<usize> {
-        if self.refused {
-            return Err(Refusal::Invalid.error());
+    /// One `write()`. `end` is the length of the child's history when podfs knows it:
+    /// digits only make the value grow, so the write that takes it past `end` is refused.
+    pub fn write(&mut self, data: &[u8], end: Option<u64>) -> Result<usize> {
+        if let Some(why) = self.refused {
+            return Err(why.error());
         }
         for &b in data {
             let ok = match b {
@@ -183,17 +219,31 @@ impl CursorValue {
                 _ => false,
             };
             if !ok {
-                self.refused = true;
+                self.refused = Some(Refusal::Invalid);
                 return Err(Refusal::Invalid.error());
             }
+        }
+        if end.is_some_and(|end| self.value > end) {
+            self.refused = Some(Refusal::PastEnd);
+            return Err(Refusal::PastEnd.error());
         }
         Ok(data.len())
     }
 
+    /// The value written so far (0 before any digit).
+    pub fn value(&self) -> u64 {
+        self.value
+    }
+
+    /// Refuse the value as a whole (its writer was killed midway).
+    pub fn poison(&mut self, why: Refusal) -> Error {
+        self.refused.get_or_insert(why).error()
+    }
+
     /// At `close()`: the value to set, `None` when nothing was written.
     pub fn at_close(&self) -> Result<Option<u64>> {
-        if self.refused {
-            return Err(Refusal::Invalid.error());
+        if let Some(why) = self.refused {
+            return Err(why.error());
         }
         Ok((self.digits > 0).then_some(self.value))
     }
@@ -275,12 +325,12 @@ mod tests {
     fn cursor_values_are_checked_as_they_arrive() {
         let mut c = CursorValue::default();
         for b in b"12\n" {
-            c.write(std::slice::from_ref(b)).unwrap();
+            c.write(std::slice::from_ref(b), None).unwrap();
         }
         assert_eq!(c.at_close().unwrap(), Some(12));
         assert_eq!(CursorValue::default().at_close().unwrap(), None);
         let mut c = CursorValue::default();
-        c.write(b"18446744073709551615").unwrap();
+        c.write(b"18446744073709551615", None).unwrap();
         assert_eq!(c.at_close().unwrap(), Some(u64::MAX));
         for bad in [
             &b"abc"[..],
@@ -296,18 +346,49 @@ mod tests {
             let mut c = CursorValue::default();
             let mut failed = false;
             for b in bad {
-                if c.write(std::slice::from_ref(b)).is_err() {
+                if c.write(std::slice::from_ref(b), None).is_err() {
                     failed = true;
                     break;
                 }
             }
             assert!(failed, "{bad:?} was accepted byte by byte");
             assert_eq!(c.at_close().unwrap_err().errno(), libc::EINVAL, "{bad:?}");
-            assert_eq!(c.write(b"5").unwrap_err().errno(), libc::EINVAL);
+            assert_eq!(c.write(b"5", None).unwrap_err().errno(), libc::EINVAL);
         }
         // `printf '5\n\n'`: the second newline is refused at its write, and 5 is not set.
         let mut c = CursorValue::default();
-        assert_eq!(errno(c.write(b"5\n\n")), libc::EINVAL);
+        assert_eq!(errno(c.write(b"5\n\n", None)), libc::EINVAL);
         assert!(c.at_close().is_err());
+    }
+
+    #[test]
+    fn a_cursor_past_the_end_of_the_history_is_refused_at_its_write() {
+        let mut c = CursorValue::default();
+        c.write(b"7", Some(7)).unwrap();
+        assert_eq!(c.at_close().unwrap(), Some(7));
+        let mut c = CursorValue::default();
+        c.write(b"0", Some(7)).unwrap();
+        c.write(b"0", Some(7)).unwrap();
+        c.write(b"7\n", Some(7)).unwrap();
+        assert_eq!(c.at_close().unwrap(), Some(7), "leading zeros are fine");
+        let mut c = CursorValue::default();
+        c.write(b"1", Some(7)).unwrap();
+        assert_eq!(errno(c.write(b"2", Some(7))), libc::EINVAL, "12 > 7");
+        assert!(c.at_close().is_err());
+        let mut c = CursorValue::default();
+        assert_eq!(errno(c.write(b"999\n", Some(7))), libc::EINVAL);
+        // Unknown history: anything that parses.
+        let mut c = CursorValue::default();
+        c.write(b"999\n", None).unwrap();
+        assert_eq!(c.at_close().unwrap(), Some(999));
+    }
+
+    #[test]
+    fn a_killed_writer_poisons_its_message() {
+        let mut m = Message::default();
+        m.write(b"half a mess", Child::Takes).unwrap();
+        assert_eq!(m.poison(Refusal::Killed).errno(), libc::EINTR);
+        assert!(m.at_close().is_err());
+        assert_eq!(m.finish(), Delivery::Dropped(Refusal::Killed));
     }
 }

@@ -1,19 +1,14 @@
-//! One connection to a pod, with a deadline on every step.
+//! One conversation with a pod over a connected stream, with a deadline on every step.
+//! (Connecting is the pod client's: it alone knows which sockets podfs may open.)
 //!
 //! The server writes its prelude (zero or more `alert`s, then exactly one `snapshot`) before
 //! it reads anything, so [`Connection::open`] always drains it first: clients that wrote
 //! first lost messages while the server blocked writing a large Snapshot nobody read.
 
-use std::io::{self, ErrorKind, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::{ErrorKind, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -27,112 +22,18 @@ pub struct Connection {
     label: String,
 }
 
-/// Whether a `connect()` failed because nobody listens (the pod is gone) or for another
-/// reason; only the former proves a pod has stopped.
-pub fn refuses_connections(path: &Path, timeout: Duration) -> bool {
-    match connect(path, timeout) {
-        Ok(_) => false,
-        Err(e) => matches!(
-            e.raw_os_error(),
-            Some(libc::ENOENT) | Some(libc::ECONNREFUSED) | Some(libc::ENOTDIR)
-        ),
-    }
-}
-
-/// A non-blocking, close-on-exec Unix stream socket.
-fn unix_socket() -> io::Result<OwnedFd> {
-    Ok(socket::socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?)
-}
-
-/// `connect()` with a deadline. A Unix socket whose backlog is full makes a non-blocking
-/// connect fail with EAGAIN, and a blocking one hang; podfs retries until the deadline.
-pub fn connect(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
-    let deadline = Instant::now() + timeout;
-    let addr = UnixAddr::new(path).map_err(io::Error::from)?;
-    loop {
-        let fd = unix_socket()?;
-        match socket::connect(fd.as_raw_fd(), &addr) {
-            Ok(()) => return finish(fd),
-            Err(Errno::EINPROGRESS) => {
-                wait_writable(&fd, deadline)?;
-                match socket::getsockopt(&fd, socket::sockopt::SocketError)? {
-                    0 => return finish(fd),
-                    err => return Err(io::Error::from_raw_os_error(err)),
-                }
-            }
-            Err(Errno::EAGAIN) | Err(Errno::EINTR) => {
-                if Instant::now() >= deadline {
-                    return Err(io::Error::new(ErrorKind::TimedOut, "connect timed out"));
-                }
-                thread::sleep(Duration::from_millis(2));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// One non-blocking `connect()` attempt, for the watch reactor: `Ok(None)` when the
-/// listener's backlog is full (try again shortly), the stream (left non-blocking) otherwise.
-pub fn connect_nonblocking(path: &Path) -> io::Result<Option<UnixStream>> {
-    let addr = UnixAddr::new(path).map_err(io::Error::from)?;
-    let fd = unix_socket()?;
-    match socket::connect(fd.as_raw_fd(), &addr) {
-        Ok(()) => Ok(Some(UnixStream::from(fd))),
-        // A Unix socket never connects asynchronously, but be exact about it anyway.
-        Err(Errno::EINPROGRESS) => {
-            wait_writable(&fd, Instant::now() + Duration::from_millis(100))?;
-            match socket::getsockopt(&fd, socket::sockopt::SocketError)? {
-                0 => Ok(Some(UnixStream::from(fd))),
-                err => Err(io::Error::from_raw_os_error(err)),
-            }
-        }
-        Err(Errno::EAGAIN) | Err(Errno::EINTR) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn finish(fd: OwnedFd) -> io::Result<UnixStream> {
-    let stream = UnixStream::from(fd);
-    stream.set_nonblocking(false)?;
-    Ok(stream)
-}
-
-fn wait_writable(fd: &OwnedFd, deadline: Instant) -> io::Result<()> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(ErrorKind::TimedOut, "connect timed out"));
-        }
-        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(
-            std::os::fd::AsFd::as_fd(fd),
-            PollFlags::POLLOUT,
-        )];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(0) | Err(Errno::EINTR) => continue,
-            Ok(_) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 impl Connection {
-    /// Connect and read the prelude up to and including the Snapshot, of which only the
-    /// status word is decoded (blocking callers never need the history).
+    /// Read the prelude of a freshly connected `stream` up to and including the Snapshot,
+    /// of which only the status word is decoded (blocking callers never need the history).
     pub fn open(
-        path: &Path,
-        connect_timeout: Duration,
+        stream: UnixStream,
+        label: String,
         prelude_timeout: Duration,
         max_line: usize,
     ) -> Result<(Connection, PodStatus)> {
-        let label = path.display().to_string();
-        let stream = connect(path, connect_timeout)
-            .map_err(|e| Error::Unreachable(format!("{label}: connect: {e}")))?;
+        stream
+            .set_nonblocking(false)
+            .map_err(|e| Error::io("make a pod connection blocking", e))?;
         let mut conn = Connection {
             stream,
             lines: LineBuffer::new(max_line),
@@ -153,7 +54,7 @@ impl Connection {
                 }
                 Err(e) => return Err(e),
             };
-            match event.name.as_str() {
+            match &*event.name {
                 "snapshot" => {
                     #[derive(serde::Deserialize)]
                     struct StatusOnly {
@@ -164,7 +65,7 @@ impl Connection {
                         .map_err(|e| Error::Protocol(format!("snapshot does not parse: {e}")))?;
                     return Ok((conn, PodStatus::from_wire(s.status.as_deref())));
                 }
-                "alert" => tracing::debug!(pod = %conn.label, alert = %event.raw_data(), "alert"),
+                "alert" => tracing::debug!(alert = %event.raw_data(), "alert"),
                 // An `error` before the Snapshot means the pod refused the connection.
                 "error" => {
                     let (code, message) = event.error().unwrap_or_default();
@@ -195,13 +96,10 @@ impl Connection {
     }
 
     /// The next event, `Ok(None)` on a clean EOF at a line boundary.
-    pub fn next_event(&mut self, deadline: Instant) -> Result<Option<Event>> {
-        loop {
-            while let Some(line) = self.lines.next_line()? {
-                let trimmed = line.trim_ascii();
-                if !trimmed.is_empty() {
-                    return Event::parse(trimmed).map(Some);
-                }
+    pub fn next_event(&mut self, deadline: Instant) -> Result<Option<Event<'_>>> {
+        let line = loop {
+            if let Some(line) = self.next_nonblank()? {
+                break line;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -228,7 +126,18 @@ impl Connection {
                     _ => return Err(Error::io(format!("{}: read", self.label), e)),
                 },
             }
+        };
+        Event::parse(self.lines.slice(line).trim_ascii()).map(Some)
+    }
+
+    /// The next line that is not blank, if one is complete.
+    fn next_nonblank(&mut self) -> Result<Option<std::ops::Range<usize>>> {
+        while let Some(line) = self.lines.next_line()? {
+            if !self.lines.slice(line.clone()).trim_ascii().is_empty() {
+                return Ok(Some(line));
+            }
         }
+        Ok(None)
     }
 }
 
@@ -236,9 +145,11 @@ impl Connection {
 mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
+    use std::path::Path;
+    use std::thread;
 
     fn serve(lines: Vec<Vec<u8>>) -> (tempfile::TempDir, std::path::PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_fixtures::tempdir();
         let path = dir.path().join("sock");
         let listener = UnixListener::bind(&path).unwrap();
         thread::spawn(move || {
@@ -252,13 +163,13 @@ mod tests {
         (dir, path)
     }
 
+    fn open_for(path: &Path, prelude: Duration) -> Result<(Connection, PodStatus)> {
+        let stream = UnixStream::connect(path).unwrap();
+        Connection::open(stream, path.display().to_string(), prelude, 1 << 20)
+    }
+
     fn open(path: &Path) -> Result<(Connection, PodStatus)> {
-        Connection::open(
-            path,
-            Duration::from_millis(500),
-            Duration::from_millis(500),
-            1 << 20,
-        )
+        open_for(path, Duration::from_millis(500))
     }
 
     #[test]
@@ -299,14 +210,7 @@ mod tests {
     fn mid_line_close_and_garbage_are_protocol_errors() {
         let (_d, path) = serve(vec![b"{\"event\":\"snap".to_vec()]);
         // The server sleeps then closes; the partial line must not be taken as an event.
-        let err = Connection::open(
-            &path,
-            Duration::from_millis(500),
-            Duration::from_secs(2),
-            1 << 20,
-        )
-        .err()
-        .unwrap();
+        let err = open_for(&path, Duration::from_secs(2)).err().unwrap();
         assert!(matches!(err, Error::Protocol(_)), "{err}");
         let (_d2, path2) = serve(vec![b"not json\n".to_vec()]);
         assert!(matches!(open(&path2).err().unwrap(), Error::Protocol(_)));
@@ -321,20 +225,5 @@ mod tests {
             matches!(err, Error::Protocol(_) | Error::Unreachable(_)),
             "{err}"
         );
-    }
-
-    #[test]
-    fn nobody_listening_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(refuses_connections(
-            &dir.path().join("none"),
-            Duration::from_millis(100)
-        ));
-        let path = dir.path().join("dead");
-        drop(UnixListener::bind(&path).unwrap());
-        assert!(refuses_connections(&path, Duration::from_millis(100)));
-        assert!(connect_nonblocking(&path).is_err());
-        let (_d, live) = serve(vec![]);
-        assert!(connect_nonblocking(&live).unwrap().is_some());
     }
 }

@@ -148,6 +148,13 @@ impl History {
     /// into values; the rest are skipped after reading their `kind`, so a 10 MB history of
     /// tool output costs little more than a scan.
     pub fn from_snapshot(data: &str) -> Result<Snapshot> {
+        Self::from_snapshot_within(data, usize::MAX)
+    }
+
+    /// [`History::from_snapshot`], holding at most `limit` bytes while it builds: what
+    /// the history keeps, plus the entry being decoded (whose text exists twice for a
+    /// moment). Past it, `OverBudget`, with nothing kept.
+    pub fn from_snapshot_within(data: &str, limit: usize) -> Result<Snapshot> {
         #[derive(Deserialize)]
         struct Data<'a> {
             #[serde(borrow, default)]
@@ -172,6 +179,12 @@ impl History {
             };
             match head.kind.as_deref() {
                 Some("assistant_item") | Some("segment_start") | None => {
+                    let held = h.text.capacity() + h.parts.capacity() * std::mem::size_of::<Part>();
+                    if held.saturating_add(raw.get().len().saturating_mul(2)) > limit {
+                        return Err(Error::OverBudget(format!(
+                            "the Snapshot's assistant text exceeds {limit} bytes"
+                        )));
+                    }
                     let value: Value = serde_json::from_str(raw.get()).map_err(bad)?;
                     h.push_entry_value(&value);
                 }
@@ -274,6 +287,12 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// Bytes of assistant text announced (`text_done`) but not yet logged as a message.
+    pub fn pending_bytes(&self) -> usize {
+        self.message.iter().map(String::capacity).sum::<usize>()
+            + self.message.capacity() * std::mem::size_of::<String>()
+    }
+
     /// A tracker for a history whose Snapshot said `status`: a run already under way is
     /// only known from its end on, so its end asks for a fresh Snapshot.
     pub fn after_snapshot(status: PodStatus) -> Tracker {
@@ -302,7 +321,7 @@ impl Tracker {
 
     pub fn apply(&mut self, h: &mut History, event: &Event) -> Changes {
         let mut c = Changes::default();
-        match event.name.as_str() {
+        match &*event.name {
             "status" => c.status = Some(event.status_word()),
             "invoke_start" | "user_message" | "system_item" | "tool_call_done" | "tool_result" => {
                 self.run_starts(h);
@@ -359,11 +378,17 @@ mod tests {
     use crate::test_fixtures as fixtures;
     use serde_json::json;
 
-    fn events(rel: &str) -> Vec<Event> {
-        fixtures::read(rel, "/h")
-            .lines()
+    /// A transcript's events; the text lives as long as the test (events borrow it).
+    fn events(rel: &str) -> Vec<Event<'static>> {
+        let text: &'static str = Box::leak(fixtures::read(rel, "/h").into_boxed_str());
+        text.lines()
             .map(|l| Event::parse(l.as_bytes()).unwrap())
             .collect()
+    }
+
+    fn ev(line: &str) -> Event<'static> {
+        let line: &'static str = Box::leak(line.to_string().into_boxed_str());
+        Event::parse(line.as_bytes()).unwrap()
     }
 
     fn snapshot(rel: &str) -> Snapshot {
@@ -548,7 +573,6 @@ mod tests {
     #[test]
     fn structure_changes_and_unsure_runs_ask_for_a_snapshot() {
         let mut h = History::default();
-        let ev = |line: &str| Event::parse(line.as_bytes()).unwrap();
         let mut t = Tracker::after_snapshot(PodStatus::Idle);
         for name in ["segment_rotated", "compact_done", "rewind_applied"] {
             let c = t.apply(&mut h, &ev(&format!(r#"{{"event":"{name}","data":{{}}}}"#)));

@@ -5,6 +5,7 @@
 //! between runtime generations (the lifecycle method and its name key) come from
 //! [`Generation`].
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::DeserializeOwned;
@@ -15,31 +16,29 @@ use serde_json::{json, Map, Value};
 use crate::error::{Error, Result};
 use crate::generation::Generation;
 
-/// One event line. `data` stays raw JSON until someone asks for it: a Snapshot can be tens
-/// of MiB, and most events need one field of it.
+/// One event line, borrowed from the buffer it was read into. `data` stays raw JSON until
+/// someone asks for it: a Snapshot can be tens of MiB, and most events need one field of
+/// it.
 #[derive(Debug, Clone)]
-pub struct Event {
-    pub name: String,
-    data: Box<RawValue>,
+pub struct Event<'a> {
+    pub name: Cow<'a, str>,
+    data: &'a RawValue,
 }
 
-impl Event {
-    pub fn parse(line: &[u8]) -> Result<Event> {
+impl<'a> Event<'a> {
+    pub fn parse(line: &'a [u8]) -> Result<Event<'a>> {
         #[derive(Deserialize)]
-        struct Line {
-            event: String,
-            #[serde(default)]
-            data: Option<Box<RawValue>>,
+        struct Line<'a> {
+            #[serde(borrow)]
+            event: Cow<'a, str>,
+            #[serde(default, borrow)]
+            data: Option<&'a RawValue>,
         }
         let line: Line = serde_json::from_slice(line)
             .map_err(|e| Error::Protocol(format!("event line does not parse: {e}")))?;
-        let data = match line.data {
-            Some(data) => data,
-            None => RawValue::from_string("null".into()).expect("null is JSON"),
-        };
         Ok(Event {
             name: line.event,
-            data,
+            data: line.data.unwrap_or(RawValue::NULL),
         })
     }
 

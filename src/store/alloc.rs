@@ -6,23 +6,24 @@
 //! rename: others hold the inode), `fdatasync`, unlock. podfs bounds its own wait and holds
 //! the lock for the read-modify-write only, which takes milliseconds.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use std::borrow::Cow;
 use std::fmt;
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::confine::Dir;
 use crate::error::{Error, Result};
 use crate::generation::Generation;
 use crate::scope::{ScopeRule, StoredRule};
@@ -84,23 +85,27 @@ impl Entry {
         }
     }
 
-    /// The allocation as a map, parsed on first change.
-    fn map_mut(&mut self) -> &mut Map<String, Value> {
+    /// The allocation as a map, parsed on first change. It was only scanned when the table
+    /// was read, and JSON that scans may still not fit a value (`1e400` overflows a float):
+    /// such an allocation cannot be rewritten, and the change fails instead.
+    fn map_mut(&mut self) -> serde_json::Result<&mut Map<String, Value>> {
         if let Body::Raw(raw) = &self.body {
-            let map = serde_json::from_str(raw.get()).expect("validated when the table was read");
+            let map = serde_json::from_str(raw.get())?;
             self.body = Body::Parsed(map);
         }
         match &mut self.body {
-            Body::Parsed(map) => map,
-            Body::Raw(_) => unreachable!("parsed just above"),
+            Body::Parsed(map) => Ok(map),
+            Body::Raw(_) => Err(shape_error("an allocation could not be parsed")),
         }
     }
 
-    fn set(&mut self, key: &str, value: Value) {
-        if key == "delegated_from" {
-            self.delegated_from = value.as_str().map(Into::into);
+    fn set(&mut self, key: &str, value: Value) -> serde_json::Result<()> {
+        let delegated_from = (key == "delegated_from").then(|| value.as_str().map(Into::into));
+        self.map_mut()?.insert(key.into(), value);
+        if let Some(d) = delegated_from {
+            self.delegated_from = d;
         }
-        self.map_mut().insert(key.into(), value);
+        Ok(())
     }
 }
 
@@ -377,61 +382,85 @@ impl AllocTable {
         self.list_mut().push(entry);
     }
 
-    /// Set a field of `name`'s allocation; false when there is none.
+    /// Set a field of `name`'s allocation; false when there is none (or it cannot be
+    /// rewritten, see [`Entry::map_mut`]).
     pub fn set_field(&mut self, name: &str, key: &str, value: Value) -> bool {
+        self.try_set_field(name, key, value).unwrap_or(false)
+    }
+
+    /// [`AllocTable::set_field`], with the reason an allocation cannot be rewritten.
+    pub fn try_set_field(
+        &mut self,
+        name: &str,
+        key: &str,
+        value: Value,
+    ) -> serde_json::Result<bool> {
         match self.entry_mut(name) {
-            Some(e) => {
-                e.set(key, value);
-                true
-            }
-            None => false,
+            Some(e) => e.set(key, value).map(|()| true),
+            None => Ok(false),
         }
     }
 
-    /// The runtime's `reclaim_delegated_scope(parent, child, rules)`, step for step.
+    /// The runtime's `reclaim_delegated_scope(parent, child, rules)`, step for step. Fails
+    /// (with the table unchanged) only when an allocation it must rewrite does not fit a
+    /// JSON value.
     pub fn reclaim_delegated_scope(
         &mut self,
         parent: &str,
         child: &str,
         rules: &[StoredRule],
-    ) -> ReclaimReport {
+    ) -> serde_json::Result<ReclaimReport> {
+        let before = self.clone();
         let mut report = ReclaimReport::default();
-        match self.deny(parent) {
-            Some(mut deny) => {
-                remove_deny_layers(&mut deny, rules, &mut report);
-                if report.denies_removed > 0 {
-                    self.set_field(parent, "scope_deny", Value::Array(deny));
+        let applied = (|| {
+            match self.deny(parent) {
+                Some(mut deny) => {
+                    remove_deny_layers(&mut deny, rules, &mut report);
+                    if report.denies_removed > 0 {
+                        self.try_set_field(parent, "scope_deny", Value::Array(deny))?;
+                    }
                 }
+                None => remove_deny_layers(&mut Vec::new(), rules, &mut report),
             }
-            None => remove_deny_layers(&mut Vec::new(), rules, &mut report),
+            let (removed, reparented) = self.remove_child_allocation(child)?;
+            report.child_allocation_removed = removed;
+            report.reparented = reparented;
+            Ok(())
+        })();
+        match applied {
+            Ok(()) => Ok(report),
+            Err(e) => {
+                *self = before;
+                Err(e)
+            }
         }
-        let (removed, reparented) = self.remove_child_allocation(child);
-        report.child_allocation_removed = removed;
-        report.reparented = reparented;
-        report
     }
 
     /// Step 3 of `reclaim_delegated_scope` alone: remove `child`'s allocation and move its
     /// children up one level. Idempotent.
-    pub fn remove_child_allocation(&mut self, child: &str) -> (bool, Vec<String>) {
+    pub fn remove_child_allocation(
+        &mut self,
+        child: &str,
+    ) -> serde_json::Result<(bool, Vec<String>)> {
         let Some(entry) = self.entry(child) else {
-            return (false, Vec::new());
+            return Ok((false, Vec::new()));
         };
         let from = entry.get("delegated_from").unwrap_or(Value::Null);
         let mut moved = Vec::new();
         for e in self.list.iter_mut() {
             if e.delegated_from.as_deref() == Some(child) {
                 moved.push(e.name.to_string());
-                e.set("delegated_from", from.clone());
+                e.set("delegated_from", from.clone())?;
             }
         }
         self.list.retain(|e| &*e.name != child);
-        (true, moved)
+        Ok((true, moved))
     }
 
     /// The runtime's `release_pod(name)`: remove it, move its children up one level.
     pub fn release(&mut self, name: &str) -> bool {
-        self.remove_child_allocation(name).0
+        self.remove_child_allocation(name)
+            .is_ok_and(|(removed, _)| removed)
     }
 }
 
@@ -457,92 +486,147 @@ pub fn read(path: &Path, gen: &'static Generation) -> Result<AllocTable> {
     AllocTable::parse(&bytes, gen).map_err(|e| Error::corrupt(path, e))
 }
 
-/// Run a read-modify-write of the table under the runtime's locking protocol, waiting at
-/// most `lock_wait` for the lock. `change` returns whether it modified the table; the file
-/// is rewritten only then. On a parse error nothing is written. `change` runs with the lock
-/// held: it must not do I/O of its own.
+/// The table, locked by the runtime's protocol, with what it held when locked. Dropping
+/// it unlocks.
+pub struct Locked {
+    file: Flock<File>,
+    path: PathBuf,
+    bytes: Vec<u8>,
+    locked_at: Instant,
+}
+
+impl Locked {
+    /// The content as read under the lock.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Rewrite in place: one positioned write, then cut the tail, then `fdatasync`. The
+    /// file is never observed empty by a reader that ignores the lock. A shorter table is
+    /// padded with spaces to the old length first, so that a kill between the write and
+    /// the cut leaves valid JSON followed by whitespace rather than the new table glued to
+    /// the old one's tail.
+    pub fn write(&mut self, new: &[u8]) -> Result<()> {
+        let mut padded = new.to_vec();
+        if padded.len() < self.bytes.len() {
+            padded.resize(self.bytes.len(), b' ');
+        }
+        self.file
+            .write_all_at(&padded, 0)
+            .and_then(|()| self.file.set_len(new.len() as u64))
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| Error::io(format!("rewrite {}", self.path.display()), e))?;
+        self.bytes = new.to_vec();
+        Ok(())
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        tracing::debug!(
+            held_us = self.locked_at.elapsed().as_micros() as u64,
+            "allocation table lock released"
+        );
+    }
+}
+
+/// Lock the table `name` in the runtime dir `runtime` by the runtime's protocol (created
+/// with mode 0600, its directory with 0700, if missing), waiting at most `lock_wait`.
+/// Neither the directory's entries nor the table are reached through a symlink.
+/// `give_up` is asked while waiting; an error it returns ends the wait.
+pub fn lock(
+    runtime: &Path,
+    name: &str,
+    lock_wait: Duration,
+    give_up: &dyn Fn() -> Result<()>,
+) -> Result<Locked> {
+    let path = runtime.join(name);
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    let dir = Dir::beneath_or_create(runtime, Path::new(""), 0o700)
+        .map_err(|e| Error::io(ctx("open the directory of"), e))?;
+    let file = loop {
+        match dir.open(name, OFlag::O_RDWR, 0) {
+            Ok(f) => break f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(ctx("open"), e)),
+        }
+        match dir.open(name, OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL, 0o600) {
+            Ok(f) => {
+                if let Ok((uid, gid)) = dir.owner() {
+                    crate::confine::give_to(&f, uid, gid);
+                }
+                break f;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(ctx("create"), e)),
+        }
+    };
+    let mut locked = lock_exclusive(file, lock_wait, give_up).map_err(|e| match e {
+        LockError::TimedOut => Error::LockTimeout(path.clone()),
+        LockError::GaveUp(e) => e,
+        LockError::Os(errno) => Error::io(ctx("flock"), errno.into()),
+    })?;
+    let locked_at = Instant::now();
+    let mut bytes = Vec::new();
+    locked
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(ctx("read"), e))?;
+    Ok(Locked {
+        file: locked,
+        path,
+        bytes,
+        locked_at,
+    })
+}
+
+/// Run a read-modify-write of the table at `path` under the runtime's locking protocol,
+/// waiting at most `lock_wait` for the lock. `change` returns whether it modified the
+/// table; the file is rewritten only then. On a parse error nothing is written. `change`
+/// runs with the lock held: it must not do I/O of its own.
 pub fn update<T>(
     path: &Path,
     gen: &'static Generation,
     lock_wait: Duration,
     change: impl FnOnce(&mut AllocTable) -> (bool, T),
 ) -> Result<T> {
-    update_bytes(path, lock_wait, |bytes| {
-        let mut table = AllocTable::parse(bytes, gen).map_err(|e| Error::corrupt(path, e))?;
-        let (changed, out) = change(&mut table);
-        Ok((changed.then(|| table.to_bytes()), out))
-    })
+    let (runtime, name) = split(path)?;
+    let mut locked = lock(runtime, name, lock_wait, &|| Ok(()))?;
+    let mut table = AllocTable::parse(locked.bytes(), gen).map_err(|e| Error::corrupt(path, e))?;
+    let (changed, out) = change(&mut table);
+    if changed {
+        locked.write(&table.to_bytes())?;
+    }
+    Ok(out)
 }
 
-/// [`update`] on the raw content: `change` gets the bytes read under the lock and returns
-/// the new content, if any. For a caller that prepared a change in an earlier round and
-/// only needs to check that the file did not move since.
-pub fn update_bytes<T>(
-    path: &Path,
-    lock_wait: Duration,
-    change: impl FnOnce(&[u8]) -> Result<(Option<Vec<u8>>, T)>,
-) -> Result<T> {
-    let ctx = |what: &str| format!("{what} {}", path.display());
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| Error::io(ctx("create directory for"), e))?;
-        }
+/// A table path as its directory and file name.
+fn split(path: &Path) -> Result<(&Path, &str)> {
+    match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        (Some(dir), Some(name)) => Ok((dir, name)),
+        _ => Err(Error::Usage(format!(
+            "{}: not a table path",
+            path.display()
+        ))),
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(ctx("open"), e))?;
-    let mut locked = lock_exclusive(file, lock_wait).map_err(|e| match e {
-        LockError::TimedOut => Error::LockTimeout(path.to_path_buf()),
-        LockError::Os(errno) => Error::io(ctx("flock"), errno.into()),
-    })?;
-    let started = Instant::now();
-    let mut bytes = Vec::new();
-    locked
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(ctx("read"), e))?;
-    let (new, out) = change(&bytes)?;
-    let changed = new.is_some();
-    if let Some(new) = new {
-        // One positioned write, then cut the tail: the file is never observed empty by a
-        // reader that ignores the lock. A shorter table is padded with spaces to the old
-        // length first, so that a kill between the write and the cut leaves valid JSON
-        // followed by whitespace rather than the new table glued to the old one's tail.
-        let mut padded = new.clone();
-        if padded.len() < bytes.len() {
-            padded.resize(bytes.len(), b' ');
-        }
-        locked
-            .write_all_at(&padded, 0)
-            .and_then(|()| locked.set_len(new.len() as u64))
-            .and_then(|()| locked.sync_data())
-            .map_err(|e| Error::io(ctx("rewrite"), e))?;
-    }
-    tracing::debug!(
-        held_us = started.elapsed().as_micros() as u64,
-        changed,
-        "allocation table lock released"
-    );
-    drop(locked);
-    Ok(out)
 }
 
 enum LockError {
     TimedOut,
+    GaveUp(Error),
     Os(nix::errno::Errno),
 }
 
 /// A bounded try-lock loop: the runtime's own wait may be unbounded, podfs's must not be.
 /// Runs on the worker pool, never on a FUSE request thread.
-fn lock_exclusive(file: File, wait: Duration) -> std::result::Result<Flock<File>, LockError> {
+fn lock_exclusive(
+    file: File,
+    wait: Duration,
+    give_up: &dyn Fn() -> Result<()>,
+) -> std::result::Result<Flock<File>, LockError> {
     let deadline = Instant::now() + wait;
     let mut file = file;
     let mut pause = Duration::from_micros(200);
@@ -553,6 +637,7 @@ fn lock_exclusive(file: File, wait: Duration) -> std::result::Result<Flock<File>
                 if Instant::now() >= deadline {
                     return Err(LockError::TimedOut);
                 }
+                give_up().map_err(LockError::GaveUp)?;
                 file = f;
                 thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(10));
@@ -614,14 +699,15 @@ mod tests {
                 "yoi-485918eb/after-stop/run/workers.json",
             ),
         ] {
-            let dir = tempfile::tempdir().unwrap();
+            let dir = crate::test_fixtures::tempdir();
             let path = dir.path().join("table.json");
             std::fs::write(&path, fixtures::read(live, "/h")).unwrap();
             let inode = std::fs::metadata(&path).unwrap().ino();
             let report = update(&path, gen, Duration::from_secs(1), |t| {
                 (
                     true,
-                    t.reclaim_delegated_scope("parent", "child1", &child1_rules()),
+                    t.reclaim_delegated_scope("parent", "child1", &child1_rules())
+                        .unwrap(),
                 )
             })
             .unwrap();
@@ -654,7 +740,9 @@ mod tests {
             StoredRule::new("/h/work/sub3", "write", true),
             StoredRule::new("/h/work", "read", true),
         ];
-        let report = t.reclaim_delegated_scope("parent", "child3", &rules);
+        let report = t
+            .reclaim_delegated_scope("parent", "child3", &rules)
+            .unwrap();
         assert_eq!(report.denies_removed, 1);
         let left: Vec<_> = t
             .deny("parent")
@@ -678,7 +766,9 @@ mod tests {
             delegated_from: Some("child1".into()),
             segment_id: None,
         });
-        let report = t.reclaim_delegated_scope("parent", "child1", &child1_rules());
+        let report = t
+            .reclaim_delegated_scope("parent", "child1", &child1_rules())
+            .unwrap();
         assert_eq!(report.reparented, ["g"]);
         assert_eq!(t.field("g", "delegated_from"), Some(Value::from("parent")));
     }
@@ -690,7 +780,9 @@ mod tests {
         let mut t = table("yoi-485918eb/live/run/workers.json", Y);
         assert!(t.release("parent"));
         assert_eq!(t.field("child1", "delegated_from"), Some(Value::Null));
-        let report = t.reclaim_delegated_scope("parent", "child1", &child1_rules());
+        let report = t
+            .reclaim_delegated_scope("parent", "child1", &child1_rules())
+            .unwrap();
         assert!(report.child_allocation_removed);
         assert_eq!(report.denies_removed, 0);
         assert_eq!(t.names(), ["child2", "child3"]);
@@ -699,7 +791,9 @@ mod tests {
     #[test]
     fn missing_parent_and_child_change_nothing_but_are_not_errors() {
         let mut t = AllocTable::empty(I);
-        let report = t.reclaim_delegated_scope("p", "c", &child1_rules());
+        let report = t
+            .reclaim_delegated_scope("p", "c", &child1_rules())
+            .unwrap();
         assert!(!report.child_allocation_removed);
         assert_eq!(report.denies_removed, 0);
         assert_eq!(t, AllocTable::empty(I));
@@ -707,7 +801,7 @@ mod tests {
 
     #[test]
     fn empty_file_is_an_empty_table_and_new_file_is_private() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_fixtures::tempdir();
         let path = dir.path().join("run").join("pods.json");
         update(&path, I, Duration::from_secs(1), |_| (false, ())).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
@@ -720,7 +814,7 @@ mod tests {
 
     #[test]
     fn corrupt_table_is_left_untouched() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_fixtures::tempdir();
         let path = dir.path().join("pods.json");
         for bad in [
             &b"{\"allocations\": ["[..],
@@ -736,7 +830,7 @@ mod tests {
 
     #[test]
     fn lock_wait_is_bounded() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_fixtures::tempdir();
         let path = dir.path().join("pods.json");
         std::fs::write(
             &path,
@@ -750,6 +844,34 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
         drop(holder);
         update(&path, I, Duration::from_millis(100), |_| (false, ())).unwrap();
+    }
+
+    #[test]
+    fn an_allocation_no_value_can_hold_fails_the_reclaim_and_changes_nothing() {
+        // A grandchild whose allocation carries a number no float holds: it scans as JSON,
+        // but moving it up a level means rewriting it.
+        let mut v: Value =
+            serde_json::from_str(&fixtures::read("yoi-485918eb/live/run/workers.json", "/h"))
+                .unwrap();
+        let mut g = v["allocations"][1].clone();
+        g["worker_name"] = "g".into();
+        g["delegated_from"] = "child1".into();
+        v["allocations"].as_array_mut().unwrap().push(g);
+        let text = serde_json::to_string_pretty(&v).unwrap().replace(
+            "\"worker_name\": \"g\",",
+            "\"worker_name\": \"g\", \"weight\": 1e400,",
+        );
+        let mut t = AllocTable::parse(text.as_bytes(), Y).unwrap();
+        let before = t.to_bytes();
+        let err = t
+            .reclaim_delegated_scope("parent", "child1", &child1_rules())
+            .unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+        assert_eq!(t.to_bytes(), before, "a failed reclaim changed the table");
+        assert!(
+            !t.release("child1"),
+            "release of child1 must fail the same way"
+        );
     }
 
     #[test]

@@ -47,7 +47,7 @@ mod tests {
 
     #[test]
     fn replaces_contents_and_keeps_mode() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_fixtures::tempdir();
         let path = dir.path().join("f.json");
         fs::write(&path, b"old").unwrap();
         fs::set_permissions(&path, Permissions::from_mode(0o640)).unwrap();
@@ -63,7 +63,7 @@ mod tests {
 
     #[test]
     fn new_file_gets_the_default_mode() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_fixtures::tempdir();
         let path = dir.path().join("g.json");
         replace_file(&path, b"x", 0o600).unwrap();
         assert_eq!(

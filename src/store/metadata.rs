@@ -12,9 +12,11 @@ use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::confine::Dir;
 use crate::error::{Error, Result};
 use crate::generation::Generation;
 use crate::scope::{Rule, StoredRule};
@@ -53,6 +55,9 @@ impl ChildRecord {
 pub struct RegistryFile {
     pub spawned: Vec<ChildRecord>,
     pub reclaimed: Vec<Box<str>>,
+    /// Entries of either list that do not have the runtime's shape: skipped, so that one
+    /// bad entry does not hide its siblings (the caller warns).
+    pub malformed: usize,
 }
 
 /// Parse the lean view. The name key is the generation's; every other field is skipped
@@ -108,8 +113,25 @@ impl<'de> Visitor<'de> for RegistrySeed<'_> {
                     let _: String = map.next_value()?;
                     named = true;
                 }
-                Some(1) => file.spawned = map.next_value_seed(SeqSeed(ChildSeed(self.0)))?,
-                Some(2) => file.reclaimed = map.next_value_seed(SeqSeed(NameSeed(self.0)))?,
+                Some(1) => {
+                    let raws: Vec<&'de RawValue> = map.next_value()?;
+                    file.spawned.reserve(raws.len());
+                    for raw in raws {
+                        match each(raw, ChildSeed(self.0)) {
+                            Some(child) => file.spawned.push(child),
+                            None => file.malformed += 1,
+                        }
+                    }
+                }
+                Some(2) => {
+                    let raws: Vec<&'de RawValue> = map.next_value()?;
+                    for raw in raws {
+                        match each(raw, NameSeed(self.0)) {
+                            Some(name) => file.reclaimed.push(name),
+                            None => file.malformed += 1,
+                        }
+                    }
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -122,34 +144,10 @@ impl<'de> Visitor<'de> for RegistrySeed<'_> {
     }
 }
 
-/// A sequence of values each read with a seed.
-struct SeqSeed<S>(S);
-
-impl<'de, S> DeserializeSeed<'de> for SeqSeed<S>
-where
-    S: DeserializeSeed<'de> + Copy,
-{
-    type Value = Vec<S::Value>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de, S> Visitor<'de> for SeqSeed<S>
-where
-    S: DeserializeSeed<'de> + Copy,
-{
-    type Value = Vec<S::Value>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(item) = seq.next_element_seed(self.0)? {
-            out.push(item);
-        }
-        Ok(out)
-    }
+/// One list entry read with `seed`; `None` when it does not have the expected shape.
+fn each<'de, S: DeserializeSeed<'de>>(raw: &'de RawValue, seed: S) -> Option<S::Value> {
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    seed.deserialize(&mut de).ok()
 }
 
 #[derive(Clone, Copy)]
@@ -293,7 +291,9 @@ impl Metadata {
         Metadata { fields, gen }
     }
 
-    /// Parse, checking the shape the runtime requires (the name; each child's four fields).
+    /// Parse, checking the shape a rewrite relies on: the name, and both lists as arrays.
+    /// Entries are not checked one by one: a malformed entry of another child survives a
+    /// rewrite untouched rather than blocking every change to the file.
     pub fn parse(bytes: &[u8], gen: &'static Generation) -> serde_json::Result<Self> {
         let fields: Map<String, Value> = serde_json::from_slice(bytes)?;
         let meta = Metadata { fields, gen };
@@ -302,13 +302,6 @@ impl Metadata {
             if meta.fields.get(list).is_some_and(|v| !v.is_array()) {
                 return Err(shape_error(format!("`{list}` is not an array")));
             }
-        }
-        meta.children()?;
-        for entry in meta.list("reclaimed_children") {
-            let o = entry
-                .as_object()
-                .ok_or_else(|| shape_error("a reclaimed child is not an object"))?;
-            required_str(o, gen.name_key)?;
         }
         Ok(meta)
     }
@@ -470,6 +463,28 @@ pub fn read_settled(path: &Path, gen: &'static Generation) -> Result<Metadata> {
 /// the owning pod is not live: a live owner would overwrite the change from memory.
 pub fn write(path: &Path, meta: &Metadata) -> Result<()> {
     atomic::replace_file(path, &meta.to_bytes(), DEFAULT_MODE)
+}
+
+/// The file name in a pod's directory.
+pub const FILE: &str = "metadata.json";
+
+/// One read of the `metadata.json` in the pod directory `dir` (never through a symlink).
+pub fn read_in(dir: &Dir, gen: &'static Generation) -> Result<Metadata> {
+    let path = dir.path().join(FILE);
+    match dir.read(FILE) {
+        Ok((bytes, _)) => Metadata::parse(&bytes, gen).map_err(|e| Error::corrupt(&path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::NotFound(path.display().to_string()))
+        }
+        Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+    }
+}
+
+/// [`write`] into the pod directory `dir`; the new file keeps the old one's mode and
+/// owner.
+pub fn write_in(dir: &Dir, meta: &Metadata) -> Result<()> {
+    dir.replace(FILE, &meta.to_bytes(), DEFAULT_MODE)
+        .map_err(|e| Error::io(format!("replace {}", dir.path().join(FILE).display()), e))
 }
 
 #[cfg(test)]
@@ -635,12 +650,49 @@ mod tests {
             &br#"{}"#[..],
             br#"{"pod_name": 3}"#,
             br#"[]"#,
-            br#"{"pod_name":"x","spawned_children":[{"pod_name":"c"}]}"#,
-            br#"{"pod_name":"x","spawned_children":[{"pod_name":"c","socket_path":"/s","callback_address":"","scope_delegated":[{"target":"/a","permission":"read"}]}]}"#,
+            br#"{"pod_name":"x","spawned_children":{}}"#,
             br#"{"pod_name":"x"} trailing"#,
         ] {
-            assert!(Metadata::parse(bad, gen).is_err(), "{}", String::from_utf8_lossy(bad));
-            assert!(parse_registry(bad, gen).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                Metadata::parse(bad, gen).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+            assert!(
+                parse_registry(bad, gen).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_entry_is_skipped_and_its_siblings_are_served() {
+        let gen = &INSOMNIA_5472;
+        let good =
+            r#"{"pod_name":"ok","socket_path":"/s","callback_address":"","scope_delegated":[]}"#;
+        for bad in [
+            r#"{"pod_name":"c"}"#,
+            r#"{"pod_name":"c","socket_path":"/s","callback_address":"","scope_delegated":[{"target":"/a","permission":"read"}]}"#,
+            r#"3"#,
+            r#"{"pod_name":7,"socket_path":"/s","callback_address":"","scope_delegated":[]}"#,
+        ] {
+            let text = format!(
+                r#"{{"pod_name":"x","spawned_children":[{bad},{good}],"reclaimed_children":[{{"nope":1}},{{"pod_name":"r","scope_delegated":[]}}]}}"#
+            );
+            let file = parse_registry(text.as_bytes(), gen).unwrap();
+            let names: Vec<&str> = file.spawned.iter().map(|c| &*c.name).collect();
+            assert_eq!(names, ["ok"], "{bad}");
+            assert_eq!(file.reclaimed, vec![Box::from("r")]);
+            assert_eq!(file.malformed, 2, "{bad}");
+            // A rewrite keeps the bad entry as it was.
+            let mut meta = Metadata::parse(text.as_bytes(), gen).unwrap();
+            assert!(meta.reclaim_child("ok"));
+            let after: Value = serde_json::from_slice(&meta.to_bytes()).unwrap();
+            assert_eq!(
+                after["spawned_children"][0],
+                serde_json::from_str::<Value>(bad).unwrap()
+            );
         }
     }
 
@@ -648,7 +700,7 @@ mod tests {
     fn missing_file_is_not_found_and_torn_file_is_corrupt() {
         let err = read(Path::new("/nonexistent/metadata.json"), &INSOMNIA_5472).unwrap_err();
         assert!(matches!(err, Error::NotFound(_)));
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_fixtures::tempdir();
         let path = dir.path().join("metadata.json");
         std::fs::write(&path, b"{\"pod_name\": \"x\", \"spawned_chi").unwrap();
         let err = read_settled(&path, &INSOMNIA_5472).unwrap_err();
@@ -657,7 +709,7 @@ mod tests {
 
     #[test]
     fn a_settled_read_outlasts_a_torn_write() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::test_fixtures::tempdir();
         let path = dir.path().join("metadata.json");
         std::fs::write(&path, b"").unwrap();
         let writer_path = path.clone();

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::confine::Dir;
 use crate::error::{Error, Result};
 use crate::generation::Generation;
 use crate::store::metadata::SpawnedChild;
@@ -63,6 +64,24 @@ pub fn remove_child(path: &Path, child: &str, gen: &Generation) -> Result<bool> 
     Ok(true)
 }
 
+/// [`remove_child`] for the mirror in the pod runtime directory `dir`.
+pub fn remove_child_in(dir: &Dir, file: &str, child: &str, gen: &Generation) -> Result<bool> {
+    let path = dir.path().join(file);
+    let mut records = match dir.read(file) {
+        Ok((bytes, _)) => parse(&bytes, gen).map_err(|e| Error::corrupt(&path, e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+    };
+    let before = records.len();
+    records.retain(|r| r.get(gen.name_key).and_then(Value::as_str) != Some(child));
+    if records.len() == before {
+        return Ok(false);
+    }
+    dir.replace(file, &to_runtime_json(&records), 0o644)
+        .map_err(|e| Error::io(format!("replace {}", path.display()), e))?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,7 +123,7 @@ mod tests {
     #[test]
     fn removing_child1_gives_the_runtime_after_stop_file() {
         for (gen, live, after, _) in CASES {
-            let dir = tempfile::tempdir().unwrap();
+            let dir = crate::test_fixtures::tempdir();
             let path = dir.path().join("mirror.json");
             std::fs::write(&path, fixtures::read(live, "/x")).unwrap();
             assert!(remove_child(&path, "child1", gen).unwrap());

@@ -1,16 +1,51 @@
 //! The live state of one watched child, as readers see it, and the rules by which the
 //! reactor changes it. No I/O here: the reactor feeds it Snapshots, events and failures;
-//! readers register to be called back when it is ready or when a file's content changes.
+//! readers register to be woken when it is ready or when a file's content changes.
 //!
-//! Callbacks are returned to the caller rather than run under the lock, so a callback may
-//! freely read this state again (the FUSE adapter re-runs the operation that waited).
+//! Wake-ups are returned to the caller as [`Due`] rather than run under the lock, so a
+//! woken operation may freely read this state again (the FUSE adapter re-runs the
+//! operation that waited).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::protocol::history::{Changes, History, Snapshot};
 use crate::protocol::wire::PodStatus;
+use crate::watch::budget::Budget;
 
-pub type Callback = Box<dyn FnOnce() + Send + 'static>;
+/// Why a parked operation is run again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The child's state is known.
+    Ready,
+    /// Its bound passed first.
+    Expired,
+    /// The process it waited for got a signal.
+    Interrupted,
+}
+
+/// A parked operation, run once.
+pub type Waiter = Box<dyn FnOnce(Wake) + Send + 'static>;
+
+/// A poller's notification to the kernel: called on every change of its topic, for as long
+/// as its open file lives (an edge-triggered epoll waits for exactly these).
+pub type Notify = Arc<dyn Fn() + Send + Sync + 'static>;
+
+/// Something to run once the state's lock is released.
+pub enum Due {
+    Wake(Waiter, Wake),
+    Notify(Notify),
+}
+
+impl Due {
+    pub fn run(self) {
+        match self {
+            Due::Wake(w, why) => w(why),
+            Due::Notify(n) => n(),
+        }
+    }
+}
 
 /// Whether podfs can talk to the child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +58,17 @@ pub enum Reach {
     Gone,
     /// Connected, but no Snapshot within the I/O bound.
     Silent,
+    /// podfs itself cannot follow the child; its files say why instead of a state.
+    Failed(Failure),
+}
+
+/// Why podfs cannot follow a child. Never a statement about the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// What it sent would take podfs past its memory budget.
+    OverBudget,
+    /// podfs's own resources ran out (the errno: EMFILE, ENFILE, ENOMEM, ...).
+    Local(i32),
 }
 
 /// Which content a poller waits on.
@@ -32,40 +78,52 @@ pub enum Topic {
     Text,
 }
 
-struct Waiter {
-    id: u64,
-    then: Callback,
+/// Whether a message may be written to the child now, as `input` sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intake {
+    Takes,
+    Busy,
+    Unreachable,
+    Failed(Failure),
 }
 
-struct Poller {
-    topic: Topic,
-    seen: u64,
-    then: Callback,
+struct Parked {
+    id: u64,
+    then: Waiter,
 }
 
 pub struct LiveState {
-    pub reach: Reach,
+    reach: Reach,
     /// The child's own word while live.
-    pub status: PodStatus,
+    status: PodStatus,
     /// The last history seen; kept when the child goes away (`log` shows it).
-    pub history: Option<History>,
+    history: Option<History>,
     /// Whether `history` is current: false while a fresh Snapshot is being fetched.
-    pub fresh: bool,
-    pub status_version: u64,
-    pub text_version: u64,
+    fresh: bool,
+    status_version: u64,
+    text_version: u64,
     /// When the assistant text last changed (`log`'s mtime).
-    pub text_changed: SystemTime,
-    pub status_changed: SystemTime,
+    text_changed: SystemTime,
+    status_changed: SystemTime,
     /// Messages handed to the child and not yet confirmed: a second writer must not be told
     /// the child is idle meanwhile.
-    pub pending_runs: u32,
-    /// Open handles and registered pollers: a pinned watch is never evicted.
-    pub pins: u32,
-    pub last_interest: Instant,
+    pending_runs: u32,
+    /// The open `input` whose first write reserved the child for its message.
+    input_owner: Option<u64>,
+    /// Open handles: a pinned watch is never ended for being idle or evicted.
+    pins: u32,
+    last_interest: Instant,
+    /// A parked operation's bound passed before the child answered: later operations do
+    /// not wait again (one bound covers the whole directory, not every file in it).
+    overdue: bool,
     /// Set once the watch has been ended; nothing will change any more.
-    pub closed: bool,
-    waiters: Vec<Waiter>,
-    pollers: Vec<Poller>,
+    closed: bool,
+    /// Bytes this watch has charged to the memory budget.
+    charged: usize,
+    waiters: Vec<Parked>,
+    /// One poller per open file that polled (a descriptor polled a million times is still
+    /// one), dropped when that file is released.
+    pollers: HashMap<u64, (Topic, Notify)>,
     next_waiter: u64,
 }
 
@@ -81,79 +139,78 @@ impl LiveState {
             text_changed: SystemTime::now(),
             status_changed: SystemTime::now(),
             pending_runs: 0,
+            input_owner: None,
             pins: 0,
             last_interest: now,
+            overdue: false,
             closed: false,
+            charged: 0,
             waiters: Vec::new(),
-            pollers: Vec::new(),
+            pollers: HashMap::new(),
             next_waiter: 0,
         }
     }
 
+    // -----------------------------------------------------------------------------------
+    // What readers see
+
+    pub fn reach(&self) -> Reach {
+        self.reach
+    }
+
+    pub fn history(&self) -> Option<&History> {
+        self.history.as_ref()
+    }
+
+    /// Whether the history is the child's current one (not being refreshed).
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    pub fn text_changed(&self) -> SystemTime {
+        self.text_changed
+    }
+
+    pub fn status_changed(&self) -> SystemTime {
+        self.status_changed
+    }
+
+    /// Why podfs cannot follow the child, if it cannot.
+    pub fn failure(&self) -> Option<Failure> {
+        match self.reach {
+            Reach::Failed(f) => Some(f),
+            _ => None,
+        }
+    }
+
     /// Whether readers can be answered: the child's state is known, and if it is live, the
-    /// history is current.
+    /// history is current; or an earlier wait's bound already passed.
     pub fn ready(&self) -> bool {
         self.closed
             || match self.reach {
-                Reach::Pending => false,
-                Reach::Live => self.fresh,
-                Reach::Gone | Reach::Silent => true,
+                Reach::Pending => self.overdue,
+                Reach::Live => self.fresh || self.overdue,
+                Reach::Gone | Reach::Silent | Reach::Failed(_) => true,
             }
     }
 
-    /// The word `status` shows.
+    /// Whether a message of ours holds the child (reserved or on its way).
+    fn ours_running(&self) -> bool {
+        self.input_owner.is_some() || self.pending_runs > 0
+    }
+
+    /// The word `status` shows: `running` whenever `input` would refuse with EBUSY.
     pub fn status_word(&self) -> PodStatus {
         match self.reach {
+            Reach::Live if self.ours_running() => PodStatus::Running,
             Reach::Live => self.status,
             // A child that accepts connections and never answers is not live by the
             // runtime's rule (connect and a Snapshot).
-            Reach::Gone | Reach::Silent => PodStatus::Unreachable,
+            Reach::Gone | Reach::Silent | Reach::Failed(_) => PodStatus::Unreachable,
+            Reach::Pending if self.history.is_some() && self.ours_running() => PodStatus::Running,
             Reach::Pending if self.history.is_some() => self.status,
             Reach::Pending => PodStatus::Unreachable,
         }
-    }
-
-    /// Whether a new message may be sent now (no turn running, none of ours on the way).
-    pub fn takes_input(&self) -> bool {
-        self.reach == Reach::Live && self.status.takes_runs() && self.pending_runs == 0
-    }
-
-    pub fn is_idle(&self) -> bool {
-        self.waiters.is_empty()
-            && self.pollers.is_empty()
-            && self.pins == 0
-            && self.pending_runs == 0
-    }
-
-    pub fn text_bytes(&self) -> usize {
-        self.history.as_ref().map_or(0, History::bytes)
-    }
-
-    /// Call `then` once ready. Returns it back when ready already (the caller runs it), or
-    /// the waiter's id, for its deadline.
-    pub fn add_waiter(&mut self, then: Callback) -> Result<u64, Callback> {
-        if self.ready() {
-            return Err(then);
-        }
-        self.next_waiter += 1;
-        let id = self.next_waiter;
-        self.waiters.push(Waiter { id, then });
-        Ok(id)
-    }
-
-    /// A waiter's deadline passed: hand it back if it is still waiting.
-    pub fn expire_waiter(&mut self, id: u64) -> Option<Callback> {
-        let i = self.waiters.iter().position(|w| w.id == id)?;
-        Some(self.waiters.swap_remove(i).then)
-    }
-
-    /// Wake `then` when `topic`'s version passes `seen`. Returns it back when it already has.
-    pub fn add_poller(&mut self, topic: Topic, seen: u64, then: Callback) -> Option<Callback> {
-        if self.version(topic) > seen || self.closed {
-            return Some(then);
-        }
-        self.pollers.push(Poller { topic, seen, then });
-        None
     }
 
     pub fn version(&self, topic: Topic) -> u64 {
@@ -162,6 +219,106 @@ impl LiveState {
             Topic::Text => self.text_version,
         }
     }
+
+    pub fn is_idle(&self) -> bool {
+        self.waiters.is_empty() && self.pins == 0 && self.pending_runs == 0
+    }
+
+    pub fn is_pinned(&self) -> bool {
+        self.pins > 0 || self.pending_runs > 0
+    }
+
+    pub fn last_interest(&self) -> Instant {
+        self.last_interest
+    }
+
+    pub fn touch(&mut self, now: Instant) {
+        self.last_interest = now;
+    }
+
+    pub fn pin(&mut self, now: Instant) {
+        self.pins += 1;
+        self.last_interest = now;
+    }
+
+    pub fn unpin(&mut self, now: Instant) {
+        self.pins = self.pins.saturating_sub(1);
+        self.last_interest = now;
+    }
+
+    pub fn text_bytes(&self) -> usize {
+        self.history.as_ref().map_or(0, History::bytes)
+    }
+
+    pub fn pollers(&self) -> usize {
+        self.pollers.len()
+    }
+
+    /// Charge the budget for `want` bytes in all (what this watch holds now); false, with
+    /// nothing changed, when that would pass the limit. A closed watch holds nothing.
+    pub fn charge(&mut self, budget: &Budget, want: usize) -> bool {
+        let want = if self.closed { 0 } else { want };
+        if budget.resize(self.charged, want) {
+            self.charged = want;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Return everything this watch charged.
+    pub fn discharge(&mut self, budget: &Budget) {
+        budget.resize(self.charged, 0);
+        self.charged = 0;
+    }
+
+    pub fn charged(&self) -> usize {
+        self.charged
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Waiting
+
+    /// Run `then` once ready. Returns it back when ready already (the caller runs it), or
+    /// the waiter's id, for its deadline.
+    pub fn add_waiter(&mut self, then: Waiter) -> Result<u64, Waiter> {
+        if self.ready() {
+            return Err(then);
+        }
+        self.next_waiter += 1;
+        let id = self.next_waiter;
+        self.waiters.push(Parked { id, then });
+        Ok(id)
+    }
+
+    pub fn has_waiter(&self, id: u64) -> bool {
+        self.waiters.iter().any(|w| w.id == id)
+    }
+
+    /// A waiter's deadline passed (or its caller was interrupted): hand it back if it is
+    /// still waiting. A passed bound makes later waits pointless until the child answers.
+    pub fn expire_waiter(&mut self, id: u64, why: Wake) -> Option<Due> {
+        let i = self.waiters.iter().position(|w| w.id == id)?;
+        if why == Wake::Expired {
+            self.overdue = true;
+        }
+        Some(Due::Wake(self.waiters.swap_remove(i).then, why))
+    }
+
+    /// Register (or replace) the poller of open file `fh`: `notify` runs on every change
+    /// of `topic` until [`LiveState::drop_poller`]. Returns whether the topic already moved
+    /// past `seen` (the file is readable now).
+    pub fn set_poller(&mut self, fh: u64, topic: Topic, seen: u64, notify: Notify) -> bool {
+        self.pollers.insert(fh, (topic, notify));
+        self.version(topic) > seen || self.closed
+    }
+
+    pub fn drop_poller(&mut self, fh: u64) {
+        self.pollers.remove(&fh);
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Changes
 
     fn set_status(&mut self, status: PodStatus) {
         self.changing_status_word(|s| s.status = status);
@@ -186,90 +343,175 @@ impl LiveState {
         self.text_changed = SystemTime::now();
     }
 
-    /// Callbacks that are due after a change: every waiter once ready, and the pollers
-    /// whose topic moved.
-    fn due(&mut self) -> Vec<Callback> {
+    /// What is due after a change: every waiter once ready, and every poller whose topic
+    /// moved since the last call (pollers stay registered).
+    fn due(&mut self, status_before: u64, text_before: u64) -> Vec<Due> {
         let mut out = Vec::new();
         if self.ready() {
-            out.extend(self.waiters.drain(..).map(|w| w.then));
+            out.extend(
+                self.waiters
+                    .drain(..)
+                    .map(|w| Due::Wake(w.then, Wake::Ready)),
+            );
         }
-        let (status, text) = (self.status_version, self.text_version);
-        let mut i = 0;
-        while i < self.pollers.len() {
-            let p = &self.pollers[i];
-            let moved = match p.topic {
-                Topic::Status => status > p.seen,
-                Topic::Text => text > p.seen,
-            };
-            if moved || self.closed {
-                out.push(self.pollers.swap_remove(i).then);
-            } else {
-                i += 1;
+        let moved = |topic: Topic| match topic {
+            Topic::Status => self.status_version != status_before,
+            Topic::Text => self.text_version != text_before,
+        };
+        for (topic, notify) in self.pollers.values() {
+            if moved(*topic) || self.closed {
+                out.push(Due::Notify(notify.clone()));
             }
         }
         out
     }
 
-    /// A Snapshot arrived: the history and status are now exactly the child's.
-    pub fn snapshot(&mut self, s: Snapshot) -> Vec<Callback> {
-        let text_changed = self.history.as_ref().map(History::text) != Some(s.history.text());
-        self.history = Some(s.history);
-        self.fresh = true;
-        self.set_reach(Reach::Live);
-        self.set_status(s.status);
-        if text_changed {
-            self.text_grew();
-        }
-        self.due()
+    /// Run `change` and return what became due.
+    fn changing(&mut self, change: impl FnOnce(&mut Self)) -> Vec<Due> {
+        let (status, text) = (self.status_version, self.text_version);
+        change(self);
+        self.due(status, text)
     }
 
-    /// Events changed the history (already applied to `self.history`) or the status.
-    pub fn changed(&mut self, c: &Changes) -> Vec<Callback> {
-        if let Some(status) = c.status {
-            self.set_status(status);
-        }
-        if c.text {
-            self.text_grew();
-        }
-        if c.resync {
-            self.fresh = false;
-        }
-        self.due()
+    /// A Snapshot arrived: the history and status are now exactly the child's.
+    pub fn snapshot(&mut self, s: Snapshot) -> Vec<Due> {
+        self.changing(|st| {
+            let text_changed = st.history.as_ref().map(History::text) != Some(s.history.text());
+            st.history = Some(s.history);
+            st.fresh = true;
+            st.overdue = false;
+            st.set_reach(Reach::Live);
+            st.set_status(s.status);
+            if text_changed {
+                st.text_grew();
+            }
+        })
+    }
+
+    /// The history, for the reactor to apply events to (created empty if there is none).
+    pub fn history_mut(&mut self) -> &mut History {
+        self.history.get_or_insert_with(History::default)
+    }
+
+    /// Events changed the history (already applied through [`LiveState::history_mut`]) or
+    /// the status.
+    pub fn changed(&mut self, c: &Changes) -> Vec<Due> {
+        self.changing(|st| {
+            if let Some(status) = c.status {
+                st.set_status(status);
+            }
+            if c.text {
+                st.text_grew();
+            }
+            if c.resync {
+                st.fresh = false;
+            }
+        })
     }
 
     /// The connection ended; a new one is being made. The last state stays visible, but
-    /// readers of the history wait for the new Snapshot.
-    pub fn reconnecting(&mut self) {
-        self.fresh = false;
-        if self.reach == Reach::Live {
-            self.reach = Reach::Pending;
-        }
+    /// readers of the history wait for the new Snapshot (with a bound of their own).
+    pub fn reconnecting(&mut self) -> Vec<Due> {
+        self.changing(|st| {
+            st.fresh = false;
+            st.overdue = false;
+            if st.reach == Reach::Live {
+                st.set_reach(Reach::Pending);
+            }
+        })
     }
 
-    /// The child could not be reached (`Gone`) or did not answer in time (`Silent`).
-    pub fn unreachable(&mut self, reach: Reach) -> Vec<Callback> {
-        self.set_reach(reach);
-        self.due()
+    /// The child could not be reached (`Gone`), did not answer in time (`Silent`), or
+    /// podfs cannot follow it (`Failed`).
+    pub fn unreachable(&mut self, reach: Reach) -> Vec<Due> {
+        self.changing(|st| {
+            st.set_reach(reach);
+            if matches!(reach, Reach::Failed(Failure::OverBudget)) {
+                // What is over the budget goes; the files say why instead.
+                st.history = None;
+                st.fresh = false;
+                st.text_grew();
+            }
+        })
     }
 
     /// The watch ends: everyone waiting is answered with the state as it is.
-    pub fn close(&mut self) -> Vec<Callback> {
-        self.closed = true;
-        self.due()
+    pub fn close(&mut self) -> Vec<Due> {
+        self.changing(|st| st.closed = true)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Messages
+
+    /// The write of open file `fh` to `input`: the first accepted write reserves the child
+    /// for this message, so that no other writer's message (which the child would refuse
+    /// as busy once this one arrives) is accepted meanwhile, and `status` says `running`.
+    pub fn intake(&mut self, fh: u64) -> Intake {
+        match self.reach {
+            Reach::Live => {}
+            Reach::Failed(f) => return Intake::Failed(f),
+            _ => return Intake::Unreachable,
+        }
+        if self.input_owner == Some(fh) {
+            // Ours already; still refused if another client started a turn meanwhile.
+            return if self.status.takes_runs() {
+                Intake::Takes
+            } else {
+                Intake::Busy
+            };
+        }
+        if self.ours_running() || !self.status.takes_runs() {
+            return Intake::Busy;
+        }
+        self.changing_status_word(|s| s.input_owner = Some(fh));
+        Intake::Takes
+    }
+
+    /// The message of `fh` will not be sent (refused, empty, or its writer was killed):
+    /// free the child for others.
+    pub fn release_intake(&mut self, fh: u64) -> Vec<Due> {
+        if self.input_owner != Some(fh) {
+            return Vec::new();
+        }
+        self.changing(|st| st.changing_status_word(|s| s.input_owner = None))
+    }
+
+    /// The message of `fh` is handed to the reactor for delivery: the reservation becomes
+    /// a pending run, in one step, so the child never looks free in between.
+    pub fn hand_over(&mut self, fh: u64) {
+        self.changing_status_word(|s| {
+            if s.input_owner == Some(fh) {
+                s.input_owner = None;
+            }
+            s.pending_runs += 1;
+        });
     }
 
     /// The child accepted one of our messages: it is running now, whatever order its
     /// `status` event comes in.
-    pub fn run_accepted(&mut self) -> Vec<Callback> {
-        self.pending_runs = self.pending_runs.saturating_sub(1);
-        if self.reach == Reach::Live {
-            self.set_status(PodStatus::Running);
-        }
-        self.due()
+    pub fn run_accepted(&mut self) -> Vec<Due> {
+        self.changing(|st| {
+            st.changing_status_word(|s| s.pending_runs = s.pending_runs.saturating_sub(1));
+            if st.reach == Reach::Live {
+                st.set_status(PodStatus::Running);
+            }
+        })
     }
 
-    pub fn run_failed(&mut self) {
-        self.pending_runs = self.pending_runs.saturating_sub(1);
+    /// One of our messages could not be delivered.
+    pub fn run_failed(&mut self) -> Vec<Due> {
+        self.changing(|st| {
+            st.changing_status_word(|s| s.pending_runs = s.pending_runs.saturating_sub(1))
+        })
+    }
+
+    /// Whether the child, by its own word, would take a run now (for a held message).
+    pub fn child_takes_runs(&self) -> bool {
+        self.reach == Reach::Live && self.status.takes_runs()
     }
 }
 
@@ -277,17 +519,33 @@ impl LiveState {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
 
-    fn counter() -> (Arc<AtomicUsize>, impl Fn() -> Callback) {
+    fn counter() -> (Arc<AtomicUsize>, impl Fn() -> Waiter) {
         let n = Arc::new(AtomicUsize::new(0));
         let m = n.clone();
         (n, move || {
             let m = m.clone();
-            Box::new(move || {
+            Box::new(move |_| {
                 m.fetch_add(1, Ordering::SeqCst);
             })
         })
+    }
+
+    fn notifier() -> (Arc<AtomicUsize>, Notify) {
+        let n = Arc::new(AtomicUsize::new(0));
+        let m = n.clone();
+        (
+            n,
+            Arc::new(move || {
+                m.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+    }
+
+    fn run(due: Vec<Due>) {
+        for d in due {
+            d.run();
+        }
     }
 
     fn snap(text: &[&str], status: PodStatus) -> Snapshot {
@@ -298,29 +556,74 @@ mod tests {
     }
 
     #[test]
-    fn waiters_run_once_ready_and_pollers_when_their_topic_moves() {
+    fn waiters_run_once_ready_and_pollers_on_every_change() {
         let (n, cb) = counter();
         let mut s = LiveState::new(Instant::now());
         assert!(!s.ready());
         let Ok(id) = s.add_waiter(cb()) else {
             panic!("not ready yet")
         };
-        assert!(s.add_poller(Topic::Status, 0, cb()).is_none());
-        assert!(s.add_poller(Topic::Text, 0, cb()).is_none());
-        for f in s.snapshot(snap(&["a"], PodStatus::Idle)) {
-            f();
-        }
-        assert_eq!(
-            n.load(Ordering::SeqCst),
-            3,
-            "waiter, status poller, text poller"
+        let (status_polls, status_notify) = notifier();
+        let (text_polls, text_notify) = notifier();
+        assert!(!s.set_poller(1, Topic::Status, 0, status_notify));
+        assert!(!s.set_poller(2, Topic::Text, 0, text_notify));
+        run(s.snapshot(snap(&["a"], PodStatus::Idle)));
+        assert_eq!(n.load(Ordering::SeqCst), 1, "the waiter ran once");
+        assert_eq!(status_polls.load(Ordering::SeqCst), 1);
+        assert_eq!(text_polls.load(Ordering::SeqCst), 1);
+        assert!(
+            s.expire_waiter(id, Wake::Expired).is_none(),
+            "already answered"
         );
-        assert!(s.expire_waiter(id).is_none(), "already answered");
         assert!(s.add_waiter(cb()).is_err(), "ready: run it now");
-        // The same text again is no change; a status change is.
-        assert!(s.add_poller(Topic::Text, s.text_version, cb()).is_none());
-        assert!(s.snapshot(snap(&["a"], PodStatus::Running)).is_empty());
+        // The same text again is no change; a status change is, and pollers stay
+        // registered: every change notifies again (edge-triggered epoll needs that).
+        run(s.snapshot(snap(&["a"], PodStatus::Running)));
         assert_eq!(s.status_word(), PodStatus::Running);
+        assert_eq!(status_polls.load(Ordering::SeqCst), 2);
+        assert_eq!(text_polls.load(Ordering::SeqCst), 1);
+        run(s.snapshot(snap(&["a"], PodStatus::Idle)));
+        run(s.snapshot(snap(&["a", "b"], PodStatus::Idle)));
+        assert_eq!(status_polls.load(Ordering::SeqCst), 3);
+        assert_eq!(text_polls.load(Ordering::SeqCst), 2);
+        s.drop_poller(1);
+        run(s.snapshot(snap(&["a", "b"], PodStatus::Running)));
+        assert_eq!(status_polls.load(Ordering::SeqCst), 3, "dropped at release");
+    }
+
+    #[test]
+    fn polling_one_file_many_times_keeps_one_registration() {
+        let mut s = LiveState::new(Instant::now());
+        run(s.snapshot(snap(&["a"], PodStatus::Idle)));
+        let seen = s.version(Topic::Status);
+        for _ in 0..100_000 {
+            let (_, n) = notifier();
+            assert!(!s.set_poller(7, Topic::Status, seen, n));
+        }
+        assert_eq!(s.pollers(), 1);
+    }
+
+    #[test]
+    fn an_expired_bound_covers_later_operations() {
+        let (_, cb) = counter();
+        let mut s = LiveState::new(Instant::now());
+        let Ok(id) = s.add_waiter(cb()) else {
+            panic!("not ready")
+        };
+        assert!(!s.ready());
+        assert!(matches!(
+            s.expire_waiter(id, Wake::Expired),
+            Some(Due::Wake(_, Wake::Expired))
+        ));
+        assert!(s.ready(), "the next operation answers at once");
+        assert_eq!(s.status_word(), PodStatus::Unreachable);
+        // An interrupted waiter says nothing about the child.
+        let mut t = LiveState::new(Instant::now());
+        let Ok(id) = t.add_waiter(cb()) else {
+            panic!("not ready")
+        };
+        assert!(t.expire_waiter(id, Wake::Interrupted).is_some());
+        assert!(!t.ready());
     }
 
     #[test]
@@ -332,22 +635,47 @@ mod tests {
         s.unreachable(Reach::Gone);
         assert!(s.ready());
         assert_eq!(s.status_word(), PodStatus::Unreachable);
-        assert_eq!(s.history.as_ref().unwrap().text(), "kept");
-        assert!(!s.takes_input());
+        assert_eq!(s.history().unwrap().text(), "kept");
+        assert_eq!(s.intake(1), Intake::Unreachable);
         let mut t = LiveState::new(Instant::now());
         t.unreachable(Reach::Silent);
         assert_eq!(t.status_word(), PodStatus::Unreachable);
+        let mut u = LiveState::new(Instant::now());
+        u.snapshot(snap(&["big"], PodStatus::Idle));
+        u.unreachable(Reach::Failed(Failure::OverBudget));
+        assert!(u.history().is_none(), "what is over the budget is dropped");
+        assert_eq!(u.failure(), Some(Failure::OverBudget));
     }
 
     #[test]
-    fn a_pending_message_makes_the_child_busy_until_confirmed() {
+    fn the_first_write_reserves_the_child_until_its_message_is_settled() {
         let mut s = LiveState::new(Instant::now());
         s.snapshot(snap(&[], PodStatus::Idle));
-        assert!(s.takes_input());
-        s.pending_runs += 1;
-        assert!(!s.takes_input());
-        s.run_accepted();
+        let v0 = s.version(Topic::Status);
+        assert_eq!(s.intake(1), Intake::Takes);
+        assert_eq!(
+            s.status_word(),
+            PodStatus::Running,
+            "status agrees with input"
+        );
+        assert!(s.version(Topic::Status) > v0);
+        assert_eq!(s.intake(1), Intake::Takes, "the owner goes on writing");
+        assert_eq!(s.intake(2), Intake::Busy, "another writer is refused");
+        s.hand_over(1);
+        assert_eq!(s.intake(2), Intake::Busy, "still busy while on its way");
+        run(s.run_accepted());
         assert_eq!(s.status_word(), PodStatus::Running);
-        assert!(!s.takes_input());
+        // A refused message frees the child at once.
+        let mut t = LiveState::new(Instant::now());
+        t.snapshot(snap(&[], PodStatus::Idle));
+        assert_eq!(t.intake(3), Intake::Takes);
+        run(t.release_intake(3));
+        assert_eq!(t.status_word(), PodStatus::Idle);
+        assert_eq!(t.intake(4), Intake::Takes);
+        // A delivery that failed frees it too.
+        t.hand_over(4);
+        run(t.run_failed());
+        assert_eq!(t.status_word(), PodStatus::Idle);
+        assert_eq!(t.intake(5), Intake::Takes);
     }
 }

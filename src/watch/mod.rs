@@ -6,27 +6,31 @@
 //! ([`crate::protocol::history::Tracker`]), so reads are answered from memory and a child's
 //! history is serialised once per watch instead of once per `cat`. A dropped connection is
 //! re-made with backoff (and one fresh Snapshot). A watch ends after a period without
-//! interest, and the text all watches hold is bounded by a memory budget: least recently
-//! used watches are dropped first.
+//! interest, and everything all watches hold is bounded by a memory budget ([`budget`]):
+//! least recently used idle watches are dropped first, and a child whose data would still
+//! not fit is the one that fails (its files answer `EFBIG`), never a sibling.
 //!
 //! Every connection is served by one reactor thread ([`reactor`]); 1,000 watches cost that
 //! one thread and 1,000 file descriptors.
 
+pub mod budget;
 pub mod live;
 mod reactor;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{mpsc, Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::error::Result;
 use crate::pod_client::{PodClient, SocketPath};
+use crate::process::Requester;
 use crate::sync::{Mutex, MutexGuard};
-use live::{Callback, LiveState, Topic};
+use budget::Budget;
+use live::{LiveState, Notify, Topic, Waiter};
 use reactor::{Command, ReactorHandle};
 
 /// Called with the outcome of delivering a message.
@@ -36,10 +40,13 @@ pub type RunDone = Box<dyn FnOnce(Result<()>) + Send + 'static>;
 pub struct WatchConfig {
     /// A watch without interest for this long ends.
     pub idle: Duration,
-    /// The assistant text all watches may hold, in bytes.
+    /// What all watches may hold together, in bytes.
     pub budget: usize,
     /// Longest pause between reconnection attempts to a child that went away.
     pub max_backoff: Duration,
+    /// How long a message whose writer was told it was accepted waits for a child that is
+    /// busy with another client's turn, before podfs gives up on it (and logs an error).
+    pub delivery_wait: Duration,
 }
 
 impl Default for WatchConfig {
@@ -48,6 +55,7 @@ impl Default for WatchConfig {
             idle: Duration::from_secs(60),
             budget: 256 << 20,
             max_backoff: Duration::from_secs(2),
+            delivery_wait: Duration::from_secs(600),
         }
     }
 }
@@ -61,20 +69,31 @@ pub struct Stats {
     pub snapshots: AtomicU64,
     pub resyncs: AtomicU64,
     pub evicted_for_memory: AtomicU64,
+    pub over_budget: AtomicU64,
 }
 
 /// One watched child.
 pub struct Watch {
-    pub socket: SocketPath,
+    socket: SocketPath,
     id: u64,
     state: Mutex<LiveState>,
     reactor: ReactorHandle,
 }
 
 impl Watch {
+    pub fn socket(&self) -> &SocketPath {
+        &self.socket
+    }
+
     /// The live state, locked. Keep the guard short: the reactor waits for it.
     pub fn state(&self) -> MutexGuard<'_, LiveState> {
         self.state.lock()
+    }
+
+    /// The lock itself, for operations that take it in a fixed order with others
+    /// ([`crate::fs::output::take`]).
+    pub fn state_lock(&self) -> &Mutex<LiveState> {
+        &self.state
     }
 
     /// The live state, locked, if the child's state is known, or whatever it is when `now`
@@ -85,29 +104,36 @@ impl Watch {
         (s.ready() || now).then_some(s)
     }
 
-    /// Run `then` once the child's state is known (or at the latest after `bound`).
-    pub fn when_ready(self: &Arc<Self>, bound: Duration, then: Callback) {
+    /// Run `then` once the child's state is known, at the latest after `bound`, or as soon
+    /// as `who` gets a signal.
+    pub fn when_ready(self: &Arc<Self>, bound: Duration, who: Requester, then: Waiter) {
         let added = self.state.lock().add_waiter(then);
         match added {
-            Err(now) => now(),
+            Err(now) => now(live::Wake::Ready),
             Ok(id) => self.reactor.send(Command::Deadline {
                 watch: Arc::downgrade(self),
                 waiter: id,
                 at: Instant::now() + bound,
+                who,
             }),
         }
     }
 
-    /// Run `then` when `topic` moves past `seen`; false (and `then` dropped) when it
-    /// already has, so the caller can answer "ready" at once.
-    pub fn when_changed(&self, topic: Topic, seen: u64, then: Callback) -> bool {
-        self.state.lock().add_poller(topic, seen, then).is_none()
+    /// Register the poller of open file `fh` (replacing its earlier one): `notify` runs on
+    /// every change of `topic` until [`Watch::drop_poller`]. True when the topic already
+    /// moved past `seen`.
+    pub fn set_poller(&self, fh: u64, topic: Topic, seen: u64, notify: Notify) -> bool {
+        self.state.lock().set_poller(fh, topic, seen, notify)
     }
 
-    /// Deliver `text` as one `run`; `done` learns whether the child took it. The child
-    /// counts as busy for new messages until then.
-    pub fn send_run(self: &Arc<Self>, text: String, done: RunDone) {
-        self.state.lock().pending_runs += 1;
+    pub fn drop_poller(&self, fh: u64) {
+        self.state.lock().drop_poller(fh);
+    }
+
+    /// Deliver the message of `input` handle `fh` as one `run`; `done` learns whether the
+    /// child took it. The child counts as busy for new messages until then.
+    pub fn send_run(self: &Arc<Self>, fh: u64, text: String, done: RunDone) {
+        self.state.lock().hand_over(fh);
         self.reactor.send(Command::Send {
             watch: self.clone(),
             text,
@@ -117,15 +143,16 @@ impl Watch {
 
     /// An open handle keeps the watch from ending.
     pub fn pin(&self) {
-        let mut s = self.state.lock();
-        s.pins += 1;
-        s.last_interest = Instant::now();
+        self.state.lock().pin(Instant::now());
     }
 
     pub fn unpin(&self) {
-        let mut s = self.state.lock();
-        s.pins = s.pins.saturating_sub(1);
-        s.last_interest = Instant::now();
+        self.state.lock().unpin(Instant::now());
+    }
+
+    /// Somebody looked: the watch will not end for lack of interest for a while.
+    pub fn touch(&self) {
+        self.state.lock().touch(Instant::now());
     }
 }
 
@@ -133,7 +160,8 @@ pub struct Watches {
     map: Mutex<HashMap<SocketPath, Arc<Watch>>>,
     reactor: ReactorHandle,
     config: WatchConfig,
-    pub stats: Arc<Stats>,
+    stats: Arc<Stats>,
+    budget: Arc<Budget>,
     next_id: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -142,12 +170,15 @@ impl Watches {
     /// Start the reactor thread.
     pub fn start(client: Arc<PodClient>, config: WatchConfig) -> std::io::Result<Arc<Watches>> {
         let stats = Arc::new(Stats::default());
-        let (reactor, handle) = reactor::Reactor::new(client, stats.clone(), config.clone())?;
+        let budget = Arc::new(Budget::new(config.budget));
+        let (reactor, handle) =
+            reactor::Reactor::new(client, stats.clone(), budget.clone(), config.clone())?;
         let watches = Arc::new(Watches {
             map: Mutex::new(HashMap::new()),
             reactor: handle,
             config,
             stats,
+            budget,
             next_id: AtomicU64::new(1),
             thread: Mutex::new(None),
         });
@@ -164,7 +195,7 @@ impl Watches {
     pub fn watch(&self, socket: &SocketPath) -> Arc<Watch> {
         let mut map = self.map.lock();
         if let Some(w) = map.get(socket) {
-            w.state.lock().last_interest = Instant::now();
+            w.touch();
             return w.clone();
         }
         let w = Arc::new(Watch {
@@ -197,6 +228,14 @@ impl Watches {
         self.len() == 0
     }
 
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
     /// Text held by all watches, in bytes.
     pub fn text_bytes(&self) -> usize {
         self.map
@@ -206,49 +245,90 @@ impl Watches {
             .sum()
     }
 
-    /// Watches to end now: those without interest for the idle period, then, while the
-    /// text held exceeds the budget, the least recently used unpinned ones. Removed from
-    /// the map under its lock, so nobody can be handed a watch that is ending.
+    /// Run `then` at `at`, on the reactor's thread (for waits that are not a watch's).
+    pub fn at(&self, at: Instant, then: Box<dyn FnOnce() + Send + 'static>) {
+        self.reactor.send(Command::Call { at, then });
+    }
+
+    /// Watches to end now: those without interest for the idle period, then, while more
+    /// than the budget is held, the least recently used idle ones. Removed from the map
+    /// under its lock, so nobody can be handed a watch that is ending.
     fn sweep(&self, now: Instant) -> Vec<Arc<Watch>> {
         let mut map = self.map.lock();
         let mut ending = Vec::new();
-        let mut total = 0usize;
-        let mut candidates = Vec::new();
         map.retain(|_, w| {
             let s = w.state.lock();
-            if s.is_idle() && now.duration_since(s.last_interest) >= self.config.idle {
+            let expired = s.is_idle() && now.duration_since(s.last_interest()) >= self.config.idle;
+            if expired {
                 ending.push(w.clone());
-                return false;
             }
-            total += s.text_bytes();
-            if s.is_idle() {
-                candidates.push((s.last_interest, s.text_bytes(), w.socket.clone()));
-            }
-            true
+            !expired
         });
-        if total > self.config.budget {
-            candidates.sort_by_key(|c| c.0);
-            for (_, bytes, socket) in candidates {
-                if total <= self.config.budget {
-                    break;
-                }
-                if let Some(w) = map.remove(&socket) {
-                    total -= bytes;
-                    self.stats
-                        .evicted_for_memory
-                        .fetch_add(1, Ordering::Relaxed);
-                    ending.push(w);
-                }
-            }
+        drop(map);
+        if self.budget.used() > self.budget.limit() {
+            ending.extend(self.evict(0, None));
         }
         ending
     }
 
-    /// Stop the reactor and close every connection (at unmount).
+    /// Free room for `need` more bytes by ending idle watches (nobody has them open or
+    /// waits on them), least recently used first, never `except`. Their charges are
+    /// returned at once; the reactor closes their connections. Returns the watches ended.
+    fn evict(&self, need: usize, except: Option<u64>) -> Vec<Arc<Watch>> {
+        let fits = |b: &Budget| b.used().saturating_add(need) <= b.limit();
+        if fits(&self.budget) {
+            return Vec::new();
+        }
+        let mut map = self.map.lock();
+        let mut candidates: Vec<(Instant, SocketPath)> = map
+            .values()
+            .filter(|w| Some(w.id) != except)
+            .filter_map(|w| {
+                let s = w.state.lock();
+                (s.is_idle() && s.charged() > 0).then(|| (s.last_interest(), w.socket.clone()))
+            })
+            .collect();
+        candidates.sort();
+        let mut ended = Vec::new();
+        for (_, socket) in candidates {
+            if fits(&self.budget) {
+                break;
+            }
+            if let Some(w) = map.remove(&socket) {
+                w.state.lock().discharge(&self.budget);
+                self.stats
+                    .evicted_for_memory
+                    .fetch_add(1, Ordering::Relaxed);
+                ended.push(w);
+            }
+        }
+        ended
+    }
+
+    /// [`Watches::evict`] from outside the reactor: the reactor closes what was ended.
+    pub fn make_room(&self, need: usize) -> bool {
+        for w in self.evict(need, None) {
+            self.reactor.send(Command::End(w));
+        }
+        self.budget.used().saturating_add(need) <= self.budget.limit()
+    }
+
+    /// Stop the reactor and close every connection (at unmount): everyone still waiting
+    /// is answered. Bounded: a reactor that does not stop in time is left to the exit.
     pub fn shutdown(&self) {
         self.reactor.send(Command::Shutdown);
-        if let Some(t) = self.thread.lock().take() {
-            let _ = t.join();
+        let Some(t) = self.thread.lock().take() else {
+            return;
+        };
+        let (tx, rx) = mpsc::channel();
+        let joiner = std::thread::Builder::new()
+            .name("podfs-watch-join".into())
+            .spawn(move || {
+                let _ = t.join();
+                let _ = tx.send(());
+            });
+        if joiner.is_ok() && rx.recv_timeout(Duration::from_millis(300)).is_err() {
+            warn!("the watch reactor did not stop in time; leaving it to the exit");
         }
     }
 }

@@ -1,15 +1,20 @@
 //! The one thread that serves every watch: non-blocking connections to the children in an
 //! epoll set, the JSON-lines framing, the prelude, events, reconnection with backoff,
-//! message delivery, and the deadlines of everyone waiting.
+//! message delivery, the deadlines of everyone waiting, and the memory budget.
 //!
 //! The server drops a reader that lags behind its broadcast buffer, so this thread only
 //! ever reads, parses and updates memory: it never blocks on anything but `epoll_wait`.
+//! No child can monopolise it (a connection is read at most [`READ_SLICE`] per round) or
+//! make it hold more than the budget allows (what a connection holds is charged as it
+//! grows, and a child whose data does not fit fails alone). A panic while handling one
+//! child ends that child's watch, answering its waiters; the thread serves the others on.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{ErrorKind, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -18,12 +23,14 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use parking_lot::Mutex;
 use serde_json::Value;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::live::{Callback, Reach};
+use super::budget::Budget;
+use super::live::{Due, Failure, Reach, Wake};
 use super::{RunDone, Stats, Watch, WatchConfig, Watches};
 use crate::error::Error;
-use crate::pod_client::PodClient;
+use crate::pod_client::{proves_gone, PodClient};
+use crate::process::Requester;
 use crate::protocol::history::{History, Tracker};
 use crate::protocol::lines::LineBuffer;
 use crate::protocol::wire::{self, Event};
@@ -36,6 +43,13 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const SWEEP: Duration = Duration::from_secs(1);
 /// Pause between connect attempts while the child's listen backlog is full.
 const BACKLOG_RETRY: Duration = Duration::from_millis(5);
+/// How often the callers of parked operations are checked for signals.
+const SIGNALS: Duration = Duration::from_millis(50);
+/// Most bytes read from one connection per round: a flooding child cannot starve the
+/// others (epoll is level-triggered; the rest is read next round).
+const READ_SLICE: usize = 1 << 20;
+
+type Call = Box<dyn FnOnce() + Send + 'static>;
 
 pub(super) enum Command {
     Start(Arc<Watch>),
@@ -49,6 +63,11 @@ pub(super) enum Command {
         watch: Weak<Watch>,
         waiter: u64,
         at: Instant,
+        who: Requester,
+    },
+    Call {
+        at: Instant,
+        then: Call,
     },
     Shutdown,
 }
@@ -75,6 +94,8 @@ enum Timer {
     Prelude(u64, u64),
     Acks(u64),
     Sweep,
+    Signals,
+    Call(Call),
 }
 
 struct Scheduled {
@@ -105,11 +126,17 @@ enum Phase {
     Live,
 }
 
+/// A message on its way to the child.
+struct Outgoing {
+    text: String,
+    deadline: Instant,
+    done: RunDone,
+}
+
 /// A message written to the child, waiting for its echo.
 struct Ack {
     segments: Value,
-    deadline: Instant,
-    done: RunDone,
+    msg: Outgoing,
 }
 
 struct Conn {
@@ -123,6 +150,13 @@ struct Conn {
     want_write: bool,
 }
 
+impl Conn {
+    /// What this connection holds beyond the history.
+    fn held(&self) -> usize {
+        self.lines.capacity() + self.out.capacity() + self.tracker.pending_bytes()
+    }
+}
+
 /// The reactor's record of one watch.
 struct Link {
     watch: Arc<Watch>,
@@ -133,7 +167,10 @@ struct Link {
     connecting_since: Option<Instant>,
     backoff: Duration,
     /// Messages waiting for the connection to be live.
-    queued: Vec<(String, Instant, RunDone)>,
+    queued: Vec<Outgoing>,
+    /// Messages the child refused because another client's turn was running: sent again
+    /// when it takes runs, until their delivery bound.
+    held: VecDeque<Outgoing>,
 }
 
 /// Why a connection ended.
@@ -145,6 +182,8 @@ enum Ended {
     Resync,
     /// The child broke the protocol or refused us: back off.
     Failed,
+    /// What it sent does not fit the memory budget: stop following it.
+    OverBudget,
 }
 
 pub(super) struct Reactor {
@@ -156,18 +195,29 @@ pub(super) struct Reactor {
     seq: u64,
     client: Arc<PodClient>,
     stats: Arc<Stats>,
+    budget: Arc<Budget>,
     config: WatchConfig,
+    watches: Weak<Watches>,
+    /// Parked operations whose callers are checked for signals.
+    interruptible: Vec<(Weak<Watch>, u64, Requester)>,
+    signals_scheduled: bool,
     /// Sweep at the end of this round: the periodic timer fired, or a Snapshot arrived
     /// (checking the budget at once keeps a burst of new watches from overshooting it).
     sweep_due: bool,
 }
 
-type Due = Vec<Callback>;
+/// Run what became due: no lock is held, so a woken operation may read the state again.
+fn run(due: Vec<Due>) {
+    for d in due {
+        d.run();
+    }
+}
 
 impl Reactor {
     pub(super) fn new(
         client: Arc<PodClient>,
         stats: Arc<Stats>,
+        budget: Arc<Budget>,
         config: WatchConfig,
     ) -> std::io::Result<(Reactor, ReactorHandle)> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
@@ -190,7 +240,11 @@ impl Reactor {
                 seq: 0,
                 client,
                 stats,
+                budget,
                 config,
+                watches: Weak::new(),
+                interruptible: Vec::new(),
+                signals_scheduled: false,
                 sweep_due: false,
             },
             handle,
@@ -207,6 +261,7 @@ impl Reactor {
     }
 
     pub(super) fn run(mut self, watches: Weak<Watches>) {
+        self.watches = watches;
         self.schedule(Instant::now() + SWEEP, Timer::Sweep);
         let mut events = vec![EpollEvent::empty(); 256];
         loop {
@@ -222,11 +277,11 @@ impl Reactor {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,
                 Err(e) => {
-                    warn!(error = %e, "epoll_wait failed; watches stop");
+                    error!(error = %e, "epoll_wait failed; watches stop");
+                    self.shutdown();
                     return;
                 }
             };
-            let mut due: Due = Vec::new();
             for ev in &events[..n] {
                 if ev.data() == WAKE {
                     let _ = self.wake.read();
@@ -236,47 +291,60 @@ impl Reactor {
                             self.shutdown();
                             return;
                         }
-                        self.command(command, &mut due);
+                        self.contained(None, |r| r.command(command));
                     }
                 } else {
-                    self.io(ev.data(), ev.events(), &mut due);
+                    let id = ev.data();
+                    let flags = ev.events();
+                    self.contained(Some(id), |r| r.io(id, flags));
                 }
             }
-            self.fire_timers(&mut due);
-            // Callbacks run with no lock held: they may read the state again.
-            for f in due {
-                f();
-            }
-            // After the callbacks: the reader a Snapshot was just taken for has read it
-            // by now, so even a child that alone exceeds the budget is not ended under a
-            // reader that would only start its watch again.
+            self.fire_timers();
+            // After the wake-ups: the reader a Snapshot was just taken for has read it by
+            // now, so even a child that alone fills the budget is not ended under a reader
+            // that would only start its watch again.
             if std::mem::take(&mut self.sweep_due) {
-                if let Some(watches) = watches.upgrade() {
-                    let mut due = Vec::new();
+                if let Some(watches) = self.watches.upgrade() {
                     for w in watches.sweep(Instant::now()) {
-                        self.end(w.id, &mut due);
-                    }
-                    for f in due {
-                        f();
+                        self.end(w.id);
                     }
                 }
+            }
+        }
+    }
+
+    /// Run `f`; a panic in it is logged, and ends the watch it was about (if any), which
+    /// answers that watch's waiters. The reactor serves the others on.
+    fn contained(&mut self, id: Option<u64>, f: impl FnOnce(&mut Self)) {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(self))) {
+            let e = Error::from_panic(&*payload);
+            error!(error = %e, watch = ?id, "panic in the watch reactor; that watch ends");
+            if let Some(id) = id {
+                if let Some(watches) = self.watches.upgrade() {
+                    if let Some(link) = self.links.get(&id) {
+                        watches.end(link.watch.socket());
+                    }
+                }
+                let _ = catch_unwind(AssertUnwindSafe(|| self.end(id)));
             }
         }
     }
 
     fn shutdown(&mut self) {
         let links: Vec<u64> = self.links.keys().copied().collect();
-        let mut due = Vec::new();
         for id in links {
-            self.end(id, &mut due);
+            self.end(id);
         }
-        for f in due {
-            f();
+        // Parked operations that were never registered with a watch (gates) run now.
+        while let Some(Reverse(s)) = self.timers.pop() {
+            if let Timer::Call(then) = s.timer {
+                then();
+            }
         }
         debug!("watch reactor stopped");
     }
 
-    fn command(&mut self, command: Command, due: &mut Due) {
+    fn command(&mut self, command: Command) {
         match command {
             Command::Start(watch) => {
                 let id = watch.id;
@@ -289,67 +357,91 @@ impl Reactor {
                         connecting_since: None,
                         backoff: FIRST_BACKOFF,
                         queued: Vec::new(),
+                        held: VecDeque::new(),
                     },
                 );
-                self.connect(id, due);
+                self.connect(id);
             }
-            Command::End(watch) => self.end(watch.id, due),
-            Command::Send { watch, text, done } => self.send(watch, text, done, due),
-            Command::Deadline { watch, waiter, at } => {
+            Command::End(watch) => self.end(watch.id),
+            Command::Send { watch, text, done } => self.send(watch, text, done),
+            Command::Deadline {
+                watch,
+                waiter,
+                at,
+                who,
+            } => {
+                if who != Requester::NOBODY {
+                    self.interruptible.push((watch.clone(), waiter, who));
+                    if !self.signals_scheduled {
+                        self.signals_scheduled = true;
+                        self.schedule(Instant::now() + SIGNALS, Timer::Signals);
+                    }
+                }
                 self.schedule(at, Timer::Waiter(watch, waiter))
             }
+            Command::Call { at, then } => self.schedule(at, Timer::Call(then)),
             Command::Shutdown => unreachable!("handled by the loop"),
         }
     }
 
-    fn end(&mut self, id: u64, due: &mut Due) {
+    fn end(&mut self, id: u64) {
         let Some(mut link) = self.links.remove(&id) else {
             return;
         };
-        Self::close_conn(&self.epoll, &mut link);
-        for (_, _, done) in link.queued.drain(..) {
-            link.watch.state().run_failed();
+        let mut due = Self::close_conn(&self.epoll, &mut link);
+        let failed: Vec<Outgoing> = link.queued.drain(..).chain(link.held.drain(..)).collect();
+        for msg in failed {
+            due.extend(link.watch.state().run_failed());
             fail(
-                done,
+                msg.done,
                 Error::Unreachable("the watch ended before delivery".into()),
             );
         }
-        due.extend(link.watch.state().close());
+        {
+            let mut s = link.watch.state();
+            due.extend(s.close());
+            s.discharge(&self.budget);
+        }
+        run(due);
         self.stats.ended.fetch_add(1, Ordering::Relaxed);
-        debug!(socket = %link.watch.socket.path().display(), "watch ended");
+        debug!(socket = %link.watch.socket().path().display(), "watch ended");
     }
 
     /// Drop the connection, failing the messages that wait for their echo on it.
-    fn close_conn(epoll: &Epoll, link: &mut Link) {
+    fn close_conn(epoll: &Epoll, link: &mut Link) -> Vec<Due> {
+        let mut due = Vec::new();
         if let Some(conn) = link.conn.take() {
             let _ = epoll.delete(conn.stream.as_fd());
             for ack in conn.acks {
-                link.watch.state().run_failed();
+                due.extend(link.watch.state().run_failed());
                 fail(
-                    ack.done,
+                    ack.msg.done,
                     Error::Unreachable("the connection closed before the child confirmed".into()),
                 );
             }
         }
         link.generation += 1;
+        due
     }
 
-    fn connect(&mut self, id: u64, due: &mut Due) {
+    fn connect(&mut self, id: u64) {
         let now = Instant::now();
         let Some(link) = self.links.get_mut(&id) else {
             return;
         };
         let since = *link.connecting_since.get_or_insert(now);
-        let socket = link.watch.socket.clone();
+        let socket = link.watch.socket().clone();
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         match self.client.stream(&socket) {
             Ok(Some(stream)) => {
                 let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, id);
                 if let Err(e) = self.epoll.add(stream.as_fd(), event) {
                     warn!(error = %e, "cannot watch a connection");
-                    return self.failed(id, due);
+                    return self.local_failure(id, e.into());
                 }
-                let link = self.links.get_mut(&id).expect("looked up above");
+                let Some(link) = self.links.get_mut(&id) else {
+                    return;
+                };
                 link.connecting_since = None;
                 link.generation += 1;
                 let generation = link.generation;
@@ -373,51 +465,116 @@ impl Reactor {
             }
             Ok(None) => {
                 debug!(socket = %socket.path().display(), "connect timed out");
-                self.failed(id, due);
+                self.failed(id);
+            }
+            Err(e) if is_local_shortage(&e) => {
+                warn!(socket = %socket.path().display(), error = %e,
+                      "cannot connect for lack of podfs's own resources; not a fact about the child");
+                self.local_failure(id, e);
             }
             Err(e) => {
-                debug!(socket = %socket.path().display(), error = %e, "unreachable");
-                self.failed(id, due);
+                if !proves_gone(&e) {
+                    debug!(socket = %socket.path().display(), error = %e, "cannot connect");
+                }
+                self.failed(id);
             }
         }
     }
 
-    /// The child cannot be reached now: say so, fail what waits for it, try again later.
-    fn failed(&mut self, id: u64, due: &mut Due) {
+    /// podfs itself ran short (descriptors, memory): its readers get that errno, never a
+    /// state of the child; try again shortly.
+    fn local_failure(&mut self, id: u64, e: std::io::Error) {
         let Some(link) = self.links.get_mut(&id) else {
             return;
         };
         link.connecting_since = None;
-        due.extend(link.watch.state().unreachable(Reach::Gone));
-        for (_, _, done) in link.queued.drain(..) {
-            link.watch.state().run_failed();
-            fail(done, Error::Unreachable("the child is unreachable".into()));
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        let due = link
+            .watch
+            .state()
+            .unreachable(Reach::Failed(Failure::Local(errno)));
+        let generation = link.generation;
+        let at = Instant::now() + link.backoff;
+        link.backoff = (link.backoff * 2).min(self.config.max_backoff);
+        self.schedule(at, Timer::Connect(id, generation));
+        run(due);
+    }
+
+    /// The child cannot be reached now: say so, fail what waits for it, try again later.
+    fn failed(&mut self, id: u64) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        link.connecting_since = None;
+        let mut due = link.watch.state().unreachable(Reach::Gone);
+        for msg in link.queued.drain(..) {
+            due.extend(link.watch.state().run_failed());
+            fail(
+                msg.done,
+                Error::Unreachable("the child is unreachable".into()),
+            );
         }
         let generation = link.generation;
         let at = Instant::now() + link.backoff;
         link.backoff = (link.backoff * 2).min(self.config.max_backoff);
         self.schedule(at, Timer::Connect(id, generation));
+        run(due);
     }
 
-    fn disconnect(&mut self, id: u64, why: Ended, due: &mut Due) {
+    fn disconnect(&mut self, id: u64, why: Ended) {
         let Some(link) = self.links.get_mut(&id) else {
             return;
         };
-        Self::close_conn(&self.epoll, link);
-        if why == Ended::Failed {
-            self.failed(id, due);
-        } else {
-            link.watch.state().reconnecting();
-            self.connect(id, due);
+        let due = Self::close_conn(&self.epoll, link);
+        run(due);
+        match why {
+            Ended::Failed => self.failed(id),
+            Ended::OverBudget => self.over_budget(id),
+            Ended::Closed | Ended::Resync => {
+                let due = link_state_reconnecting(self.links.get(&id));
+                run(due);
+                self.connect(id);
+            }
         }
     }
 
-    fn send(&mut self, watch: Arc<Watch>, text: String, done: RunDone, due: &mut Due) {
+    /// This child's data does not fit the memory budget: stop following it. Its files
+    /// answer `EFBIG` until the watch ends; nothing of a sibling is touched.
+    fn over_budget(&mut self, id: u64) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let mut due = Self::close_conn(&self.epoll, link);
+        for msg in link.queued.drain(..).chain(link.held.drain(..)) {
+            due.extend(link.watch.state().run_failed());
+            fail(
+                msg.done,
+                Error::OverBudget("the child's data exceeds the memory budget".into()),
+            );
+        }
+        {
+            let mut s = link.watch.state();
+            due.extend(s.unreachable(Reach::Failed(Failure::OverBudget)));
+            s.discharge(&self.budget);
+        }
+        self.stats.over_budget.fetch_add(1, Ordering::Relaxed);
+        warn!(socket = %link.watch.socket().path().display(), budget = self.budget.limit(),
+              "a child's data exceeds the memory budget; its files answer EFBIG (raise --memory-budget-mib to follow it)");
+        run(due);
+    }
+
+    fn send(&mut self, watch: Arc<Watch>, text: String, done: RunDone) {
         let id = watch.id;
         let deadline = Instant::now() + self.client.timeouts.io;
+        let msg = Outgoing {
+            text,
+            deadline,
+            done,
+        };
         let Some(link) = self.links.get_mut(&id) else {
-            watch.state().run_failed();
-            return fail(done, Error::Unreachable("the watch has ended".into()));
+            let due = watch.state().run_failed();
+            run(due);
+            return fail(msg.done, Error::Unreachable("the watch has ended".into()));
         };
         let live = matches!(
             link.conn,
@@ -427,43 +584,42 @@ impl Reactor {
             })
         );
         if live {
-            self.write_run(id, text, done, deadline, due);
+            self.write_run(id, msg);
             return;
         }
-        let reach = link.watch.state().reach;
-        if link.conn.is_none() && reach == Reach::Gone {
-            link.watch.state().run_failed();
-            return fail(done, Error::Unreachable("the child is unreachable".into()));
+        let reach = link.watch.state().reach();
+        if link.conn.is_none() && matches!(reach, Reach::Gone | Reach::Failed(_)) {
+            let due = link.watch.state().run_failed();
+            run(due);
+            return fail(
+                msg.done,
+                Error::Unreachable("the child is unreachable".into()),
+            );
         }
-        link.queued.push((text, deadline, done));
+        link.queued.push(msg);
         self.schedule(deadline, Timer::Acks(id));
     }
 
-    fn write_run(
-        &mut self,
-        id: u64,
-        text: String,
-        done: RunDone,
-        deadline: Instant,
-        due: &mut Due,
-    ) {
+    fn write_run(&mut self, id: u64, mut msg: Outgoing) {
         let Some(conn) = self.links.get_mut(&id).and_then(|l| l.conn.as_mut()) else {
             return;
         };
-        let mut line = serde_json::to_vec(&wire::run_method(&text)).expect("methods serialise");
+        let mut line = wire::run_method(&msg.text).to_string().into_bytes();
         line.push(b'\n');
         conn.out.extend_from_slice(&line);
+        // The echo is awaited for the I/O bound from now (a held message waited before).
+        msg.deadline = msg.deadline.max(Instant::now() + self.client.timeouts.io);
+        let deadline = msg.deadline;
         conn.acks.push_back(Ack {
-            segments: wire::run_segments(&text),
-            deadline,
-            done,
+            segments: wire::run_segments(&msg.text),
+            msg,
         });
-        debug!(bytes = text.len(), "run written");
+        debug!("run written");
         self.schedule(deadline, Timer::Acks(id));
-        self.flush(id, due);
+        self.flush(id);
     }
 
-    fn flush(&mut self, id: u64, due: &mut Due) {
+    fn flush(&mut self, id: u64) {
         let Some(conn) = self.links.get_mut(&id).and_then(|l| l.conn.as_mut()) else {
             return;
         };
@@ -476,7 +632,7 @@ impl Reactor {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!(error = %e, "write failed");
-                    return self.disconnect(id, Ended::Closed, due);
+                    return self.disconnect(id, Ended::Closed);
                 }
             }
         }
@@ -493,34 +649,107 @@ impl Reactor {
         }
     }
 
-    fn io(&mut self, id: u64, flags: EpollFlags, due: &mut Due) {
-        if flags.contains(EpollFlags::EPOLLOUT) {
-            self.flush(id, due);
+    /// Bytes the line buffer of `id` may hold in all, from what the budget leaves it.
+    fn line_room(&self, id: u64) -> usize {
+        let Some(link) = self.links.get(&id) else {
+            return 0;
+        };
+        let Some(conn) = link.conn.as_ref() else {
+            return 0;
+        };
+        let charged = link.watch.state().charged();
+        let others_of_mine = charged.saturating_sub(conn.lines.capacity());
+        self.budget
+            .room_for(charged)
+            .saturating_sub(others_of_mine)
+            .min(self.client.timeouts.max_line)
+    }
+
+    /// End idle watches of others (least recently used first) until `need` more bytes fit;
+    /// whether any was ended.
+    fn evict_for(&mut self, id: u64, need: usize) -> bool {
+        let Some(watches) = self.watches.upgrade() else {
+            return false;
+        };
+        let ended = watches.evict(need, Some(id));
+        let any = !ended.is_empty();
+        for w in ended {
+            self.end(w.id);
         }
-        // Read everything there is, then handle the lines: a lagging reader gets dropped.
+        any
+    }
+
+    /// Charge what watch `id` holds now; false when it does not fit, even after ending
+    /// idle watches of others.
+    fn recharge(&mut self, id: u64) -> bool {
+        let Some(link) = self.links.get(&id) else {
+            return true;
+        };
+        let held = link.conn.as_ref().map_or(0, Conn::held);
+        let watch = link.watch.clone();
+        let mut s = watch.state();
+        let want = held + s.text_bytes();
+        if s.charge(&self.budget, want) {
+            return true;
+        }
+        let need = want.saturating_sub(s.charged());
+        drop(s);
+        self.evict_for(id, need);
+        let charged = watch.state().charge(&self.budget, want);
+        charged
+    }
+
+    fn io(&mut self, id: u64, flags: EpollFlags) {
+        if flags.contains(EpollFlags::EPOLLOUT) {
+            self.flush(id);
+        }
+        // Read what there is, up to a slice per round; a lagging reader gets dropped by
+        // the server, a flooding child must not starve the others.
+        let mut read = 0;
         let mut eof = false;
-        loop {
+        while read < READ_SLICE {
+            let room = self.line_room(id);
             let Some(conn) = self.links.get_mut(&id).and_then(|l| l.conn.as_mut()) else {
                 return;
             };
-            match conn.lines.read_from(&mut conn.stream) {
+            match conn.lines.read_within(&mut conn.stream, room) {
                 Ok(0) => {
                     eof = true;
                     break;
                 }
-                Ok(_) => {
-                    if !self.lines(id, due) {
+                Ok(n) => {
+                    read += n;
+                    if !self.recharge(id) {
+                        return self.disconnect(id, Ended::OverBudget);
+                    }
+                    if !self.lines(id) {
                         return;
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::OutOfMemory => {
+                    let pending = self
+                        .links
+                        .get(&id)
+                        .and_then(|l| l.conn.as_ref())
+                        .map_or(0, |c| c.lines.pending());
+                    // Idle watches of others go first; then this child is what does not fit.
+                    if self.evict_for(id, pending.max(64 << 10)) {
+                        continue;
+                    }
+                    debug!(error = %e, "line over the budget");
+                    return self.disconnect(id, Ended::OverBudget);
+                }
                 Err(e) => {
                     debug!(error = %e, "read failed");
                     eof = true;
                     break;
                 }
             }
+        }
+        if !self.recharge(id) {
+            return self.disconnect(id, Ended::OverBudget);
         }
         if eof {
             // Closed after its Snapshot: the child may be restarting, look again at once.
@@ -532,74 +761,120 @@ impl Reactor {
                 .is_some_and(|c| matches!(c.phase, Phase::Live) && !c.lines.has_partial());
             debug!(clean, "connection closed by the child");
             let why = if clean { Ended::Closed } else { Ended::Failed };
-            self.disconnect(id, why, due);
+            self.disconnect(id, why);
         }
     }
 
-    /// Handle every complete line; false when the connection was dropped meanwhile.
-    fn lines(&mut self, id: u64, due: &mut Due) -> bool {
+    /// Handle every complete line, each parsed where it lies in the buffer; false when
+    /// the connection was dropped meanwhile.
+    fn lines(&mut self, id: u64) -> bool {
+        let Some(conn) = self.links.get_mut(&id).and_then(|l| l.conn.as_mut()) else {
+            return false;
+        };
+        // Taken out of the connection while its lines are handled (handling needs the
+        // reactor), put back afterwards if the connection is still the same one.
+        let mut lines = std::mem::replace(&mut conn.lines, LineBuffer::new(0));
+        let generation = self.links.get(&id).map(|l| l.generation);
+        let mut alive = true;
         loop {
-            let Some(conn) = self.links.get_mut(&id).and_then(|l| l.conn.as_mut()) else {
-                return false;
-            };
-            let line = match conn.lines.next_line() {
+            let line = match lines.next_line() {
                 Ok(Some(line)) => line,
-                Ok(None) => return true,
+                Ok(None) => break,
                 Err(e) => {
                     warn!(error = %e, "dropping a connection");
-                    self.disconnect(id, Ended::Failed, due);
-                    return false;
+                    self.disconnect(id, Ended::Failed);
+                    alive = false;
+                    break;
                 }
             };
-            let trimmed = line.trim_ascii();
+            let trimmed = lines.slice(line).trim_ascii();
             if trimmed.is_empty() {
                 continue;
             }
-            let event = match Event::parse(trimmed) {
-                Ok(event) => event,
+            crate::failpoint::point("event");
+            let ended = match Event::parse(trimmed) {
+                Ok(event) => self.event(id, &event),
                 Err(e) => {
                     warn!(error = %e, "dropping a connection");
-                    self.disconnect(id, Ended::Failed, due);
-                    return false;
+                    Some(Ended::Failed)
                 }
             };
-            if let Some(why) = self.event(id, event, due) {
-                self.disconnect(id, why, due);
-                return false;
+            if let Some(why) = ended {
+                self.disconnect(id, why);
+                alive = false;
+                break;
             }
+        }
+        match self.links.get_mut(&id) {
+            Some(link) if alive && Some(link.generation) == generation => {
+                if let Some(conn) = link.conn.as_mut() {
+                    lines.release_consumed();
+                    conn.lines = lines;
+                }
+                true
+            }
+            _ => false,
         }
     }
 
     /// One event; `Some` when the connection must end.
-    fn event(&mut self, id: u64, event: Event, due: &mut Due) -> Option<Ended> {
-        let mut release = Vec::new();
-        let ended = self.apply(id, &event, &mut release, due);
-        // Messages that waited for the connection go out once the Snapshot is in.
-        for (text, deadline, done) in release {
-            self.write_run(id, text, done, deadline, due);
+    fn event(&mut self, id: u64, event: &Event) -> Option<Ended> {
+        let mut room_made = false;
+        loop {
+            let mut release = Vec::new();
+            let mut due = Vec::new();
+            let ended = self.apply(id, event, &mut release, &mut due);
+            // What the event made due runs now, before the next line can change the
+            // state again: a reader woken by a Snapshot is answered from that Snapshot.
+            run(due);
+            match ended {
+                // A Snapshot whose history does not fit: idle watches of others go first,
+                // then it is tried once more.
+                Some(Ended::OverBudget) if !room_made => {
+                    room_made = true;
+                    if !self.evict_for(id, event.raw_data().len()) {
+                        return Some(Ended::OverBudget);
+                    }
+                }
+                Some(why) => return Some(why),
+                None => {
+                    // Messages that waited for the connection go out once the Snapshot
+                    // is in.
+                    for msg in release {
+                        self.write_run(id, msg);
+                    }
+                    return None;
+                }
+            }
         }
-        ended
     }
 
     fn apply(
         &mut self,
         id: u64,
         event: &Event,
-        release: &mut Vec<(String, Instant, RunDone)>,
-        due: &mut Due,
+        release: &mut Vec<Outgoing>,
+        due: &mut Vec<Due>,
     ) -> Option<Ended> {
         let link = self.links.get_mut(&id)?;
+        // What this watch may hold as history: its room in the budget, less what it holds
+        // besides (the line being handled among it).
+        let text_room = {
+            let s = link.watch.state();
+            let besides = s.charged().saturating_sub(s.text_bytes());
+            self.budget.room_for(s.charged()).saturating_sub(besides)
+        };
         let conn = link.conn.as_mut()?;
-        tracing::trace!(socket = %link.watch.socket.path().display(), event = %event.name, "event");
+        tracing::trace!(socket = %link.watch.socket().path().display(), event = %event.name, "event");
         if let Phase::Prelude = conn.phase {
-            return match event.name.as_str() {
-                "snapshot" => match History::from_snapshot(event.raw_data()) {
+            return match &*event.name {
+                "snapshot" => match History::from_snapshot_within(event.raw_data(), text_room) {
                     Ok(snapshot) => {
                         self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
                         self.sweep_due = true;
                         if snapshot.history.malformed > 0 {
                             warn!(
-                                socket = %link.watch.socket.path().display(),
+                                socket = %link.watch.socket().path().display(),
                                 malformed = snapshot.history.malformed,
                                 "history entries did not parse; output may be incomplete"
                             );
@@ -610,6 +885,10 @@ impl Reactor {
                         due.extend(link.watch.state().snapshot(snapshot));
                         release.append(&mut link.queued);
                         None
+                    }
+                    Err(Error::OverBudget(what)) => {
+                        debug!(what, "snapshot over the budget");
+                        Some(Ended::OverBudget)
                     }
                     Err(e) => {
                         warn!(error = %e, "dropping a connection");
@@ -628,56 +907,92 @@ impl Reactor {
         // Our own messages are confirmed by the echo of exactly their segments (events
         // carry no request ids; another client's run must not be taken for ours).
         if let Some(ack) = conn.acks.front() {
-            let verdict = match event.name.as_str() {
+            let verdict = match &*event.name {
                 "user_message" if event.segments().as_ref() == Some(&ack.segments) => Some(Ok(())),
                 "error" => {
                     let (code, message) = event.error().unwrap_or_default();
-                    Some(Err(match code.as_str() {
-                        "already_running" => Error::Busy("the child started a turn first".into()),
-                        _ => Error::Rejected(format!("{code}: {message}")),
-                    }))
+                    Some(Err((code, message)))
                 }
                 _ => None,
             };
             if let Some(verdict) = verdict {
-                let done = conn.acks.pop_front().expect("front exists").done;
+                let ack = conn.acks.pop_front()?;
                 match verdict {
-                    Ok(()) => due.extend(link.watch.state().run_accepted()),
-                    Err(_) => link.watch.state().run_failed(),
+                    Ok(()) => {
+                        due.extend(link.watch.state().run_accepted());
+                        let done = ack.msg.done;
+                        due.push(Due::Wake(Box::new(move |_| done(Ok(()))), Wake::Ready));
+                    }
+                    // Another client's turn is running: hold the message for the child's
+                    // next idle moment. Its writer was told it was accepted.
+                    Err((code, _)) if code == "already_running" => {
+                        let mut msg = ack.msg;
+                        msg.deadline = Instant::now() + self.config.delivery_wait;
+                        let deadline = msg.deadline;
+                        debug!("the child is busy with another turn; the message waits");
+                        link.held.push_back(msg);
+                        self.seq += 1;
+                        self.timers.push(Reverse(Scheduled {
+                            at: deadline,
+                            seq: self.seq,
+                            timer: Timer::Acks(id),
+                        }));
+                    }
+                    Err((code, message)) => {
+                        due.extend(link.watch.state().run_failed());
+                        let done = ack.msg.done;
+                        let e = Error::Rejected(format!("{code}: {message}"));
+                        due.push(Due::Wake(Box::new(move |_| done(Err(e))), Wake::Ready));
+                    }
                 }
-                due.push(Box::new(move || done(verdict)));
             }
         }
         let changes = {
             let mut state = link.watch.state();
-            let history = state.history.get_or_insert_with(History::default);
-            let changes = conn.tracker.apply(history, event);
+            let changes = conn.tracker.apply(state.history_mut(), event);
             due.extend(state.changed(&changes));
             changes
         };
+        // A held message goes out the moment the child is free again.
+        if changes.status.is_some() && conn.acks.is_empty() && link.watch.state().child_takes_runs()
+        {
+            if let Some(msg) = link.held.pop_front() {
+                release.push(msg);
+            }
+        }
         if changes.resync {
             self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
             debug!(event = %event.name, "history changed shape; taking a fresh Snapshot");
             return Some(Ended::Resync);
         }
         if event.name == "shutdown" {
-            info!(socket = %link.watch.socket.path().display(), "child is shutting down");
+            info!(socket = %link.watch.socket().path().display(), "child is shutting down");
         }
         None
     }
 
-    fn fire_timers(&mut self, due: &mut Due) {
+    fn fire_timers(&mut self) {
         let now = Instant::now();
         while let Some(Reverse(next)) = self.timers.peek() {
             if next.at > now {
                 break;
             }
-            let Reverse(s) = self.timers.pop().expect("peeked");
+            let Some(Reverse(s)) = self.timers.pop() else {
+                break;
+            };
             match s.timer {
                 Timer::Waiter(watch, waiter) => {
                     if let Some(w) = watch.upgrade() {
-                        let expired = w.state().expire_waiter(waiter);
-                        due.extend(expired);
+                        let expired = w.state().expire_waiter(waiter, Wake::Expired);
+                        if let Some(d) = expired {
+                            d.run();
+                        }
+                    }
+                }
+                Timer::Signals => self.check_signals(now),
+                Timer::Call(then) => {
+                    if let Err(payload) = catch_unwind(AssertUnwindSafe(then)) {
+                        error!(error = %Error::from_panic(&*payload), "panic in a timed call");
                     }
                 }
                 Timer::Connect(id, generation) => {
@@ -686,31 +1001,10 @@ impl Reactor {
                         .get(&id)
                         .map(|l| (l.generation, l.conn.is_some()));
                     if current == Some((generation, false)) {
-                        self.connect(id, due);
+                        self.contained(Some(id), |r| r.connect(id));
                     }
                 }
-                Timer::Prelude(id, generation) => {
-                    if let Some(link) = self.links.get_mut(&id) {
-                        let waiting = link.generation == generation
-                            && matches!(
-                                link.conn,
-                                Some(Conn {
-                                    phase: Phase::Prelude,
-                                    ..
-                                })
-                            );
-                        if waiting {
-                            // Keep the connection: a slow child may still answer. Readers
-                            // are told it did not, now.
-                            debug!(socket = %link.watch.socket.path().display(), "no Snapshot in time");
-                            due.extend(link.watch.state().unreachable(Reach::Silent));
-                            for (_, _, done) in link.queued.drain(..) {
-                                link.watch.state().run_failed();
-                                fail(done, Error::Timeout("the child did not answer".into()));
-                            }
-                        }
-                    }
-                }
+                Timer::Prelude(id, generation) => self.prelude_overdue(id, generation),
                 Timer::Acks(id) => self.expire_acks(id, now),
                 Timer::Sweep => {
                     self.sweep_due = true;
@@ -720,30 +1014,99 @@ impl Reactor {
         }
     }
 
+    /// Parked operations whose caller got a signal are answered now.
+    fn check_signals(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        self.interruptible.retain(|(watch, waiter, who)| {
+            let Some(w) = watch.upgrade() else {
+                return false;
+            };
+            if !w.state().has_waiter(*waiter) {
+                return false;
+            }
+            if who.interrupted() {
+                due.extend(w.state().expire_waiter(*waiter, Wake::Interrupted));
+                return false;
+            }
+            true
+        });
+        run(due);
+        if self.interruptible.is_empty() {
+            self.signals_scheduled = false;
+        } else {
+            self.schedule(now + SIGNALS, Timer::Signals);
+        }
+    }
+
+    fn prelude_overdue(&mut self, id: u64, generation: u64) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let waiting = link.generation == generation
+            && matches!(
+                link.conn,
+                Some(Conn {
+                    phase: Phase::Prelude,
+                    ..
+                })
+            );
+        if !waiting {
+            return;
+        }
+        // Keep the connection: a slow child may still answer. Readers are told it did
+        // not, now.
+        debug!(socket = %link.watch.socket().path().display(), "no Snapshot in time");
+        let mut due = link.watch.state().unreachable(Reach::Silent);
+        for msg in link.queued.drain(..) {
+            due.extend(link.watch.state().run_failed());
+            fail(msg.done, Error::Timeout("the child did not answer".into()));
+        }
+        run(due);
+    }
+
     fn expire_acks(&mut self, id: u64, now: Instant) {
         let Some(link) = self.links.get_mut(&id) else {
             return;
         };
         let mut expired = Vec::new();
         if let Some(conn) = link.conn.as_mut() {
-            while conn.acks.front().is_some_and(|a| a.deadline <= now) {
-                expired.push(conn.acks.pop_front().expect("front exists").done);
+            while conn.acks.front().is_some_and(|a| a.msg.deadline <= now) {
+                if let Some(a) = conn.acks.pop_front() {
+                    expired.push(a.msg);
+                }
             }
         }
-        let (late, keep): (Vec<_>, Vec<_>) = link
-            .queued
-            .drain(..)
-            .partition(|(_, deadline, _)| *deadline <= now);
+        let (late, keep): (Vec<_>, Vec<_>) = link.queued.drain(..).partition(|m| m.deadline <= now);
         link.queued = keep;
-        expired.extend(late.into_iter().map(|(_, _, done)| done));
-        for done in expired {
-            link.watch.state().run_failed();
+        expired.extend(late);
+        while link.held.front().is_some_and(|m| m.deadline <= now) {
+            if let Some(m) = link.held.pop_front() {
+                expired.push(m);
+            }
+        }
+        let mut due = Vec::new();
+        for msg in expired {
+            due.extend(link.watch.state().run_failed());
             fail(
-                done,
-                Error::Timeout("the child did not confirm the message".into()),
+                msg.done,
+                Error::Timeout("the child did not take the message in time".into()),
             );
         }
+        run(due);
     }
+}
+
+fn link_state_reconnecting(link: Option<&Link>) -> Vec<Due> {
+    link.map(|l| l.watch.state().reconnecting())
+        .unwrap_or_default()
+}
+
+/// Whether a failed connect is podfs's own shortage rather than anything about the child.
+fn is_local_shortage(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) | Some(libc::ENOBUFS)
+    )
 }
 
 fn fail(done: RunDone, e: Error) {
