@@ -157,7 +157,7 @@ impl Dir {
         Ok(dir)
     }
 
-    /// A subdirectory; `ELOOP` (or `ENOTDIR`) when `name` is a symlink.
+    /// A subdirectory; `ELOOP` when `name` is a symlink (whatever it points to).
     pub fn sub(&self, name: &str) -> io::Result<Dir> {
         check_name(name)?;
         let fd = openat(
@@ -166,7 +166,17 @@ impl Dir {
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(errno)?;
+        .map_err(|e| match e {
+            // O_DIRECTORY on a symlink it may not follow says ENOTDIR; say what it is.
+            Errno::ENOTDIR
+                if self
+                    .stat(name)
+                    .is_ok_and(|s| s.mode & libc::S_IFMT == libc::S_IFLNK) =>
+            {
+                io::Error::from_raw_os_error(libc::ELOOP)
+            }
+            e => errno(e),
+        })?;
         Ok(Dir {
             fd,
             path: self.path.join(name),

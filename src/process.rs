@@ -36,6 +36,20 @@ impl Requester {
     }
 }
 
+/// The process (thread group) thread `tid` belongs to; `None` when it cannot be told.
+pub fn tgid(tid: u32) -> Option<u32> {
+    if tid == 0 {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// `PF_EXITING`: the task is in `do_exit` (include/linux/sched.h).
 const PF_EXITING: u64 = 0x4;
 
@@ -140,6 +154,14 @@ fn started_at(fields: &[String]) -> Option<SystemTime> {
 mod tests {
     use super::*;
     use std::process::Command;
+
+    #[test]
+    fn a_thread_belongs_to_its_process() {
+        let me = std::process::id();
+        let tid = nix::unistd::gettid().as_raw() as u32;
+        assert_eq!(tgid(tid), Some(me));
+        assert_eq!(tgid(0), None);
+    }
 
     #[test]
     fn a_live_process_and_its_own_record_count_as_alive() {

@@ -261,9 +261,16 @@ fn reclaim_offline(
 ) -> Result<()> {
     let paths = &parents.paths;
     let gen = paths.generation;
+    // Every directory is opened before anything is written: one that is a symlink (or
+    // otherwise cannot be opened) fails the removal with nothing changed.
     let pod_dir = paths
         .open_pod_dir(parent)
         .map_err(|e| Error::io(format!("open the directory of {parent}"), e))?;
+    let run_dir = match paths.open_pod_runtime_dir(parent) {
+        Ok(dir) => Some(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(format!("open the runtime dir of {parent}"), e)),
+    };
     let mut table = alloc::lock(
         &paths.runtime,
         gen.alloc_file,
@@ -333,12 +340,8 @@ fn reclaim_offline(
     crate::failpoint::point("reclaim-between-table-and-metadata");
     meta.reclaim_child(child);
     metadata::write_in(&pod_dir, &meta)?;
-    match paths.open_pod_runtime_dir(parent) {
-        Ok(run) => {
-            mirror::remove_child_in(&run, gen.mirror_file, child, gen)?;
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("open the runtime dir of {parent}"), e)),
+    if let Some(run) = &run_dir {
+        mirror::remove_child_in(run, gen.mirror_file, child, gen)?;
     }
     if let Err(e) = pod_dir.remove(JOURNAL) {
         warn!(error = %e, "cannot remove the reclaim journal");

@@ -50,9 +50,12 @@ pub fn base() -> Result<PathBuf> {
 
 /// A fresh private directory (mode 0700) under [`base`], removed when dropped.
 pub fn tempdir(prefix: &str) -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
     let base = base()?;
-    tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix(prefix)
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(&base)
-        .map_err(|e| Error::io(format!("create a directory in {}", base.display()), e))
+        .map_err(|e| Error::io(format!("create a directory in {}", base.display()), e))?;
+    Ok(dir)
 }

@@ -37,7 +37,7 @@ fn a_missing_mount_point_is_a_usage_error() {
 fn a_non_empty_mount_point_is_refused() {
     need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     std::fs::write(dir.path().join("x"), b"").unwrap();
     assert_eq!(
         podfs(&["mount", dir.path().to_str().unwrap(), "--home", &home.s()]),
@@ -47,10 +47,10 @@ fn a_non_empty_mount_point_is_refused() {
 
 #[test]
 fn a_missing_or_empty_home_is_a_usage_error() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let mnt = dir.path().to_str().unwrap();
     assert_eq!(podfs(&["mount", mnt, "--home", "/nonexistent/home"]), 1);
-    let empty = tempfile::tempdir().unwrap();
+    let empty = tempdir();
     assert_eq!(
         podfs(&["mount", mnt, "--home", empty.path().to_str().unwrap()]),
         1
@@ -171,7 +171,7 @@ fn a_second_mount_on_a_podfs_mount_is_refused() {
 fn a_mount_with_a_bad_option_fails_as_a_mount() {
     need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let code = podfs(&[
         "mount",
         dir.path().to_str().unwrap(),
@@ -191,8 +191,8 @@ fn each_generation_is_mounted_from_its_own_environment_variable() {
     need_fuse!();
     for (gen, var) in [(&INSOMNIA, "INSOMNIA_HOME"), (&YOI, "YOI_HOME")] {
         let home = Home::fixture(gen, "live");
-        let mnt = tempfile::tempdir().unwrap();
-        let log = tempfile::NamedTempFile::new().unwrap();
+        let mnt = tempdir();
+        let log = temp_file();
         let mut podfs = Command::new(BIN)
             .args(["--log-file", log.path().to_str().unwrap(), "mount"])
             .arg(mnt.path())

@@ -443,7 +443,7 @@ both!(
 fn concurrent_readers(gen: Gen) {
     let live = Live::new(gen);
     let c = live.c();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let d = dir.path().display();
     for round in 0..3 {
         ok(&format!("echo 0 > {c}/cursor"));
@@ -515,7 +515,7 @@ const PENDING: &str = "echo: child1 task: describe your work directory\n";
 
 fn cp_r(gen: Gen) {
     let live = Live::new(gen);
-    let dst = tempfile::tempdir().unwrap();
+    let dst = tempdir();
     ok(&format!("cp -r {} {}/copy", live.c(), dst.path().display()));
     check_copy(&live, &dst.path().join("copy"), PENDING);
 }
@@ -523,7 +523,7 @@ both!(cp_r_of_a_child, cp_r);
 
 fn tar(gen: Gen) {
     let live = Live::new(gen);
-    let dst = tempfile::tempdir().unwrap();
+    let dst = tempdir();
     let d = dst.path().display();
     // tar trusts stat sizes: a size that lies makes it fail or store the wrong bytes.
     ok(&format!(
@@ -537,7 +537,7 @@ both!(tar_of_a_child, tar);
 
 fn rsync(gen: Gen) {
     let live = Live::new(gen);
-    let dst = tempfile::tempdir().unwrap();
+    let dst = tempdir();
     ok(&format!(
         "rsync -a {}/ {}/copy/",
         live.c(),

@@ -239,7 +239,7 @@ fn children_of(pid: u32) -> Vec<(u32, String)> {
 #[test]
 fn podfs_demo_mounts_and_cleans_up() {
     need_fuse!();
-    let parent = tempfile::tempdir().unwrap();
+    let parent = tempdir();
     let mnt = parent.path().join("pods");
     let mut demo = Demo::start(&[mnt.to_str().unwrap(), "--children", "2"]);
     let m = demo.m();

@@ -228,7 +228,7 @@ impl World {
         if let Ok(filter) = std::env::var("PODFS_TEST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
         }
-        let dir = tempfile::tempdir().unwrap();
+        let dir = podfs::scratch::tempdir("podfs-test-").unwrap();
         let home = dir.path().to_path_buf();
         let names: Vec<String> = CHILDREN.iter().map(|s| s.to_string()).collect();
         podfs::demo::home::create(&home, &GEN, "parent", &names).unwrap();

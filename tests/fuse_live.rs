@@ -198,7 +198,7 @@ fn log_follows_the_child_live(gen: Gen) {
     let first = "echo: child1 task: describe your work directory\n";
     assert_eq!(ok(&format!("cat {c}/log")), first);
     // tail -f sees the text a later run adds.
-    let out = tempfile::NamedTempFile::new().unwrap();
+    let out = temp_file();
     let mut tail = std::process::Command::new("tail")
         .args(["-n", "+1", "-s", "0.2", "-f"])
         .arg(format!("{c}/log"))

@@ -82,7 +82,7 @@ fn standard_tools_see_whole_files() {
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     let h = home.s();
-    let copy = tempfile::tempdir().unwrap();
+    let copy = tempdir();
     ok(&format!(
         "cp {}/parent/child1/scope {}/scope",
         m.s(),

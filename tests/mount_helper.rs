@@ -64,7 +64,7 @@ fn mount_t_fuse_podfs_and_fstab_lines_work() {
         return;
     };
     let home = Home::fixture(&INSOMNIA, "live");
-    let mnt = tempfile::tempdir().unwrap();
+    let mnt = tempdir();
     let m = mnt.path().display().to_string();
     let _guard = Unmount(mnt.path());
 
@@ -79,7 +79,7 @@ fn mount_t_fuse_podfs_and_fstab_lines_work() {
     wait_for(Duration::from_secs(5), || !is_mounted(mnt.path()));
 
     // An fstab line (mount -T reads an fstab of our own instead of /etc/fstab).
-    let fstab = tempfile::NamedTempFile::new().unwrap();
+    let fstab = temp_file();
     std::fs::write(
         fstab.path(),
         format!("{} {m} fuse.podfs defaults,nofail,ro 0 0\n", home.s()),
@@ -102,10 +102,10 @@ fn daemon_returns_once_the_mount_is_ready() {
         return;
     }
     let home = Home::fixture(&INSOMNIA, "live");
-    let mnt = tempfile::tempdir().unwrap();
+    let mnt = tempdir();
     let _guard = Unmount(mnt.path());
     let m = mnt.path().display().to_string();
-    let logs = tempfile::tempdir().unwrap();
+    let logs = tempdir();
     let log = logs.path().join("daemon.log");
     let out = Command::new(BIN)
         .args([
@@ -167,7 +167,7 @@ fn install(args: &[&str], env: (&str, &Path)) {
 
 #[test]
 fn install_script_stages_binary_helper_units_man_page_and_completions() {
-    let stage = tempfile::tempdir().unwrap();
+    let stage = tempdir();
     install(&[], ("DESTDIR", stage.path()));
     let read = |rel: &str| {
         std::fs::read_to_string(stage.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
@@ -189,7 +189,7 @@ fn install_script_stages_binary_helper_units_man_page_and_completions() {
     );
     assert!(!unit.contains("@BINDIR@"));
 
-    let home = tempfile::tempdir().unwrap();
+    let home = tempdir();
     install(&["--user"], ("HOME", home.path()));
     let unit =
         std::fs::read_to_string(home.path().join(".config/systemd/user/podfs.service")).unwrap();

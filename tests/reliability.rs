@@ -601,8 +601,10 @@ fn shell_quote(s: &str) -> String {
 
 fn open_to_all(m: &Mount) {
     use std::os::unix::fs::PermissionsExt;
-    // The mount point's own directory must be reachable, or the test proves nothing.
+    // The mount point's own directory must be reachable, or the test proves nothing. It
+    // is the mount's private directory: nothing outside the test's own directories changes.
     let parent = m.path().parent().unwrap();
+    assert_eq!(parent, m.base.path());
     std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
@@ -654,7 +656,7 @@ fn allow_other_applies_honest_modes() {
 fn sockets_outside_the_runtime_dir_are_never_connected_to() {
     need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
-    let elsewhere = tempfile::tempdir().unwrap();
+    let elsewhere = tempdir();
     let sock = elsewhere.path().join("sock");
     let listener = UnixListener::bind(&sock).unwrap();
     listener.set_nonblocking(true).unwrap();

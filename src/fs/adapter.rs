@@ -206,11 +206,12 @@ impl Filesystem for Adapter {
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let _s = span("getattr", req, ino.0);
         let fh = fh.map(|f| f.0);
+        let who = caller(req);
         guarded("getattr", || {
             self.answer(
                 req,
-                self.fs.getattr(ino.0, fh, false),
-                move |fs| fs.getattr(ino.0, fh, true),
+                self.fs.getattr(ino.0, fh, &who, false),
+                move |fs| fs.getattr(ino.0, fh, &who, true),
                 self.reply_attr("getattr", reply),
             )
         });
@@ -235,17 +236,18 @@ impl Filesystem for Adapter {
         reply: ReplyAttr,
     ) {
         let _s = span("setattr", req, ino.0);
+        let who = caller(req);
         guarded("setattr", || {
             let step = match (mode, uid, gid, size) {
                 (None, None, None, Some(size)) => self.fs.truncate(ino.0, size),
                 // touch(1): times are not kept, and that is not an error worth failing on.
-                (None, None, None, None) => self.fs.getattr(ino.0, None, false),
+                (None, None, None, None) => self.fs.getattr(ino.0, None, &who, false),
                 _ => Step::Ready(Err(Error::NotPermitted("attributes are fixed".into()))),
             };
             self.answer(
                 req,
                 step,
-                move |fs| fs.getattr(ino.0, None, true),
+                move |fs| fs.getattr(ino.0, None, &who, true),
                 self.reply_attr("setattr", reply),
             )
         });

@@ -238,6 +238,14 @@ impl Default for Settings {
     }
 }
 
+/// An open `output` snapshot, for `stat`.
+struct OpenOutput {
+    fh: u64,
+    size: u64,
+    /// The process that opened it.
+    opener: Option<u32>,
+}
+
 /// How long a reader of the cursor waits for a value closed but not yet applied.
 const CURSOR_GATE: Duration = Duration::from_millis(500);
 
@@ -263,10 +271,11 @@ pub struct PodFs {
     child_inos: Arc<Mutex<HashMap<PodName, ChildInos>>>,
     pub kernel: Arc<KernelQueue>,
     pub pool: Pool,
-    /// Open `output` snapshots per child (handle, size): while one is open, `stat` of
-    /// `output` shows the newest one's size, so a tool that stats, opens and reads sees
-    /// one consistent size (`fstat` of a handle shows that handle's own).
-    open_outputs: Mutex<HashMap<CursorKey, Vec<(u64, u64)>>>,
+    /// Open `output` snapshots per child: while one is open, `stat` of `output` shows the
+    /// size of the newest one the asking process opened (else the newest of all), so a
+    /// tool that opens, `fstat`s and reads (`tar`, `rsync`) sees its own snapshot's size.
+    /// (The kernel does not say which open file an `fstat` is about.)
+    open_outputs: Mutex<HashMap<CursorKey, Vec<OpenOutput>>>,
     next_fh: AtomicU64,
     started: SystemTime,
 }
@@ -392,6 +401,7 @@ impl PodFs {
             evicted_for_memory = load(&stats.evicted_for_memory),
             over_budget = load(&stats.over_budget),
             budget_used = self.watches.budget().used(),
+            pollers = self.watches.pollers(),
             threads,
             "report"
         );
@@ -515,7 +525,7 @@ impl PodFs {
                     .open_outputs
                     .lock()
                     .get(&(pod.clone(), child.clone()))
-                    .and_then(|v| v.last().map(|(_, size)| *size));
+                    .and_then(|v| v.last().map(|o| o.size));
                 let size = match (s.history(), s.reach(), cursor) {
                     _ if open.is_some() => open.unwrap_or(0),
                     (Some(h), Reach::Live, Some(c)) if s.is_fresh() => {
@@ -566,14 +576,21 @@ impl PodFs {
         }
     }
 
-    /// Attributes of `ino`; with `fh` (an `fstat`), those of that open file: an open
-    /// `output` reports the size of its own snapshot, whatever other opens took since.
-    pub fn getattr(&self, ino: u64, fh: Option<u64>, now: bool) -> Step<Attr> {
+    /// Attributes of `ino` for `caller`; with `fh`, those of that open file. An open
+    /// `output` reports the size of its own snapshot (the caller's newest), whatever
+    /// other opens took since.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>, caller: &Caller, now: bool) -> Step<Attr> {
         let node = ready!(self.node(ino));
         let own_size = fh
             .and_then(|fh| self.handles.lock().get(&fh).cloned())
             .and_then(|h| match &*h {
                 Handle::Output { bytes, .. } => Some(bytes.len() as u64),
+                _ => None,
+            })
+            .or_else(|| match &node {
+                Node::File(pod, child, FileKind::Output) => {
+                    self.own_output_size(&(pod.clone(), child.clone()), caller)
+                }
                 _ => None,
             });
         match own_size {
@@ -607,6 +624,17 @@ impl PodFs {
         let mut attr = self.attr_of(&node, true).into_result()?;
         attr.ino = self.inodes.remember(&node);
         Ok(attr)
+    }
+
+    /// The size of the newest `output` snapshot `caller`'s process has open, if any.
+    fn own_output_size(&self, key: &CursorKey, caller: &Caller) -> Option<u64> {
+        let open = self.open_outputs.lock();
+        let list = open.get(key)?;
+        let me = crate::process::tgid(caller.pid)?;
+        list.iter()
+            .rev()
+            .find(|o| o.opener == Some(me))
+            .map(|o| o.size)
     }
 
     /// The kernel dropped `n` references to `ino`.
@@ -925,7 +953,11 @@ impl PodFs {
                 .lock()
                 .entry((file.pod.clone(), file.child.clone()))
                 .or_default()
-                .push((fh, bytes.len() as u64));
+                .push(OpenOutput {
+                    fh,
+                    size: bytes.len() as u64,
+                    opener: crate::process::tgid(caller.pid),
+                });
         }
         self.handles.lock().insert(fh, Arc::new(handle));
         Step::Ready(Ok(fh))
@@ -1231,7 +1263,7 @@ impl PodFs {
                 let key = (file.pod.clone(), file.child.clone());
                 let mut open = self.open_outputs.lock();
                 if let Some(list) = open.get_mut(&key) {
-                    list.retain(|(h, _)| *h != fh);
+                    list.retain(|o| o.fh != fh);
                     if list.is_empty() {
                         open.remove(&key);
                     }
@@ -1428,14 +1460,14 @@ fn failure_error(f: Failure) -> Error {
             "podfs cannot follow the child for lack of its own resources",
             std::io::Error::from_raw_os_error(errno),
         ),
+        Failure::Internal => {
+            Error::Panicked("podfs failed while following the child; see the log".into())
+        }
     }
 }
 
 fn failure_errno(f: Failure) -> i32 {
-    match f {
-        Failure::OverBudget => libc::EFBIG,
-        Failure::Local(errno) => errno,
-    }
+    failure_error(f).errno()
 }
 
 /// Builds the logic layer for a home: the parent cache, the pod client, the watches.

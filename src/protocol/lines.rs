@@ -134,7 +134,13 @@ impl LineBuffer {
         &self.buf[line]
     }
 
-    /// Bytes held, for memory accounting.
+    /// Bytes held, for memory accounting: what was read and not yet given back. (Large
+    /// buffers are mapped pages, resident only as far as they are written, so this, not
+    /// the capacity, is what the process holds.)
+    pub fn held(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
     }

@@ -2,6 +2,8 @@
 //! unfinished line a connection is reading, text announced but not yet logged, and the
 //! text `output` handles took. Every holder charges what it holds; a charge that would pass
 //! the limit is refused, and the holder that asked (never a sibling) is the one that fails.
+//! No one child may hold more than [`Budget::share`]: a quarter always stays for the
+//! others, so a child that floods fails before its siblings feel it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,6 +25,11 @@ impl Budget {
         self.limit
     }
 
+    /// The most one child may hold.
+    pub fn share(&self) -> usize {
+        self.limit - self.limit / 4
+    }
+
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
@@ -42,10 +49,10 @@ impl Budget {
             .is_ok()
     }
 
-    /// The most a holder that now holds `holding` bytes could hold in all.
+    /// The most a child that now holds `holding` bytes could hold in all.
     pub fn room_for(&self, holding: usize) -> usize {
         let others = self.used().saturating_sub(holding);
-        self.limit.saturating_sub(others)
+        self.limit.saturating_sub(others).min(self.share())
     }
 }
 
@@ -59,7 +66,7 @@ mod tests {
         assert!(b.resize(0, 60));
         assert!(!b.resize(0, 50), "60 + 50 > 100");
         assert_eq!(b.used(), 60);
-        assert_eq!(b.room_for(60), 100);
+        assert_eq!(b.room_for(60), 75, "one child holds three quarters at most");
         assert_eq!(b.room_for(0), 40);
         assert!(b.resize(0, 40));
         assert!(b.resize(60, 10));

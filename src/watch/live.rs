@@ -69,6 +69,8 @@ pub enum Failure {
     OverBudget,
     /// podfs's own resources ran out (the errno: EMFILE, ENFILE, ENOMEM, ...).
     Local(i32),
+    /// podfs failed (a contained panic) while handling what the child sent.
+    Internal,
 }
 
 /// Which content a poller waits on.
@@ -258,6 +260,9 @@ impl LiveState {
     /// nothing changed, when that would pass the limit. A closed watch holds nothing.
     pub fn charge(&mut self, budget: &Budget, want: usize) -> bool {
         let want = if self.closed { 0 } else { want };
+        if want > budget.share() {
+            return false;
+        }
         if budget.resize(self.charged, want) {
             self.charged = want;
             true

@@ -236,6 +236,11 @@ impl Watches {
         &self.budget
     }
 
+    /// Pollers registered with all watches (one per polled open file).
+    pub fn pollers(&self) -> usize {
+        self.map.lock().values().map(|w| w.state().pollers()).sum()
+    }
+
     /// Text held by all watches, in bytes.
     pub fn text_bytes(&self) -> usize {
         self.map

@@ -153,7 +153,7 @@ struct Conn {
 impl Conn {
     /// What this connection holds beyond the history.
     fn held(&self) -> usize {
-        self.lines.capacity() + self.out.capacity() + self.tracker.pending_bytes()
+        self.lines.held() + self.out.capacity() + self.tracker.pending_bytes()
     }
 }
 
@@ -320,8 +320,14 @@ impl Reactor {
             let e = Error::from_panic(&*payload);
             error!(error = %e, watch = ?id, "panic in the watch reactor; that watch ends");
             if let Some(id) = id {
-                if let Some(watches) = self.watches.upgrade() {
-                    if let Some(link) = self.links.get(&id) {
+                if let Some(link) = self.links.get(&id) {
+                    // Its readers hear EIO: podfs no longer knows the child's state.
+                    let due = link
+                        .watch
+                        .state()
+                        .unreachable(Reach::Failed(Failure::Internal));
+                    let _ = catch_unwind(AssertUnwindSafe(|| run(due)));
+                    if let Some(watches) = self.watches.upgrade() {
                         watches.end(link.watch.socket());
                     }
                 }
@@ -658,7 +664,7 @@ impl Reactor {
             return 0;
         };
         let charged = link.watch.state().charged();
-        let others_of_mine = charged.saturating_sub(conn.lines.capacity());
+        let others_of_mine = charged.saturating_sub(conn.lines.held());
         self.budget
             .room_for(charged)
             .saturating_sub(others_of_mine)
@@ -691,6 +697,9 @@ impl Reactor {
         let want = held + s.text_bytes();
         if s.charge(&self.budget, want) {
             return true;
+        }
+        if want > self.budget.share() {
+            return false;
         }
         let need = want.saturating_sub(s.charged());
         drop(s);
@@ -832,7 +841,9 @@ impl Reactor {
                 // then it is tried once more.
                 Some(Ended::OverBudget) if !room_made => {
                     room_made = true;
-                    if !self.evict_for(id, event.raw_data().len()) {
+                    // Building a history from a Snapshot holds its text twice for a moment.
+                    let need = event.raw_data().len().saturating_mul(2) + (64 << 10);
+                    if !self.evict_for(id, need) {
                         return Some(Ended::OverBudget);
                     }
                 }

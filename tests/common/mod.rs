@@ -126,10 +126,7 @@ impl Home {
     }
 
     fn new_dir() -> tempfile::TempDir {
-        tempfile::Builder::new()
-            .prefix("podfs-home-")
-            .tempdir()
-            .unwrap()
+        tempdir_named("podfs-home-")
     }
 
     /// A state folder of `gen`'s golden fixtures with `@HOME@` replaced by this home.
@@ -225,10 +222,40 @@ fn copy_tree(from: &Path, to: &Path, home: &str) {
     }
 }
 
-/// A running `podfs mount`, unmounted and reaped on drop.
+/// The system's python3, for commands run as another user (a per-user install, such as
+/// pyenv's shims under root's home, is not theirs to run).
+pub fn system_python() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// A private temporary directory (mode 0700), in the temporary directory when this user
+/// may write it, else in the cache directory (see `podfs::scratch`). Honours `TMPDIR`.
+pub fn tempdir() -> tempfile::TempDir {
+    tempdir_named("podfs-test-")
+}
+
+pub fn tempdir_named(prefix: &str) -> tempfile::TempDir {
+    podfs::scratch::tempdir(prefix).expect("a writable temporary directory")
+}
+
+/// A temporary file in the same place as [`tempdir`].
+pub fn temp_file() -> tempfile::NamedTempFile {
+    let base = podfs::scratch::base().expect("a writable temporary directory");
+    tempfile::NamedTempFile::new_in(base).unwrap()
+}
+
+/// A running `podfs mount`, unmounted and reaped on drop. The mount point lies in a
+/// private directory of its own, so a test that opens it to other users changes nothing
+/// outside its own temporary directories.
 pub struct Mount {
     child: Option<Child>,
-    pub dir: tempfile::TempDir,
+    /// The private directory holding the mount point and the log.
+    pub base: tempfile::TempDir,
+    mnt: PathBuf,
     log: PathBuf,
 }
 
@@ -254,17 +281,31 @@ impl Mount {
     }
 
     pub fn with_args(home: &Home, extra: &[&str]) -> Mount {
-        let dir = tempfile::Builder::new()
-            .prefix("podfs-mnt-")
-            .tempdir()
-            .unwrap();
-        let log = home.path().with_extension("mount.log");
-        let child = Command::new(BIN)
+        Self::started(home, Command::new(BIN), extra, &[])
+    }
+
+    /// podfs started by `command` (a wrapper such as `prlimit ... --` that execs it, so the
+    /// pid is podfs's own), with `env` set.
+    pub fn started(
+        home: &Home,
+        mut command: Command,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mount {
+        let base = tempdir_named("podfs-mnt-");
+        let mnt = base.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let log = base.path().join("mount.log");
+        if command.get_program() != BIN {
+            command.arg(BIN);
+        }
+        let child = command
             .args(["--log-level", "debug", "mount"])
-            .arg(dir.path())
+            .arg(&mnt)
             .arg("--home")
             .arg(home.path())
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -272,7 +313,8 @@ impl Mount {
             .unwrap();
         let mut mount = Mount {
             child: Some(child),
-            dir,
+            base,
+            mnt,
             log,
         };
         mount.wait_ready();
@@ -295,7 +337,7 @@ impl Mount {
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.mnt
     }
 
     pub fn p(&self, rel: &str) -> PathBuf {
@@ -402,8 +444,79 @@ impl Drop for Mount {
             }
         }
         force_unmount(self.path());
-        let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// The peak resident size of process `pid` so far, in MiB (`VmHWM`).
+pub fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kib / 1024
+}
+
+/// A child played by the test: a Unix socket under `run/<name>/` whose connections are
+/// served by `behave` (each on a thread of its own), listed under `parent`. Stops
+/// accepting when dropped.
+pub struct FakeChild {
+    pub sock: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeChild {
+    pub fn serve(
+        home: &Home,
+        name: &str,
+        behave: impl Fn(std::os::unix::net::UnixStream) + Send + Sync + 'static,
+    ) -> FakeChild {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let sock = home.path().join("run").join(name).join("sock");
+        std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let behave = std::sync::Arc::new(behave);
+        {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            let _ = s.set_nonblocking(false);
+                            let behave = behave.clone();
+                            thread::spawn(move || behave(s));
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            });
+        }
+        home.add_child("parent", name, &sock);
+        FakeChild { sock, stop }
+    }
+}
+
+impl Drop for FakeChild {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A Snapshot line: an idle child with these assistant texts, one entry each.
+pub fn snapshot_line(texts: &[&str]) -> Vec<u8> {
+    let entries: Vec<serde_json::Value> = texts
+        .iter()
+        .map(|t| serde_json::json!({"kind": "assistant_item", "ts": 1, "item": {"kind": "message", "role": "assistant", "content": [{"kind": "text", "text": t}]}}))
+        .collect();
+    let mut line = serde_json::to_vec(
+        &serde_json::json!({"event": "snapshot", "data": {"entries": entries, "status": "idle"}}),
+    )
+    .unwrap();
+    line.push(b'\n');
+    line
 }
 
 pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {

@@ -1,0 +1,840 @@
+//! The abnormal cases a reviewer and an attacker found, each reproduced through a real
+//! mount: a running parent that is slow to answer, two mounts removing one child, panics,
+//! messages raced by their own writer, a writer killed midway, edge-triggered epoll,
+//! signals while podfs waits, shutdown under waiting readers, symlinks under the runtime
+//! dir, another user reading `output`, a `dup`'d cursor, a registry torn for a while, a
+//! silent child's cost per directory, and registry entries that lie about their shape.
+#[macro_use]
+mod common;
+
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A socket that accepts connections and never says a word (a parent busy or stuck),
+/// holding them until dropped.
+struct Silent {
+    stop: Arc<AtomicBool>,
+}
+
+impl Silent {
+    fn at(sock: &Path) -> Silent {
+        std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(sock);
+        let listener = UnixListener::bind(sock).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => held.push(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Silent { stop }
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The runtime's three files of `home`'s parent, to prove nothing changed.
+fn files(home: &Home) -> Vec<String> {
+    [home.meta("parent"), home.table(), home.mirror("parent")]
+        .iter()
+        .map(|rel| std::fs::read_to_string(home.path().join(rel)).unwrap_or_default())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. A running parent that is slow to answer is not offline.
+
+fn silent_parent(gen: Gen) {
+    let home = Home::fixture(gen, "live");
+    let _parent = Silent::at(&home.path().join("run/parent/sock"));
+    // Its pid file names a live process, written now.
+    std::fs::write(
+        home.path().join("run/parent/pid"),
+        std::process::id().to_string(),
+    )
+    .unwrap();
+    let before = files(&home);
+    let m = Mount::quick(&home, &[]);
+    let started = Instant::now();
+    let errno = py_errno(&format!("os.rmdir('{}/parent/child1')", m.s()));
+    eprintln!(
+        "rmdir beside a silent parent: {errno} in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(errno, "EBUSY");
+    assert_eq!(
+        files(&home),
+        before,
+        "a parent that may be running was edited"
+    );
+    assert!(ok(&format!("ls {}/parent", m.s())).contains("child1"));
+}
+both!(
+    a_silent_parent_is_never_taken_for_an_offline_one,
+    silent_parent
+);
+
+fn silent_parent_with_a_dead_pid(gen: Gen) {
+    let home = Home::fixture(gen, "live");
+    // Whatever holds the socket, the process that recorded itself is gone: proof enough.
+    let _socket = Silent::at(&home.path().join("run/parent/sock"));
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    std::fs::write(home.path().join("run/parent/pid"), pid.to_string()).unwrap();
+    let m = Mount::quick(&home, &[]);
+    ok(&format!("rmdir {}/parent/child1", m.s()));
+    let meta = home.json(&home.meta("parent"));
+    assert!(!home
+        .names(&meta["spawned_children"])
+        .contains(&"child1".into()));
+}
+both!(
+    a_parent_whose_recorded_pid_is_gone_is_offline_even_if_its_socket_accepts,
+    silent_parent_with_a_dead_pid
+);
+
+// ---------------------------------------------------------------------------------------
+// 2. Two mounts of one home remove one child once.
+
+/// A restored parent (not running) whose deny layer for child3 is stacked twice: a
+/// doubled reclaim would take both.
+fn doubled_layer_home() -> Home {
+    let home = Home::fixture(&INSOMNIA, "after-crash-restore");
+    let mut table = home.json("run/pods.json");
+    let parent = table["allocations"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|a| a["pod_name"] == "parent")
+        .unwrap();
+    let layer = parent["scope_deny"][0].clone();
+    parent["scope_deny"].as_array_mut().unwrap().push(layer);
+    home.write_json("run/pods.json", &table);
+    home
+}
+
+#[test]
+fn two_mounts_of_one_home_reclaim_a_child_once() {
+    need_fuse!();
+    for round in 0..12 {
+        let home = doubled_layer_home();
+        let (a, b) = (Mount::quick(&home, &[]), Mount::quick(&home, &[]));
+        let script = |m: &Mount| {
+            format!(
+                "import errno, os\ntry:\n    os.rmdir('{}/parent/child3'); print('OK')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n",
+                m.s()
+            )
+        };
+        let spawn = |m: &Mount| {
+            Command::new("python3")
+                .args(["-c", &script(m)])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (pa, pb) = (spawn(&a), spawn(&b));
+        let mut answers: Vec<String> = [pa, pb]
+            .into_iter()
+            .map(|p| String::from_utf8(p.wait_with_output().unwrap().stdout).unwrap())
+            .map(|s| s.trim().to_string())
+            .collect();
+        answers.sort();
+        assert_eq!(answers, ["ENOENT", "OK"], "round {round}");
+        let table = home.json("run/pods.json");
+        let deny = table["allocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["pod_name"] == "parent")
+            .unwrap()["scope_deny"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(deny, 1, "round {round}: exactly one layer goes");
+        let meta = home.json("pods/parent/metadata.json");
+        let reclaimed = meta["reclaimed_children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["pod_name"] == "child3")
+            .count();
+        assert_eq!(reclaimed, 1, "round {round}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Panics answer their request and leave podfs serving.
+
+#[test]
+fn an_allocation_no_number_can_hold_fails_the_removal_and_nothing_else() {
+    need_fuse!();
+    let home = Home::fixture(&INSOMNIA, "live");
+    // A grandchild of child1, whose allocation must be rewritten when child1 goes; it
+    // carries a number no float holds.
+    let mut table = home.json("run/pods.json");
+    table["allocations"].as_array_mut().unwrap().push(json!({
+        "pod_name": "grandchild", "pid": 0, "socket": "", "scope_allow": [], "scope_deny": [],
+        "delegated_from": "child1", "segment_id": null, "weight": "@BIG@"}));
+    let text = serde_json::to_string_pretty(&table)
+        .unwrap()
+        .replace("\"@BIG@\"", "1e400");
+    std::fs::write(home.path().join("run/pods.json"), &text).unwrap();
+    let before = files(&home);
+    let m = Mount::quick(&home, &["--workers", "1"]);
+    assert_eq!(
+        py_errno(&format!("os.rmdir('{}/parent/child1')", m.s())),
+        "EIO"
+    );
+    assert_eq!(files(&home), before, "a failed removal changed a file");
+    // The one worker is still there: the next removal works.
+    ok(&format!("rmdir {}/parent/child2", m.s()));
+    assert_eq!(ok(&format!("ls {}/parent", m.s())), "child1\nchild3\n");
+    assert!(!m.log().contains("panicked"), "{}", m.log());
+}
+
+#[test]
+fn a_panicking_removal_is_answered_and_never_wedges_the_next() {
+    need_fuse!();
+    let home = Home::fixture(&INSOMNIA, "live");
+    let before = files(&home);
+    let m = Mount::started(
+        &home,
+        Command::new(BIN),
+        &["--workers", "2"],
+        &[(podfs::failpoint::VARIABLE, "remove")],
+    );
+    let p = format!("{}/parent", m.s());
+    // More removals than workers: every one answered, none left in D state.
+    let started = Instant::now();
+    let rms: Vec<_> = (0..6)
+        .map(|i| {
+            Command::new("python3")
+                .args([
+                    "-c",
+                    &format!(
+                        "import errno, os\ntry:\n    os.rmdir('{p}/child{}')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n",
+                        1 + i % 3
+                    ),
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for rm in rms {
+        let out = rm.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "EIO");
+    }
+    eprintln!("6 panicking removals answered in {:?}", started.elapsed());
+    assert_eq!(files(&home), before);
+    assert_eq!(ok(&format!("ls {p}")), "child1\nchild2\nchild3\n");
+    assert!(m.log().contains("panic contained"), "{}", m.log());
+    // podfs still stops cleanly: nothing waits on a dead thread.
+    let mut m = m;
+    assert!(m.stop().success());
+}
+
+#[test]
+fn a_panic_in_the_watch_reactor_answers_its_readers_and_the_rest_goes_on() {
+    need_fuse!();
+    let home = Home::demo(&INSOMNIA, &["child1"]);
+    let _pods = demo_pods(&home, &["child1"]);
+    let m = Mount::started(
+        &home,
+        Command::new(BIN),
+        &["--status-timeout-ms", "3000"],
+        &[(podfs::failpoint::VARIABLE, "event")],
+    );
+    let c = format!("{}/parent/child1", m.s());
+    // The first line the child sends panics the handling: the reader hears EIO.
+    assert_eq!(py_errno(&format!("open('{c}/status').read()")), "EIO");
+    assert!(
+        m.log().contains("panic in the watch reactor"),
+        "{}",
+        m.log()
+    );
+    // Everything that does not need the child still works, and so does a removal.
+    assert!(ok(&format!("cat {c}/scope")).starts_with("write"));
+    assert_eq!(ok(&format!("ls {}/parent", m.s())), "child1\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. A message whose writer was told "success" at every call is delivered.
+
+/// A child that answers at once, for message races.
+fn quick_child(home: &Home) -> PodProcess {
+    PodProcess::start(home, "child1", &["--turn-ms", "1"])
+}
+
+#[test]
+fn back_to_back_messages_are_delivered_or_refused_never_dropped() {
+    need_fuse!();
+    let home = Home::demo(&INSOMNIA, &["child1"]);
+    let _child = quick_child(&home);
+    let m = Mount::quick(&home, &[]);
+    let c = format!("{}/parent/child1", m.s());
+    // write;close;write;close, sixty times: the second open's write meets the first
+    // message before the kernel has even told podfs the first was closed.
+    let script = format!(
+        r#"
+import errno, os, time
+ok = []
+for i in range(60):
+    for tag in ("a", "b"):
+        try:
+            fd = os.open("{c}/input", os.O_WRONLY)
+            os.write(fd, ("%s%d" % (tag, i)).encode())
+            os.close(fd)
+            ok.append("%s%d" % (tag, i))
+        except OSError as e:
+            assert e.errno == errno.EBUSY, e
+    deadline = time.time() + 10
+    while open("{c}/status").read() != "idle\n" and time.time() < deadline:
+        time.sleep(0.005)
+print(" ".join(ok))
+"#
+    );
+    let delivered_claims = ok(&format!("python3 -c '{script}'"));
+    let claims: Vec<&str> = delivered_claims.split_whitespace().collect();
+    assert!(claims.len() >= 60, "{claims:?}");
+    settle(&m, "child1");
+    let log = ok(&format!("cat {c}/log"));
+    for msg in &claims {
+        assert!(
+            log.contains(&format!("echo: {msg}\n")),
+            "{msg} was accepted at every call but never delivered"
+        );
+    }
+    eprintln!("{} messages accepted, all delivered", claims.len());
+}
+
+#[test]
+fn while_a_message_is_written_status_says_running_and_other_writers_are_busy() {
+    need_fuse!();
+    let home = Home::demo(&INSOMNIA, &["child1"]);
+    let _child = quick_child(&home);
+    let m = Mount::quick(&home, &[]);
+    let c = format!("{}/parent/child1", m.s());
+    let out = ok(&format!(
+        r#"python3 -c '
+import errno, os
+a = os.open("{c}/input", os.O_WRONLY)
+os.write(a, b"held")
+print(open("{c}/status").read().strip())
+try:
+    b = os.open("{c}/input", os.O_WRONLY); os.write(b, b"other"); print("written")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+os.close(a)
+'"#
+    ));
+    assert_eq!(out, "running\nEBUSY\n");
+    settle(&m, "child1");
+    let log = ok(&format!("cat {c}/log"));
+    assert!(
+        log.contains("echo: held\n") && !log.contains("other"),
+        "{log}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. fstat of an open output is that open's size.
+
+#[test]
+fn fstat_of_an_open_output_is_its_own_snapshot() {
+    need_fuse!();
+    let home = Home::demo(&INSOMNIA, &["child1"]);
+    let _pods = demo_pods(&home, &["child1"]);
+    let m = Mount::quick(&home, &[]);
+    settle(&m, "child1");
+    let c = format!("{}/parent/child1", m.s());
+    // This process opens output and takes the text; another then opens it too (and
+    // gets nothing) and holds it open; `fstat` here still says what this open holds.
+    let out = ok(&format!(
+        r#"python3 -c '
+import os, subprocess, time
+a = os.open("{c}/output", os.O_RDONLY)
+other = subprocess.Popen(["python3", "-c", "import os, time; fd = os.open(\"{c}/output\", os.O_RDONLY); print(os.fstat(fd).st_size, flush=True); time.sleep(3)"], stdout=subprocess.PIPE)
+theirs = other.stdout.readline().decode().strip()
+text = os.read(a, 1 << 20)
+print(len(text) > 0, os.fstat(a).st_size == len(text), theirs)
+other.kill()
+'"#
+    ));
+    assert_eq!(out, "True True 0\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. A writer killed midway sends nothing.
+
+fn writer_dies(home: &Home, m: &Mount, how: &str) {
+    let c = format!("{}/parent/child1", m.s());
+    let _ = home;
+    let status = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import os, signal\nfd = os.open('{c}/input', os.O_WRONLY)\nos.write(fd, b'{how} writer')\n{}\n",
+                if how == "killed" {
+                    "os.kill(os.getpid(), signal.SIGKILL)"
+                } else {
+                    "os._exit(0)"
+                }
+            ),
+        ])
+        .status()
+        .unwrap();
+    assert_eq!(status.success(), how != "killed");
+}
+
+#[test]
+fn a_writer_killed_midway_sends_nothing_and_one_that_exits_sends_its_message() {
+    need_fuse!();
+    let home = Home::demo(&INSOMNIA, &["child1"]);
+    let _child = quick_child(&home);
+    let m = Mount::quick(&home, &[]);
+    let c = format!("{}/parent/child1", m.s());
+    settle(&m, "child1");
+    writer_dies(&home, &m, "killed");
+    std::thread::sleep(Duration::from_millis(300));
+    settle(&m, "child1");
+    assert!(!ok(&format!("cat {c}/log")).contains("killed writer"));
+    assert!(m.log().contains("killed by a signal"), "{}", m.log());
+    // Exiting without closing is a close like any other.
+    writer_dies(&home, &m, "exiting");
+    wait_for(Duration::from_secs(10), || {
+        ok(&format!("cat {c}/log")).contains("echo: exiting writer")
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// 7, 11. Edge-triggered epoll wakes on every change; polling never piles up.
+
+#[test]
+fn edge_triggered_epoll_wakes_on_every_change() {
+    need_fuse!();
+    let home = Home::demo(&INSOMNIA, &["child1"]);
+    let _child = PodProcess::start(&home, "child1", &["--turn-ms", "300"]);
+    let m = Mount::quick(&home, &[]);
+    let c = format!("{}/parent/child1", m.s());
+    settle(&m, "child1");
+    let script = format!(
+        r#"
+import os, select, subprocess, time
+fd = os.open("{c}/status", os.O_RDONLY)
+os.pread(fd, 64, 0)
+ep = select.epoll()
+ep.register(fd, select.EPOLLIN | select.EPOLLET)
+wakes = 0
+for turn in range(3):
+    subprocess.run(["bash", "-c", "echo turn%d > {c}/input" % turn], check=True)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if ep.poll(0.2):
+            wakes += 1
+            os.pread(fd, 64, 0)
+        if open("{c}/status").read() == "idle\n" and wakes >= 2 * (turn + 1):
+            break
+print(wakes)
+"#
+    );
+    let wakes: u32 = ok(&format!("python3 -c '{script}'"))
+        .trim()
+        .parse()
+        .unwrap();
+    // Each turn moves the status to running and back: two changes, two wake-ups.
+    assert!(wakes >= 6, "{wakes} wake-ups for 6 changes");
+}
+
+#[test]
+fn polling_an_unchanged_file_registers_once() {
+    need_fuse!();
+    let home = Home::demo(&INSOMNIA, &["child1"]);
+    let _pods = demo_pods(&home, &["child1"]);
+    let m = Mount::quick(&home, &[]);
+    settle(&m, "child1");
+    let c = format!("{}/parent/child1", m.s());
+    // 20,000 polls of one open file, which then stays open until told.
+    let mut poller = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import os, select, sys\nfd = os.open('{c}/status', os.O_RDONLY)\nos.read(fd, 64)\np = select.poll()\np.register(fd, select.POLLIN)\nfor _ in range(20000):\n    p.poll(0)\nprint('polled', flush=True)\nsys.stdin.read()\n"
+            ),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(poller.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "polled\n");
+    assert_eq!(
+        m.report()["pollers"],
+        1,
+        "one registration for one open file"
+    );
+    drop(poller.stdin.take());
+    poller.wait().unwrap();
+    wait_for(Duration::from_secs(5), || m.report()["pollers"] == 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// 8, 9. A signal ends podfs's waits; shutdown does not wait for any child.
+
+#[test]
+fn ctrl_c_ends_a_read_or_a_removal_that_waits_for_a_child() {
+    need_fuse!();
+    let home = Home::demo(&INSOMNIA, &["child1"]);
+    let _hung = Silent::at(&home.path().join("run/hung/sock"));
+    home.add_child("parent", "hung", &home.path().join("run/hung/sock"));
+    let _stubborn = PodProcess::start(&home, "child1", &["--ignore-shutdown"]);
+    let m = Mount::with_args(
+        &home,
+        &[
+            "--io-timeout-ms",
+            "30000",
+            "--status-timeout-ms",
+            "30000",
+            "--stop-timeout-ms",
+            "30000",
+        ],
+    );
+    let p = format!("{}/parent", m.s());
+    for cmd in [format!("cat {p}/hung/output"), format!("rmdir {p}/child1")] {
+        let mut child = Command::new("bash").args(["-c", &cmd]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(child.try_wait().unwrap().is_none(), "{cmd} should wait");
+        let started = Instant::now();
+        signal(child.id(), nix::sys::signal::Signal::SIGINT);
+        let status = child.wait().unwrap();
+        let took = started.elapsed();
+        eprintln!("{cmd}: ended {took:?} after SIGINT ({status})");
+        assert!(!status.success());
+        assert!(took < Duration::from_secs(10), "{cmd}: {took:?}");
+    }
+    // The interrupted removal changed nothing.
+    assert!(ok(&format!("ls {p}")).contains("child1"));
+}
+
+#[test]
+fn sigterm_ends_podfs_at_once_whatever_readers_wait_for() {
+    need_fuse!();
+    let home = Home::fixture(&INSOMNIA, "live");
+    let _hung = Silent::at(&home.path().join("run/hung/sock"));
+    home.add_child("parent", "hung", &home.path().join("run/hung/sock"));
+    let mut m = Mount::with_args(
+        &home,
+        &["--io-timeout-ms", "30000", "--status-timeout-ms", "30000"],
+    );
+    let readers: Vec<_> = (0..8)
+        .map(|i| {
+            let file = ["output", "log", "status", "input"][i % 4];
+            let cmd = if file == "input" {
+                format!("echo x > {}/parent/hung/input", m.s())
+            } else {
+                format!("cat {}/parent/hung/{file}", m.s())
+            };
+            Command::new("bash")
+                .args(["-c", &cmd])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let status = m.stop();
+    let took = started.elapsed();
+    eprintln!("SIGTERM with 8 readers waiting on a silent child: exited in {took:?}");
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    for mut r in readers {
+        let _ = r.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 13. Nothing under the runtime dir is reached through a symlink.
+
+#[test]
+fn a_symlinked_child_directory_is_never_connected_to() {
+    need_fuse!();
+    let home = Home::fixture(&INSOMNIA, "live");
+    let outside = tempdir();
+    let foreign = UnixListener::bind(outside.path().join("sock")).unwrap();
+    foreign.set_nonblocking(true).unwrap();
+    std::os::unix::fs::symlink(outside.path(), home.path().join("run/evil")).unwrap();
+    home.add_child("parent", "evil", &home.path().join("run/evil/sock"));
+    let m = Mount::quick(&home, &[]);
+    let c = format!("{}/parent/evil", m.s());
+    assert_eq!(ok(&format!("cat {c}/status")), "unreachable\n");
+    assert_eq!(
+        py_errno(&format!(
+            "fd = os.open('{c}/input', os.O_WRONLY); os.write(fd, b'x')"
+        )),
+        "EHOSTDOWN"
+    );
+    // rm -r cannot prove it stopped (it will not connect to find out): EBUSY, nothing sent.
+    fails(&format!("rmdir {c}"));
+    assert!(
+        foreign.accept().is_err(),
+        "podfs connected through a symlink"
+    );
+}
+
+#[test]
+fn a_symlinked_allocation_table_or_runtime_dir_is_never_written_through() {
+    need_fuse!();
+    for what in ["table", "mirror dir"] {
+        let home = Home::fixture(&INSOMNIA, "live");
+        let outside = tempdir();
+        let (link, target) = match what {
+            "table" => ("run/pods.json", outside.path().join("pods.json")),
+            _ => ("run/parent", outside.path().join("parent")),
+        };
+        std::fs::rename(home.path().join(link), &target).unwrap();
+        std::os::unix::fs::symlink(&target, home.path().join(link)).unwrap();
+        let snapshot = |p: &Path| -> Vec<u8> {
+            if p.is_dir() {
+                std::fs::read(p.join("spawned_pods.json")).unwrap()
+            } else {
+                std::fs::read(p).unwrap()
+            }
+        };
+        let outside_before = snapshot(&target);
+        let meta_before = home.read("pods/parent/metadata.json");
+        let m = Mount::quick(&home, &[]);
+        assert_eq!(
+            py_errno(&format!("os.rmdir('{}/parent/child1')", m.s())),
+            "ELOOP",
+            "{what}"
+        );
+        assert_eq!(
+            snapshot(&target),
+            outside_before,
+            "{what}: written through a symlink"
+        );
+        assert_eq!(
+            home.read("pods/parent/metadata.json"),
+            meta_before,
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn a_socket_served_by_another_user_is_refused() {
+    need_fuse!();
+    need_root!("serving a socket as another user (nobody)");
+    let home = Home::fixture(&INSOMNIA, "live");
+    let dir = home.path().join("run/other");
+    std::fs::create_dir_all(&dir).unwrap();
+    nix::unistd::chown(&dir, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for d in [home.path(), &home.path().join("run")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let sock = dir.join("sock");
+    let server = format!(
+        "import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind('{}')\ns.listen(8)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'{{\"event\":\"snapshot\",\"data\":{{\"entries\":[],\"status\":\"idle\"}}}}\\n')\n",
+        sock.display()
+    );
+    let mut nobody = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            system_python(),
+            "-c",
+            &server,
+        ])
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), || sock.exists());
+    home.add_child("parent", "other", &sock);
+    let m = Mount::quick(&home, &[]);
+    assert_eq!(
+        ok(&format!("cat {}/parent/other/status", m.s())),
+        "unreachable\n"
+    );
+    assert!(
+        m.log().contains("not by the runtime dir's owner"),
+        "{}",
+        m.log()
+    );
+    let _ = nobody.kill();
+    let _ = nobody.wait();
+}
+
+// ---------------------------------------------------------------------------------------
+// 14. Reading output moves the cursor: it takes the permission to write it.
+
+#[test]
+fn another_user_cannot_consume_output_through_allow_other() {
+    need_fuse!();
+    need_root!("acting as another user (nobody)");
+    let home = Home::demo(&INSOMNIA, &["child1"]);
+    let _pods = demo_pods(&home, &["child1"]);
+    let m = Mount::quick(&home, &["--allow-other"]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(m.base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    settle(&m, "child1");
+    let c = format!("{}/parent/child1", m.s());
+    let script = format!(
+        "import errno\ntry:\n    open('{c}/output').read(); print('OK')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n"
+    );
+    let (code, out, err) = sh(&format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups -- {} -c \"{script}\"",
+        system_python()
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "EACCES");
+    assert_eq!(
+        ok(&format!("cat {c}/cursor")),
+        "0\n",
+        "the owner's cursor moved"
+    );
+    assert!(ok(&format!("cat {c}/output")).contains("echo: child1"));
+}
+
+// ---------------------------------------------------------------------------------------
+// 15. A cursor value takes effect at the last close, not at a dup's.
+
+#[test]
+fn a_duplicated_cursor_descriptor_sets_nothing_until_the_last_close() {
+    need_fuse!();
+    let home = Home::demo(&INSOMNIA, &["child1"]);
+    let _pods = demo_pods(&home, &["child1"]);
+    let m = Mount::quick(&home, &[]);
+    settle(&m, "child1");
+    let c = format!("{}/parent/child1", m.s());
+    ok(&format!("echo 7 > {c}/cursor"));
+    let out = ok(&format!(
+        "exec 3>{c}/cursor; (printf 0 >&3); cat {c}/cursor; printf 5 >&3; cat {c}/cursor; exec 3>&-; cat {c}/cursor"
+    ));
+    assert_eq!(out, "7\n7\n5\n");
+}
+
+// ---------------------------------------------------------------------------------------
+// 16. A registry torn after a quiet spell is served from its last good parse for a while.
+
+#[test]
+fn a_torn_registry_is_served_from_the_last_good_parse_until_the_grace_runs_out() {
+    need_fuse!();
+    let home = Home::fixture(&INSOMNIA, "live");
+    let m = Mount::quick(&home, &[]);
+    let p = format!("{}/parent", m.s());
+    assert!(ok(&format!("cat {p}/child1/scope")).starts_with("write"));
+    // Long enough for the last good parse to be older than the grace.
+    std::thread::sleep(podfs::parents::CORRUPT_GRACE + Duration::from_millis(500));
+    let meta = home.path().join("pods/parent/metadata.json");
+    let good = std::fs::read(&meta).unwrap();
+    std::fs::write(&meta, &good[..good.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(ok(&format!("ls {}", m.s())).contains("parent"));
+    assert!(ok(&format!("cat {p}/child1/scope")).starts_with("write"));
+    // Torn for longer than the grace: EIO, said at once.
+    wait_for(Duration::from_secs(10), || {
+        py_errno(&format!("os.listdir('{p}')")) == "EIO"
+    });
+    std::fs::write(&meta, &good).unwrap();
+    wait_for(Duration::from_secs(10), || sh(&format!("ls {p}")).0 == 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// 17. One bound covers a silent child's whole directory.
+
+#[test]
+fn a_silent_child_costs_one_bound_per_directory_not_per_file() {
+    need_fuse!();
+    let home = Home::fixture(&INSOMNIA, "live");
+    let _hung = Silent::at(&home.path().join("run/hung/sock"));
+    home.add_child("parent", "hung", &home.path().join("run/hung/sock"));
+    let m = Mount::with_args(
+        &home,
+        &["--status-timeout-ms", "2000", "--io-timeout-ms", "20000"],
+    );
+    let c = format!("{}/parent/hung", m.s());
+    let started = Instant::now();
+    ok(&format!("ls -l {c}/ > /dev/null"));
+    assert_eq!(ok(&format!("cat {c}/status")), "unreachable\n");
+    ok(&format!("stat {c}/log {c}/output > /dev/null"));
+    let took = started.elapsed();
+    eprintln!("a silent child: ls -l, cat status, stat log output in {took:?}");
+    // Three live files, each once in ls -l, then status and two stats: one bound (2 s)
+    // in all, not one per file (which would be at least 12 s).
+    assert!(took < Duration::from_secs(7), "{took:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 18. Entries that lie about their shape, and targets that hold a newline.
+
+#[test]
+fn one_malformed_entry_hides_itself_not_its_siblings() {
+    need_fuse!();
+    let home = Home::fixture(&INSOMNIA, "live");
+    let mut meta = home.json("pods/parent/metadata.json");
+    let list = meta["spawned_children"].as_array_mut().unwrap();
+    list.insert(1, json!({"pod_name": "broken", "socket_path": 42}));
+    let mut tricky = list[0].clone();
+    tricky["pod_name"] = "tricky".into();
+    tricky["scope_delegated"] =
+        json!([{"target": "/w/a\nwrite recursive /etc", "permission": "write", "recursive": true}]);
+    list.push(tricky);
+    home.write_json("pods/parent/metadata.json", &meta);
+    let m = Mount::quick(&home, &[]);
+    let p = format!("{}/parent", m.s());
+    assert_eq!(ok(&format!("ls {p}")), "child1\nchild2\nchild3\ntricky\n");
+    assert!(m.log().contains("not shown"), "{}", m.log());
+    // One rule, one line: the newline cannot forge a second rule.
+    assert_eq!(
+        ok(&format!("cat {p}/tricky/scope")),
+        "write recursive /w/a\\012write recursive /etc\n"
+    );
+    // The bad entry survives a removal of a sibling untouched.
+    ok(&format!("rmdir {p}/child2"));
+    let after: Value = home.json("pods/parent/metadata.json");
+    assert!(after["spawned_children"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"pod_name": "broken", "socket_path": 42})));
+}
+
+#[test]
+fn a_mount_point_lives_in_a_private_directory_of_its_own() {
+    need_fuse!();
+    // Tests that open a mount to other users change that directory, never a shared one
+    // (the system's temporary directory once lost its mode this way).
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::fixture(&INSOMNIA, "live");
+    let m = Mount::quick(&home, &[]);
+    let parent = m.path().parent().unwrap();
+    assert_eq!(parent, m.base.path());
+    let mode = std::fs::metadata(parent).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}
