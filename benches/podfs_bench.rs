@@ -22,6 +22,8 @@ use podfs::scope::StoredRule;
 use podfs::store::alloc::{AllocTable, Allocation};
 use podfs::store::metadata::{Metadata, SpawnedChild};
 
+#[path = "podfs_bench/hostile.rs"]
+mod hostile;
 #[path = "podfs_bench/live.rs"]
 mod live;
 
@@ -38,7 +40,31 @@ fn child_name(j: usize) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// The FUSE floor: a static tree of the same shape, answering from arithmetic.
+// The FUSE floor: a static tree of the same shape, answering from arithmetic, with the
+// open flags and capabilities podfs asks for, and no allocation per entry or request.
+
+/// A directory entry's name: borrowed, or a child's `c%05d` on the stack.
+enum Name<'a> {
+    Str(&'a str),
+    Child([u8; 12], usize),
+}
+
+impl Name<'_> {
+    fn child(j: usize) -> Self {
+        let mut buf = [0u8; 12];
+        let mut w = &mut buf[..];
+        let _ = write!(w, "c{j:05}");
+        let len = 12 - w.len();
+        Name::Child(buf, len)
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Name::Str(s) => s,
+            Name::Child(buf, len) => std::str::from_utf8(&buf[..*len]).unwrap_or(""),
+        }
+    }
+}
 
 struct Floor {
     parents: Vec<(String, usize)>,
@@ -136,11 +162,12 @@ impl Floor {
         })
     }
 
-    /// The `i`-th entry of directory `ino` (`.` and `..` first), computed, not stored.
-    fn entry_at(&self, ino: u64, i: usize) -> Option<(u64, bool, String)> {
+    /// The `i`-th entry of directory `ino` (`.` and `..` first), computed, not stored,
+    /// and without a heap allocation (podfs lists from its registry view without one).
+    fn entry_at(&self, ino: u64, i: usize) -> Option<(u64, bool, Name<'_>)> {
         match i {
-            0 => return Some((ino, true, ".".into())),
-            1 => return Some((1, true, "..".into())),
+            0 => return Some((ino, true, Name::Str("."))),
+            1 => return Some((1, true, Name::Str(".."))),
             _ => {}
         }
         let k = i - 2;
@@ -148,13 +175,13 @@ impl Floor {
             FNode::Root => self
                 .parents
                 .get(k)
-                .map(|(n, _)| (PARENT_BASE + k as u64, true, n.clone())),
+                .map(|(n, _)| (PARENT_BASE + k as u64, true, Name::Str(n))),
             FNode::Parent(p) => {
-                (k < self.parents[p].1).then(|| (self.child_ino(p, k), true, child_name(k)))
+                (k < self.parents[p].1).then(|| (self.child_ino(p, k), true, Name::child(k)))
             }
             FNode::Child(p, j) => FILES
                 .get(k)
-                .map(|f| (self.child_ino(p, j) | (k as u64 + 1), false, f.to_string())),
+                .map(|f| (self.child_ino(p, j) | (k as u64 + 1), false, Name::Str(f))),
             FNode::File(_) => None,
         }
     }
@@ -164,6 +191,7 @@ impl Filesystem for Floor {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         Ok(())
     }
 
@@ -178,7 +206,7 @@ impl Filesystem for Floor {
             Some(FNode::Parent(p)) => name
                 .strip_prefix('c')
                 .and_then(|d| d.parse::<usize>().ok())
-                .filter(|&j| j < self.parents[p].1 && child_name(j) == name)
+                .filter(|&j| j < self.parents[p].1 && Name::child(j).as_str() == name)
                 .map(|j| self.child_ino(p, j)),
             Some(FNode::Child(p, j)) => FILES
                 .iter()
@@ -224,8 +252,14 @@ impl Filesystem for Floor {
         }
     }
 
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
+    fn open(&self, _req: &Request, _ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // As podfs: direct I/O, and no flush round trip for a read-only descriptor.
+        let read_only = matches!(flags.acc_mode(), fuser::OpenAccMode::O_RDONLY);
+        let mut open_flags = FopenFlags::FOPEN_DIRECT_IO;
+        if read_only {
+            open_flags |= FopenFlags::FOPEN_NOFLUSH;
+        }
+        reply.opened(FileHandle(0), open_flags);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -303,7 +337,7 @@ impl Filesystem for Floor {
             } else {
                 FileType::RegularFile
             };
-            if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
+            if reply.add(INodeNo(ino), i as u64 + 1, kind, name.as_str()) {
                 break;
             }
             i += 1;
@@ -322,7 +356,14 @@ impl Filesystem for Floor {
         let mut i = offset as usize;
         while let Some((ino, _, name)) = self.entry_at(ino.0, i) {
             let Some(attr) = self.attr(ino) else { break };
-            if reply.add(INodeNo(ino), i as u64 + 1, name, &TTL, &attr, Generation(0)) {
+            if reply.add(
+                INodeNo(ino),
+                i as u64 + 1,
+                name.as_str(),
+                &TTL,
+                &attr,
+                Generation(0),
+            ) {
                 break;
             }
             i += 1;
@@ -522,6 +563,17 @@ impl Server {
 
     fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM, and wait until the process has exited.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
     }
 
     fn floor(parents: &[(String, usize)]) -> (Server, Duration) {
@@ -777,7 +829,7 @@ fn main() {
     let quick = std::env::var_os("PODFS_BENCH_QUICK").is_some();
     let (rounds, iters) = if quick { (3, 500) } else { (11, 3000) };
     let mut rows = Vec::new();
-    // PODFS_BENCH_ONLY=files|reclaim|startup|live|memory runs one section.
+    // PODFS_BENCH_ONLY=files|reclaim|startup|live|memory|hostile runs one section.
     let only = std::env::var("PODFS_BENCH_ONLY").ok();
     let want = |section: &str| only.as_deref().is_none_or(|o| o == section);
     if want("files") {
@@ -799,6 +851,11 @@ fn main() {
     } else {
         None
     };
+    let hostile_figures = if want("hostile") {
+        hostile::run(quick)
+    } else {
+        Vec::new()
+    };
 
     println!();
     println!(
@@ -813,6 +870,12 @@ fn main() {
     if let Some(line) = memory {
         println!();
         println!("{line}");
+    }
+    if !hostile_figures.is_empty() {
+        println!();
+        for line in &hostile_figures {
+            println!("{line}");
+        }
     }
 }
 

@@ -8,12 +8,17 @@
 #   DESTDIR=/tmp/stage mount-scripts/install.sh --bin target/release/podfs   # staging
 #
 # Options: --prefix DIR (default /usr/local, or ~/.local with --user), --bin PATH (a built
-# binary; default: build with `cargo build --release`), --user.
+# binary; default: build with `cargo build --release`), --user, --force (install beside
+# the Debian package, replacing its mount(8) helper).
+#
+# Use one or the other: on Debian and Ubuntu the package, elsewhere this script. Both
+# install /sbin/mount.fuse.podfs; this script refuses to replace the package's.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 user=false
+force=false
 prefix=""
 bin=""
 while [ $# -gt 0 ]; do
@@ -21,7 +26,8 @@ while [ $# -gt 0 ]; do
         --user) user=true ;;
         --prefix) prefix=$2; shift ;;
         --bin) bin=$2; shift ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        --force) force=true ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -29,6 +35,13 @@ done
 dest=${DESTDIR:-}
 if [ -z "$prefix" ]; then
     if $user; then prefix=$HOME/.local; else prefix=/usr/local; fi
+fi
+if ! $user && [ -z "$dest" ] && ! $force && command -v dpkg-query >/dev/null &&
+    dpkg-query -S /sbin/mount.fuse.podfs >/dev/null 2>&1; then
+    echo "install.sh: the podfs package is installed and owns /sbin/mount.fuse.podfs;" >&2
+    echo "install.sh: use the package (or remove it: apt-get remove podfs), or pass --force" >&2
+    echo "install.sh: to replace its mount(8) helper with this install's" >&2
+    exit 1
 fi
 if [ -z "$bin" ]; then
     (cd "$root" && cargo build --release --locked)

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::demo::{generation_id, DemoArgs};
+use crate::demo::DemoArgs;
 use crate::error::{Error, Result};
 use crate::generation::Generation;
 use crate::mount::{self, MountSettings};
@@ -41,6 +41,28 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The log level and file: `--log-level` and `--log-file`, or for a mount, the
+    /// `-o log_level=` and `-o log_file=` options that mount(8) and fstab can pass.
+    pub fn log_settings(&self) -> (String, Option<PathBuf>) {
+        let option = |key: &str| match &self.command {
+            Command::Mount(m) => m
+                .mount
+                .options
+                .iter()
+                .rev()
+                .find_map(|o| o.trim().strip_prefix(key).map(str::to_string)),
+            _ => None,
+        };
+        let level = option("log_level=").unwrap_or_else(|| self.log_level.clone());
+        let file = self
+            .log_file
+            .clone()
+            .or_else(|| option("log_file=").map(PathBuf::from));
+        (level, file)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount a runtime home; stays in the foreground until unmounted or interrupted.
@@ -56,8 +78,8 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Write the manual pages: podfs(1) to standard output, or every page into DIR.
     Man {
-        /// Write podfs.1, podfs-mount.1, podfs-demo.1, podfs-unmount.1 and
-        /// mount.fuse.podfs.8 into this directory.
+        /// Write every page (podfs.1, one per command, mount.fuse.podfs.8) into this
+        /// directory.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
@@ -86,7 +108,7 @@ pub struct MountArgs {
     #[arg(long)]
     pub runtime_dir: Option<PathBuf>,
     /// The runtime generation to serve, instead of reading it off the home's layout.
-    #[arg(long, value_name = "NAME", value_parser = generation_id)]
+    #[arg(long, value_name = "NAME", value_parser = Generation::value_parser())]
     pub generation: Option<&'static Generation>,
     /// Return once the mount is ready and keep serving in the background.
     #[arg(long)]
@@ -183,8 +205,8 @@ impl WatchFlags {
     }
 }
 
-/// Options that belong to mount(8) and /etc/fstab, not to the kernel: dropped, as
-/// mount.fuse3 drops them.
+/// Options that belong to mount(8) and /etc/fstab, or to podfs itself (its log), not to
+/// the kernel: dropped, as mount.fuse3 drops the former.
 fn fstab_only(option: &str) -> bool {
     matches!(
         option,
@@ -199,6 +221,8 @@ fn fstab_only(option: &str) -> bool {
             | "rw"
     ) || option.starts_with("x-")
         || option.starts_with("comment=")
+        || option.starts_with("log_file=")
+        || option.starts_with("log_level=")
 }
 
 impl MountFlags {
@@ -268,15 +292,16 @@ pub fn from_mount_helper_convention(args: Vec<std::ffi::OsString>) -> Vec<std::f
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    let logs_to_file = cli.log_settings().1.is_some();
     match cli.command {
-        Command::Mount(args) => run_mount(args),
+        Command::Mount(args) => run_mount(args, logs_to_file),
         Command::Demo(args) => crate::demo::run(&args),
         Command::Unmount { mountpoint } => mount::unmount_path(&mountpoint),
         Command::Completions { shell } => {
             // Rendered first: clap_complete panics on a failed write (a full disk, a
             // closed pipe); podfs reports it as a failure.
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "podfs", &mut script);
+            clap_complete::generate(shell, &mut visible_command(), "podfs", &mut script);
             let mut out = std::io::stdout().lock();
             out.write_all(&script)
                 .and_then(|()| out.flush())
@@ -288,7 +313,20 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn run_mount(args: MountArgs) -> Result<()> {
+/// The command line as users see it: without the hidden commands podfs runs itself
+/// (`pod`, `guard`), which completions must not offer.
+pub fn visible_command() -> clap::Command {
+    let full = Cli::command();
+    let mut visible = clap::Command::new("podfs")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned());
+    for sub in full.get_subcommands().filter(|c| !c.is_hide_set()) {
+        visible = visible.subcommand(sub.clone());
+    }
+    visible
+}
+
+fn run_mount(args: MountArgs, logs_to_file: bool) -> Result<()> {
     let overrides = Overrides {
         home: args.home.clone(),
         data_dir: args.data_dir.clone(),
@@ -299,8 +337,7 @@ fn run_mount(args: MountArgs) -> Result<()> {
     let paths = located.paths;
     if !paths.data.is_dir() {
         return Err(Error::Usage(format!(
-            "runtime home {} does not exist; pass --home DIR (or --data-dir) pointing at a home \
-             with {}/<name>/metadata.json",
+            "runtime home {} does not exist (a home has {}/<name>/metadata.json)",
             paths.data.display(),
             paths.generation.store_dir
         )));
@@ -333,7 +370,7 @@ fn run_mount(args: MountArgs) -> Result<()> {
     )?);
     let mounted = mount::mount(fs.clone(), &mountpoint, &args.mount.settings(fsname))?;
     if args.daemon {
-        crate::daemon::report_ready();
+        crate::daemon::report_ready(logs_to_file);
     } else {
         eprintln!(
             "podfs: mounted at {}; Ctrl-C to unmount",
@@ -408,5 +445,21 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_offer_the_visible_commands_and_the_generation_names() {
+        let mut script = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut visible_command(),
+            "podfs",
+            &mut script,
+        );
+        let script = String::from_utf8(script).unwrap();
+        assert!(script.contains("mount") && script.contains("demo"));
+        assert!(!script.contains("guard"), "a hidden command is offered");
+        assert!(!script.contains(" pod "), "a hidden command is offered");
+        assert!(script.contains("insomnia-5472 yoi-pod yoi-worker-485918eb"));
     }
 }

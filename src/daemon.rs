@@ -65,21 +65,24 @@ pub fn start_in_background() -> Result<()> {
     })
 }
 
-/// In the child: tell the parent the mount is ready, then detach from its pipes.
-pub fn report_ready() {
+/// In the child: tell the parent the mount is ready, then detach from its pipes. Without
+/// a log file, the log goes to the system log from here on.
+pub fn report_ready(log_file: bool) {
     println!("{READY}");
+    if !log_file {
+        crate::logs::to_system_log();
+    }
     let devnull = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null");
     if let Ok(devnull) = devnull {
         use std::os::fd::AsRawFd;
-        // Logs went to the pipe until now; from here on they go to --log-file or nowhere.
+        // Logs went to the pipe until now; from here on they go to the log file or the
+        // system log.
         unsafe {
             libc::dup2(devnull.as_raw_fd(), 1);
-            if std::env::var_os("PODFS_LOG_TO_FILE").is_none() {
-                libc::dup2(devnull.as_raw_fd(), 2);
-            }
+            libc::dup2(devnull.as_raw_fd(), 2);
         }
     }
 }

@@ -165,6 +165,13 @@ impl Generation {
     pub fn ids() -> String {
         ALL.iter().map(|g| g.id).collect::<Vec<_>>().join(", ")
     }
+
+    /// `--generation NAME` on the command line: one of the ids, which shells complete.
+    pub fn value_parser() -> impl clap::builder::TypedValueParser<Value = &'static Generation> {
+        use clap::builder::TypedValueParser;
+        clap::builder::PossibleValuesParser::new(ALL.map(|g| g.id))
+            .map(|id| Generation::by_id(&id).unwrap_or(ALL[0]))
+    }
 }
 
 impl fmt::Display for Generation {

@@ -21,6 +21,7 @@ pub mod failpoint;
 pub mod fs;
 pub mod generation;
 pub mod guard;
+pub mod logs;
 pub mod manual;
 pub mod mount;
 pub mod name;

@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// Watches hold children's text for a long time, in blocks of up to tens of MiB, and free
 /// it when a watch ends. glibc's malloc raises its mmap threshold after the first large
@@ -39,39 +38,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
         }
     };
-    // fuser warns when its own unmount finds the mount already gone, which is how podfs
-    // ends every session; keep that out of the log.
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(format!("{},fuser::mnt=error", cli.log_level)))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match &cli.log_file {
-        Some(path) => {
-            let file = match std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                Ok(file) => file,
-                Err(e) => {
-                    eprintln!("podfs: cannot open log file {}: {e}", path.display());
-                    return ExitCode::from(1);
-                }
-            };
-            std::env::set_var("PODFS_LOG_TO_FILE", "1");
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .init()
-        }
-        None => {
-            use std::io::IsTerminal;
-            // Colour only for a terminal: logs redirected to a file stay plain text.
-            builder
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr)
-                .init()
-        }
+    let (level, file) = cli.log_settings();
+    if let Err(e) = podfs::logs::init(&level, file.as_deref()) {
+        eprintln!("podfs: {e}");
+        return ExitCode::from(1);
     }
     match podfs::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,16 +34,36 @@ fn page(cmd: clap::Command, extra: impl FnOnce(&mut Roff)) -> std::io::Result<Ve
     man.render_synopsis_section(&mut out)?;
     man.render_description_section(&mut out)?;
     man.render_options_section(&mut out)?;
-    if has_subcommands {
-        man.render_subcommands_section(&mut out)?;
-    }
     let mut roff = Roff::default();
+    if has_subcommands {
+        commands_section(&mut roff);
+    }
     extra(&mut roff);
     roff.to_writer(&mut out)?;
     if versioned {
         man.render_version_section(&mut out)?;
     }
     Ok(out)
+}
+
+/// The commands, each with the page that documents it (clap's own section would name a
+/// page for `help` too, which no manual has).
+fn commands_section(roff: &mut Roff) {
+    roff.control("SH", ["COMMANDS"]);
+    for sub in crate::cli::visible_command().get_subcommands() {
+        let name = sub.get_name();
+        let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+        tagged(
+            roff,
+            &format!("podfs {name}"),
+            &format!("{about}. See podfs-{name}(1)."),
+        );
+    }
+    tagged(
+        roff,
+        "podfs help [COMMAND]",
+        "The help of podfs or of one command (also --help).",
+    );
 }
 
 fn paragraph(roff: &mut Roff, text: impl Into<Vec<Inline>>) {
@@ -85,7 +105,7 @@ fn main_page() -> std::io::Result<Vec<u8>> {
         roff.control("SH", ["ENVIRONMENT"]);
         paragraph(roff, [roman("The home is found as the runtime finds it: INSOMNIA_HOME, INSOMNIA_DATA_DIR, INSOMNIA_RUNTIME_DIR for insomnia; YOI_HOME, YOI_DATA_DIR, YOI_RUNTIME_DIR for yoi; then XDG_DATA_HOME, XDG_RUNTIME_DIR and HOME. RUST_LOG overrides --log-level.")]);
         roff.control("SH", ["SEE ALSO"]);
-        paragraph(roff, [roman("podfs-mount(1), podfs-demo(1), podfs-unmount(1), mount.fuse.podfs(8), fusermount3(1)")]);
+        paragraph(roff, [roman("podfs-mount(1), podfs-demo(1), podfs-unmount(1), podfs-completions(1), podfs-man(1), mount.fuse.podfs(8), fusermount3(1)")]);
     })
 }
 
@@ -162,6 +182,11 @@ pub fn pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
         ("podfs-mount.1".into(), sub_page("mount", exit_status)?),
         ("podfs-demo.1".into(), sub_page("demo", exit_status)?),
         ("podfs-unmount.1".into(), sub_page("unmount", exit_status)?),
+        (
+            "podfs-completions.1".into(),
+            sub_page("completions", exit_status)?,
+        ),
+        ("podfs-man.1".into(), sub_page("man", exit_status)?),
         ("mount.fuse.podfs.8".into(), helper_page()),
     ])
 }
@@ -215,5 +240,30 @@ mod tests {
         }
         assert!(text("podfs-demo.1").contains("\\-\\-children"));
         assert!(text("mount.fuse.podfs.8").contains("fstab"));
+    }
+
+    #[test]
+    fn every_page_a_page_names_is_written() {
+        let pages = pages().unwrap();
+        let written: Vec<String> = pages
+            .iter()
+            .map(|(name, _)| {
+                let (stem, section) = name.rsplit_once('.').unwrap();
+                format!("{}({section})", stem.replace('-', "\\-"))
+            })
+            .collect();
+        for (name, bytes) in &pages {
+            let text = String::from_utf8(bytes.clone()).unwrap();
+            for word in text.split(|c: char| c.is_whitespace() || c == ',') {
+                let named = word.trim_end_matches('.');
+                let ours = named.starts_with("podfs") || named.starts_with("mount.fuse.podfs");
+                if ours && named.ends_with(')') && named.contains('(') {
+                    assert!(
+                        written.iter().any(|w| w == named),
+                        "{name} names {named}, which is not written"
+                    );
+                }
+            }
+        }
     }
 }

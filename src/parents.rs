@@ -107,6 +107,11 @@ impl ParentView {
         self.listed.is_empty()
     }
 
+    /// Whether this pod has children or had some (a parent, as the root lists them).
+    pub fn is_parent(&self) -> bool {
+        !self.children.is_empty() || !self.reclaimed.is_empty()
+    }
+
     /// How often `name` was reclaimed: a child removed and listed again is a new one.
     pub fn incarnation(&self, name: &str) -> u64 {
         self.reclaimed.get(name).copied().unwrap_or(0)
@@ -350,6 +355,24 @@ impl ParentCache {
             self.emit(RegistryChange::Pods { removed });
         }
         Ok(pods)
+    }
+
+    /// The pods the root lists: those that have children or had some. A pod that never
+    /// spawned one is listed under its parent only (it is still reachable by name), so a
+    /// removed child does not linger at the top; a parent whose last child was removed
+    /// stays. A pod whose registry cannot be read is listed, so its error can be seen.
+    pub fn parents(&self) -> Result<Arc<Vec<PodName>>> {
+        let pods = self.pods()?;
+        let listed: Vec<PodName> = pods
+            .iter()
+            .filter(|p| match self.parent(p) {
+                Ok(view) => view.is_parent(),
+                Err(Error::NotFound(_)) => false,
+                Err(_) => true,
+            })
+            .cloned()
+            .collect();
+        Ok(Arc::new(listed))
     }
 
     fn scan(&self) -> Result<Vec<PodName>> {

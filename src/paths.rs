@@ -186,6 +186,25 @@ pub fn locate(o: &Overrides, lookup: Lookup) -> Result<Located> {
     if let Some(gen) = o.generation {
         let paths = Paths::resolve(gen, o, lookup)?;
         let source = source_of(gen, o, lookup);
+        if !paths.has_store() {
+            // Forcing a generation onto a home of another would mount an empty tree.
+            let other = generation::ALL
+                .into_iter()
+                .find(|g| g.store_dir != gen.store_dir && paths.data.join(g.store_dir).is_dir());
+            if let Some(other) = other {
+                return Err(Error::Usage(format!(
+                    "--generation {}: {} has no {}/ but has {}/, the layout of {}; drop \
+                     --generation or name that one",
+                    gen.id,
+                    paths.data.display(),
+                    gen.store_dir,
+                    other.store_dir,
+                    other.id
+                )));
+            }
+            tracing::warn!(home = %paths.data.display(), store = gen.store_dir,
+                "the home has no {}/ yet: the mount starts empty", gen.store_dir);
+        }
         return Ok(Located { paths, source });
     }
     // Each candidate: a generation, its resolution, and whether an explicit setting (flag
@@ -225,21 +244,44 @@ pub fn locate(o: &Overrides, lookup: Lookup) -> Result<Located> {
             source: one.1.clone(),
         }),
         [] => {
-            let looked: Vec<String> = pool
+            const LAYOUTS: &str = "pods/<name>/metadata.json for insomnia and yoi pods, \
+                                   workers/<name>/metadata.json for yoi workers";
+            if let Some(dir) = o.data_dir.as_ref().or(o.home.as_ref()) {
+                let flag = if o.data_dir.is_some() {
+                    "--data-dir"
+                } else {
+                    "--home"
+                };
+                let what = if dir.is_dir() {
+                    "holds no runtime home"
+                } else {
+                    "does not exist"
+                };
+                return Err(Error::Usage(format!(
+                    "{flag} {}: {what} (a home has {LAYOUTS}); for a home not used yet, \
+                     add --generation {}",
+                    dir.display(),
+                    Generation::ids()
+                )));
+            }
+            // One line per place looked at, with the generations that would use it.
+            let mut looked: Vec<(PathBuf, Vec<&str>, String)> = Vec::new();
+            for c in &pool {
+                let store = c.0.store_dir();
+                match looked.iter_mut().find(|l| l.0 == store) {
+                    Some(l) => l.1.push(c.0.generation.id),
+                    None => looked.push((store, vec![c.0.generation.id], c.1.clone())),
+                }
+            }
+            let looked: Vec<String> = looked
                 .iter()
-                .map(|c| {
-                    format!(
-                        "{} ({}, from {})",
-                        c.0.store_dir().display(),
-                        c.0.generation.id,
-                        c.1
-                    )
+                .map(|(store, gens, source)| {
+                    format!("{} ({}, from {source})", store.display(), gens.join(", "))
                 })
                 .collect();
             Err(Error::Usage(format!(
-                "no runtime home found: none of {} exists; pass --home DIR (a home with \
-                 pods/<name>/metadata.json for insomnia, workers/<name>/metadata.json for yoi \
-                 workers) or --generation {}",
+                "no runtime home found: none of {} exists; pass --home DIR (a home has \
+                 {LAYOUTS}), or --generation {} for a home not used yet",
                 looked.join(", "),
                 Generation::ids()
             )))
@@ -479,6 +521,23 @@ mod tests {
         assert_eq!(
             locate(&forced, &none).unwrap().paths.generation,
             &YOI_WORKER_485918EB
+        );
+        // Forcing a generation onto a home laid out for another is refused: it would
+        // mount an empty tree.
+        let mut wrong = with_home(&workers);
+        wrong.generation = Some(&INSOMNIA_5472);
+        assert!(matches!(locate(&wrong, &none), Err(Error::Usage(_))));
+        let missing = Overrides {
+            home: Some(PathBuf::from("/nonexistent/home")),
+            ..Overrides::default()
+        };
+        let err = locate(&missing, &none).unwrap_err();
+        assert!(matches!(err, Error::Usage(_)));
+        // The home given is named once, not once per generation that would use it.
+        assert_eq!(
+            err.to_string().matches("/nonexistent/home").count(),
+            1,
+            "{err}"
         );
     }
 

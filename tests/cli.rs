@@ -125,7 +125,7 @@ fn a_stale_mount_is_detected_and_recovered() {
         .spawn()
         .unwrap();
     wait_for(Duration::from_secs(10), || {
-        sh(&format!("ls {mnt}")).1 == "child1\nparent\n"
+        sh(&format!("ls {mnt}")).1 == "parent\n"
     });
     signal(again.id(), nix::sys::signal::Signal::SIGTERM);
     assert!(again.wait().unwrap().success());
@@ -211,4 +211,33 @@ fn each_generation_is_mounted_from_its_own_environment_variable() {
         let first = first.lines().next().unwrap_or_default().to_string();
         assert!(first.contains(gen.id) && first.contains(var), "{first}");
     }
+}
+
+/// mount(8) and fstab pass only `-o` options: the log file and level come that way too.
+#[test]
+fn a_background_mount_logs_where_its_options_say() {
+    need_fuse!();
+    let home = Home::fixture(&INSOMNIA, "live");
+    let mnt = tempdir();
+    let logs = tempdir();
+    let log = logs.path().join("podfs.log");
+    let code = podfs(&[
+        "mount",
+        "--daemon",
+        mnt.path().to_str().unwrap(),
+        "--home",
+        &home.s(),
+        "-o",
+        &format!("ro,log_level=debug,log_file={}", log.display()),
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        ok(&format!("ls {}/parent", mnt.path().display())),
+        "child1\nchild2\nchild3\n"
+    );
+    assert_eq!(podfs(&["unmount", mnt.path().to_str().unwrap()]), 0);
+    wait_for(Duration::from_secs(10), || !is_mounted(mnt.path()));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("serving insomnia-5472"), "{text}");
+    assert!(text.contains("DEBUG"), "log_level=debug was not applied");
 }

@@ -509,12 +509,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 // A value is checked against the end of the history podfs knows: the
                 // child's own if it is up (the write waits for its watch), else the last
                 // one podfs saw, else none.
+                // Opening `cursor` for writing starts the child's watch.
                 let m = &mut model[i];
+                let was_watched = m.watched;
+                m.watched = true;
                 if m.up {
-                    m.watched = true;
                     m.seen = m.entries.clone();
                 }
-                let end = (m.up || m.watched).then_some(m.seen.len() as u64);
+                let end = (m.up || was_watched).then_some(m.seen.len() as u64);
                 match cursor_value(chunks) {
                     Some(Some(v)) if end.is_some_and(|end| v > end) => {
                         prop_assert_eq!(got, Err(libc::EINVAL), "{:?} past {:?}", op, end)
@@ -792,4 +794,138 @@ fn a_fixed_sequence_covers_every_operation() {
         ReadOutput(0),
     ];
     run(ops).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Several callers at once, against the same invariants.
+
+/// One reader's `output`, split into the replies it holds (each reply is one line).
+fn replies(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Readers of `output`, writers of `input` and the child's own turns on child `a`, and
+/// three removers and a reader of `status` on child `b`, all at once: the readers together
+/// take every reply exactly once, every message whose writes and close succeeded arrives
+/// exactly once (and no refused one), exactly one remover wins, and `status` only ever
+/// says a status word. Whatever the interleaving; nothing is paced by sleeps.
+fn concurrent(seed: u64) -> Result<(), TestCaseError> {
+    let world = World::new();
+    let a = &world.children["a"];
+    let taken: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let sent: Mutex<Vec<(String, Result<(), i32>)>> = Mutex::new(Vec::new());
+    let removed: Mutex<Vec<Result<(), i32>>> = Mutex::new(Vec::new());
+    let statuses: Mutex<Vec<Result<String, i32>>> = Mutex::new(Vec::new());
+    thread::scope(|s| {
+        for r in 0..2 {
+            let (world, taken) = (&world, &taken);
+            s.spawn(move || {
+                for _ in 0..6 + r {
+                    if let Ok(text) = world.cat("parent/a/output") {
+                        taken.lock().extend(replies(&text));
+                    }
+                }
+            });
+        }
+        for w in 0..2 {
+            let (world, sent) = (&world, &sent);
+            s.spawn(move || {
+                for i in 0..4 {
+                    // A busy child is asked again (each refused message is recorded too).
+                    for attempt in 0..50 {
+                        let text = format!("m{seed}w{w}i{i}a{attempt}");
+                        let got = world.write("parent/a/input", &[text.as_bytes()]);
+                        let busy = got == Err(libc::EBUSY);
+                        sent.lock().push((text, got));
+                        if !busy {
+                            break;
+                        }
+                        thread::yield_now();
+                    }
+                }
+            });
+        }
+        s.spawn(move || {
+            for t in 0..3 {
+                a.turn(&format!("own{seed}t{t}"));
+            }
+        });
+        for _ in 0..3 {
+            let (world, removed) = (&world, &removed);
+            s.spawn(move || removed.lock().push(world.rmdir("b")));
+        }
+        let (world, statuses) = (&world, &statuses);
+        s.spawn(move || {
+            for _ in 0..5 {
+                statuses.lock().push(world.cat("parent/b/status"));
+            }
+        });
+    });
+    // Messages: each accepted one arrives exactly once; refused ones never.
+    let sent = sent.into_inner();
+    let delivered = |text: &str| {
+        a.state
+            .lock()
+            .received
+            .iter()
+            .filter(|r| *r == text)
+            .count()
+    };
+    for (text, got) in &sent {
+        match got {
+            Ok(()) => prop_assert!(
+                eventually(|| delivered(text) == 1),
+                "{text} accepted but delivered {} times",
+                delivered(text)
+            ),
+            Err(e) => {
+                prop_assert_eq!(*e, libc::EBUSY, "{}", text);
+                prop_assert_eq!(delivered(text), 0, "{} refused but delivered", text);
+            }
+        }
+    }
+    // Output: once the watch has the whole history, one more read takes the rest; then
+    // every reply was taken once, none twice.
+    let entries = a.state.lock().entries.clone();
+    prop_assert!(world.caught_up("parent/a/", &entries));
+    if let Ok(rest) = world.cat("parent/a/output") {
+        taken.lock().extend(replies(&rest));
+    }
+    let mut taken = taken.into_inner();
+    let expected = replies(&text_of(&entries, 0));
+    taken.sort();
+    let mut all = expected.clone();
+    all.sort();
+    prop_assert_eq!(taken, all, "replies taken twice or never");
+    // Removal: exactly one winner.
+    let mut removed = removed.into_inner();
+    removed.sort();
+    prop_assert_eq!(removed, vec![Ok(()), Err(libc::ENOENT), Err(libc::ENOENT)]);
+    for s in statuses.into_inner() {
+        match s {
+            Ok(word) => prop_assert!(
+                ["idle\n", "running\n", "paused\n", "unreachable\n"].contains(&word.as_str()),
+                "{word:?}"
+            ),
+            Err(e) => prop_assert_eq!(e, libc::ENOENT),
+        }
+    }
+    world.fs.shutdown();
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(6),
+        max_shrink_iters: 20,
+        .. ProptestConfig::default()
+    })]
+
+    #[test]
+    fn concurrent_callers_keep_the_invariants(seed in any::<u64>()) {
+        concurrent(seed)?;
+    }
 }

@@ -7,11 +7,13 @@ use std::time::Duration;
 use common::*;
 
 #[test]
-fn root_lists_pods_and_parent_lists_every_child() {
+fn root_lists_parents_and_parent_lists_every_child() {
     need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
-    assert_eq!(ok(&format!("ls {}", m.s())), "child1\nparent\n");
+    // child1 has its own metadata.json but never had a child: listed under its parent
+    // only, and still reachable by name.
+    assert_eq!(ok(&format!("ls {}", m.s())), "parent\n");
     // All three children, although none of them is reachable.
     assert_eq!(
         ok(&format!("ls {}/parent", m.s())),
@@ -22,6 +24,10 @@ fn root_lists_pods_and_parent_lists_every_child() {
         ok(&format!("ls {}/parent/child1", m.s())),
         "callback\ncursor\ninput\nlog\noutput\nscope\nsocket\nstatus\n"
     );
+    // A removed child does not linger at the top; the parent, which had children, stays.
+    ok(&format!("rm -r {}/parent/child1", m.s()));
+    assert_eq!(ok(&format!("ls {}", m.s())), "parent\n");
+    assert_eq!(ok(&format!("ls {}/parent", m.s())), "child2\nchild3\n");
 }
 
 #[test]
@@ -111,8 +117,8 @@ fn standard_tools_see_whole_files() {
         "./parent/child1/scope\n./parent/child2/scope\n./parent/child3/scope\n"
     );
     let tree = ok(&format!("cd {} && find . | wc -l", m.s()));
-    // root, 2 pods, 3 children, 3 × 8 files.
-    assert_eq!(tree.trim(), "30");
+    // root, 1 parent, 3 children, 3 × 8 files.
+    assert_eq!(tree.trim(), "29");
 }
 
 #[test]
@@ -221,11 +227,11 @@ fn runtime_changes_appear_within_a_second() {
     wait_for(Duration::from_millis(1500), || {
         sh(&format!("stat {}/parent/child1", m.s())).0 != 0
     });
-    // And a new pod appears in the root.
+    // And a new parent appears in the root.
     std::fs::create_dir_all(home.path().join("pods/newpod")).unwrap();
     std::fs::write(
         home.path().join("pods/newpod/metadata.json"),
-        br#"{"pod_name":"newpod"}"#,
+        br#"{"pod_name":"newpod","spawned_children":[{"pod_name":"k","socket_path":"/s","scope_delegated":[],"callback_address":""}]}"#,
     )
     .unwrap();
     wait_for(Duration::from_millis(1500), || {

@@ -125,7 +125,7 @@ fn daemon_returns_once_the_mount_is_ready() {
         String::from_utf8_lossy(&out.stderr)
     );
     // No waiting: the mount is there when --daemon returns.
-    assert_eq!(ok(&format!("ls {m}")), "child1\nparent\n");
+    assert_eq!(ok(&format!("ls {m}")), "parent\n");
     ok(&format!("{BIN} unmount {m}"));
     wait_for(Duration::from_secs(5), || !is_mounted(mnt.path()));
     // The background podfs noticed and logged it to --log-file.

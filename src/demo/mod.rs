@@ -38,14 +38,8 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 3)]
     pub children: usize,
     /// The runtime generation the demo pods speak and the home is laid out for.
-    #[arg(long, default_value = "insomnia-5472", value_parser = generation_id)]
+    #[arg(long, default_value = "insomnia-5472", value_parser = Generation::value_parser())]
     pub generation: &'static Generation,
-}
-
-/// Parse a `--generation` value.
-pub fn generation_id(s: &str) -> std::result::Result<&'static Generation, String> {
-    Generation::by_id(s)
-        .ok_or_else(|| format!("unknown generation {s:?}; one of {}", Generation::ids()))
 }
 
 /// Reference pod processes, stopped and reaped when dropped.
@@ -236,13 +230,17 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         "podfs demo: a live parent with {n} live children ({g}), mounted at\n  {m}\n\
          (home: {h}; everything is removed on Ctrl-C)\n\n\
          Try, in another shell:\n  \
-         ls {m}/parent\n  \
+         ls {m}                             # the parents: pods that have (or had) children\n  \
+         ls {m}/parent                      # its children\n  \
          cat {m}/parent/{first}/scope {m}/parent/{first}/status\n  \
-         cat {m}/parent/{first}/output      # new assistant text; moves the cursor\n  \
+         cat {m}/parent/{first}/output      # new assistant text; reading it moves the cursor\n  \
          cat {m}/parent/{first}/cursor\n  \
          echo 'hello' > {m}/parent/{first}/input; sleep 1; cat {m}/parent/{first}/output\n  \
-         tail -f {m}/parent/{first}/log     # follow the child live\n  \
-         rm -r {m}/parent/{first}           # stop it and reclaim its scope\n",
+         tail -f {m}/parent/{first}/log     # follow the child live; never consumed\n  \
+         rm -r {m}/parent/{first}           # stop it and reclaim its scope\n\n\
+         Mind: reading output consumes it (give log to grep -r, cp -r, tar); rm of a file\n\
+         inside a child does nothing (rm -r of the child does it all); rm -r of a parent\n\
+         removes every child it has.\n",
         n = children.len(),
         g = gen.id,
         h = home.path().display(),

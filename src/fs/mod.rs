@@ -440,6 +440,9 @@ impl PodFs {
     // -----------------------------------------------------------------------------------
     // Attributes
 
+    /// The root: its link count counts every pod, listed or not (a count above the
+    /// subdirectories `ls` shows only makes `find` look closer; one below would make it
+    /// skip some).
     fn root_attr(&self) -> Result<Attr> {
         let pods = self.parents.pods()?;
         Ok(dir_attr(inode::ROOT, 0o555, pods.len(), self.started))
@@ -692,7 +695,7 @@ impl PodFs {
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         let listing = match self.node(ino)? {
             Node::Root => Listing::Root {
-                pods: self.parents.pods()?,
+                pods: self.parents.parents()?,
             },
             Node::Pod(pod) => {
                 let view = self.parents.parent(&pod)?;

@@ -321,15 +321,20 @@ impl Mount {
         mount
     }
 
+    /// Until the mount is there and so is its cleanup guard (started right after the
+    /// mount appears): a test that kills podfs must find the guard.
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !is_mounted(self.path()) {
+        while !is_mounted(self.path()) || self.guard_pid().is_none() {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("podfs exited early ({status}):\n{}", self.log());
             }
+            if is_mounted(self.path()) && self.log().contains("no cleanup guard") {
+                break;
+            }
             assert!(
                 Instant::now() < deadline,
-                "mount not ready:\n{}",
+                "mount (and its guard) not ready:\n{}",
                 self.log()
             );
             thread::sleep(Duration::from_millis(10));
