@@ -189,10 +189,15 @@ pub struct WatchFlags {
     /// A watched child nobody has looked at for this long is no longer watched.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub watch_idle_secs: u64,
-    /// The assistant text all watches may hold; least recently used watches are dropped
-    /// first.
+    /// What all watches may hold (histories, lines being read, open output snapshots);
+    /// least recently used idle watches are dropped first, and a child whose data does
+    /// not fit answers EFBIG.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
     pub memory_budget_mib: usize,
+    /// How long a message whose writer was told it was accepted waits for a child busy
+    /// with another client's turn.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub delivery_timeout_secs: u64,
 }
 
 impl WatchFlags {
@@ -200,6 +205,7 @@ impl WatchFlags {
         WatchConfig {
             idle: Duration::from_secs(self.watch_idle_secs),
             budget: self.memory_budget_mib << 20,
+            delivery_wait: Duration::from_secs(self.delivery_timeout_secs),
             ..WatchConfig::default()
         }
     }

@@ -355,6 +355,38 @@ os.close(a)
     );
 }
 
+#[test]
+fn a_message_closed_while_another_client_runs_a_turn_is_delivered_after_it() {
+    need_fuse!();
+    let home = Home::demo(&INSOMNIA, &["child1"]);
+    let _child = PodProcess::start(&home, "child1", &["--turn-ms", "1500"]);
+    let m = Mount::quick(&home, &[]);
+    let c = format!("{}/parent/child1", m.s());
+    let other = other_client(&home);
+    let sock = home.path().join("run/child1/sock");
+    // The message is written, then another client starts a turn, then the message's
+    // writer closes: every call succeeded, so the message must arrive.
+    let out = ok(&format!(
+        r#"python3 -c '
+import os, subprocess
+a = os.open("{c}/input", os.O_WRONLY)
+os.write(a, b"mine")
+subprocess.run(["python3", "{other}", "{sock}"], check=True)
+os.close(a)
+print("closed")
+'"#,
+        other = other.display(),
+        sock = sock.display()
+    ));
+    assert_eq!(out, "closed\n");
+    wait_for(Duration::from_secs(15), || {
+        let log = ok(&format!("cat {c}/log"));
+        log.contains("echo: other\n") && log.contains("echo: mine\n")
+    });
+    let log = ok(&format!("cat {c}/log"));
+    assert!(log.find("echo: other").unwrap() < log.find("echo: mine").unwrap(), "{log}");
+}
+
 // ---------------------------------------------------------------------------------------
 // 4. fstat of an open output is that open's size.
 

@@ -264,20 +264,6 @@ both!(
     cut_at_close
 );
 
-/// Another client (the parent's LLM, another mount) starts a run straight on the socket.
-const OTHER_CLIENT: &str = r#"
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-f = s.makefile('rwb')
-while json.loads(f.readline())['event'] != 'snapshot':
-    pass
-f.write(json.dumps({'method': 'run', 'params': {'input': [{'kind': 'text', 'content': 'other'}]}}).encode() + b'\n')
-f.flush()
-while json.loads(f.readline())['event'] != 'user_message':
-    pass
-"#;
-
 fn busy_midway(gen: Gen) {
     let home = Home::demo(gen, &["child1"]);
     let _parent = PodProcess::start(&home, "parent", &[]);
@@ -285,8 +271,7 @@ fn busy_midway(gen: Gen) {
     let _child = PodProcess::start(&home, "child1", &["--callback", &cb, "--turn-ms", "1500"]);
     let m = Mount::quick(&home, &[]);
     let c = format!("{}/parent/child1", m.s());
-    let other = home.path().join("other_client.py");
-    std::fs::write(&other, OTHER_CLIENT).unwrap();
+    let other = other_client(&home);
     let sock = home.path().join("run/child1/sock");
     // Writer A starts a message while the child is idle; another client's message starts
     // a turn; A's next write is refused, and A's message never arrives.

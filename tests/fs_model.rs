@@ -418,6 +418,8 @@ struct ChildModel {
     watched: bool,
     /// The history podfs last saw while the child was up.
     seen: Vec<Value>,
+    /// Whether podfs ever saw a history of it (a watch while it was up).
+    seen_any: bool,
     removed: bool,
 }
 
@@ -511,12 +513,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 // one podfs saw, else none.
                 // Opening `cursor` for writing starts the child's watch.
                 let m = &mut model[i];
-                let was_watched = m.watched;
                 m.watched = true;
                 if m.up {
                     m.seen = m.entries.clone();
                 }
-                let end = (m.up || was_watched).then_some(m.seen.len() as u64);
+                let end = (m.up || m.seen_any).then_some(m.seen.len() as u64);
                 match cursor_value(chunks) {
                     Some(Some(v)) if end.is_some_and(|end| v > end) => {
                         prop_assert_eq!(got, Err(libc::EINVAL), "{:?} past {:?}", op, end)
@@ -739,6 +740,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 sorted.sort();
                 prop_assert_eq!(sorted, listed);
                 prop_assert!(eventually(|| world.ls("parent") == expected));
+            }
+        }
+        // A watch of a child that is up has its history (the operations above waited for
+        // it): from then on podfs knows a history of that child.
+        for m in model.iter_mut() {
+            if m.up && m.watched {
+                m.seen_any = true;
             }
         }
     }

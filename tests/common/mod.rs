@@ -751,3 +751,24 @@ pub fn processes() -> Vec<Proc> {
     }
     out
 }
+
+/// Another client (the parent's LLM, another mount) starts a run straight on the socket.
+pub const OTHER_CLIENT: &str = r#"
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile('rwb')
+while json.loads(f.readline())['event'] != 'snapshot':
+    pass
+f.write(json.dumps({'method': 'run', 'params': {'input': [{'kind': 'text', 'content': 'other'}]}}).encode() + b'\n')
+f.flush()
+while json.loads(f.readline())['event'] != 'user_message':
+    pass
+"#;
+
+/// [`OTHER_CLIENT`] as a script in `home`, to run as `python3 <script> <socket>`.
+pub fn other_client(home: &Home) -> PathBuf {
+    let path = home.path().join("other_client.py");
+    std::fs::write(&path, OTHER_CLIENT).unwrap();
+    path
+}
