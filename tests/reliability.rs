@@ -181,10 +181,11 @@ fn crash_rounds(rounds: usize) -> BTreeMap<State, usize> {
             let before = (home.read("run/pods.json"), home.read("pods/parent/metadata.json"));
             let m = Mount::quick(&home, &[]);
             for name in (0..CHILDREN).map(child) {
-                assert_eq!(
-                    py_errno(&format!("os.rmdir('{}/parent/{name}')", m.s())),
-                    "EIO",
-                    "round {round}: a torn table must be refused"
+                // Refused (EIO), unless the kill came after that child was reclaimed.
+                let errno = py_errno(&format!("os.rmdir('{}/parent/{name}')", m.s()));
+                assert!(
+                    errno == "EIO" || errno == "ENOENT",
+                    "round {round}: a torn table must be refused, got {errno}"
                 );
             }
             let after = (home.read("run/pods.json"), home.read("pods/parent/metadata.json"));
