@@ -384,7 +384,10 @@ print("closed")
         log.contains("echo: other\n") && log.contains("echo: mine\n")
     });
     let log = ok(&format!("cat {c}/log"));
-    assert!(log.find("echo: other").unwrap() < log.find("echo: mine").unwrap(), "{log}");
+    assert!(
+        log.find("echo: other").unwrap() < log.find("echo: mine").unwrap(),
+        "{log}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

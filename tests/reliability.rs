@@ -178,7 +178,10 @@ fn crash_rounds(rounds: usize) -> BTreeMap<State, usize> {
         if serde_json::from_str::<Value>(&home.read("run/pods.json")).is_err() {
             *seen.entry(State::Torn).or_default() += CHILDREN;
             drop(m);
-            let before = (home.read("run/pods.json"), home.read("pods/parent/metadata.json"));
+            let before = (
+                home.read("run/pods.json"),
+                home.read("pods/parent/metadata.json"),
+            );
             let m = Mount::quick(&home, &[]);
             for name in (0..CHILDREN).map(child) {
                 // Refused (EIO), unless the kill came after that child was reclaimed.
@@ -188,7 +191,10 @@ fn crash_rounds(rounds: usize) -> BTreeMap<State, usize> {
                     "round {round}: a torn table must be refused, got {errno}"
                 );
             }
-            let after = (home.read("run/pods.json"), home.read("pods/parent/metadata.json"));
+            let after = (
+                home.read("run/pods.json"),
+                home.read("pods/parent/metadata.json"),
+            );
             assert_eq!(before, after, "round {round}: a torn table was edited");
             continue;
         }
