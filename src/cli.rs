@@ -313,7 +313,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 .and_then(|()| out.flush())
                 .map_err(|e| Error::io("write the completions", e))
         }
-        Command::Man { dir } => crate::manual::write(dir.as_deref()),
+        Command::Man { dir } => crate::manual::write(dir.as_deref(), &Cli::command()),
         Command::Pod(args) => crate::demo::pod::run(args),
         Command::Guard => crate::guard::run(),
     }
@@ -467,5 +467,66 @@ mod tests {
         assert!(!script.contains("guard"), "a hidden command is offered");
         assert!(!script.contains(" pod "), "a hidden command is offered");
         assert!(script.contains("insomnia-5472 yoi-pod yoi-worker-485918eb"));
+    }
+}
+
+#[cfg(test)]
+mod manual_tests {
+    use super::Cli;
+    use crate::manual::{pages as all_pages, FILES};
+    use clap::CommandFactory;
+
+    fn pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
+        all_pages(&Cli::command())
+    }
+
+    #[test]
+    fn every_page_names_its_options_and_defaults() {
+        let pages = pages().unwrap();
+        let text = |name: &str| {
+            String::from_utf8(pages.iter().find(|p| p.0 == name).unwrap().1.clone()).unwrap()
+        };
+        let main = text("podfs.1");
+        for file in FILES {
+            assert!(main.contains(file.0), "FILES lists {}", file.0);
+        }
+        assert!(main.contains("EXIT STATUS") && main.contains("ETIMEDOUT"));
+        let mount = text("podfs-mount.1");
+        for option in [
+            "\\-\\-home",
+            "\\-\\-generation",
+            "\\-\\-io\\-timeout\\-ms",
+            "\\-\\-memory\\-budget\\-mib",
+            "default: 5000",
+        ] {
+            assert!(mount.contains(option), "podfs-mount(1) lacks {option}");
+        }
+        assert!(text("podfs-demo.1").contains("\\-\\-children"));
+        assert!(text("mount.fuse.podfs.8").contains("fstab"));
+    }
+
+    #[test]
+    fn every_page_a_page_names_is_written() {
+        let pages = pages().unwrap();
+        let written: Vec<String> = pages
+            .iter()
+            .map(|(name, _)| {
+                let (stem, section) = name.rsplit_once('.').unwrap();
+                format!("{}({section})", stem.replace('-', "\\-"))
+            })
+            .collect();
+        for (name, bytes) in &pages {
+            let text = String::from_utf8(bytes.clone()).unwrap();
+            for word in text.split(|c: char| c.is_whitespace() || c == ',') {
+                let named = word.trim_end_matches('.');
+                let ours = named.starts_with("podfs") || named.starts_with("mount.fuse.podfs");
+                if ours && named.ends_with(')') && named.contains('(') {
+                    assert!(
+                        written.iter().any(|w| w == named),
+                        "{name} names {named}, which is not written"
+                    );
+                }
+            }
+        }
     }
 }

@@ -178,7 +178,7 @@ pub fn run() -> Result<()> {
     }
     debug!(?orders, "owner died; cleaning up after it");
     if let Some((id, via_fusermount, mountpoint)) = &orders.mount {
-        if crate::mount::mount_is_present(*id, mountpoint) {
+        if crate::mountinfo::mount_is_present(*id, mountpoint) {
             if *via_fusermount {
                 let _ = Command::new("fusermount3")
                     .args(["-u", "-z", "-q", "--"])

@@ -9,7 +9,8 @@
 //!   (blocking work).
 //! * The runtime's formats and protocol: [`store`], [`scope`], [`protocol`], described per
 //!   generation by [`generation`] and located by [`paths`].
-//! * The command line: [`cli`], [`mount`], [`daemon`], [`demo`], [`manual`].
+//! * The command line: [`cli`], [`mount`] (with [`mountinfo`] and [`guard`]), [`daemon`],
+//!   [`demo`], [`manual`].
 
 pub mod cli;
 pub mod confine;
@@ -24,7 +25,9 @@ pub mod guard;
 pub mod logs;
 pub mod manual;
 pub mod mount;
+pub mod mountinfo;
 pub mod name;
+pub mod octal;
 pub mod parents;
 pub mod paths;
 pub mod pod_client;

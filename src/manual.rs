@@ -1,19 +1,20 @@
 //! Manual pages, generated from the command-line definition (so every option and its
 //! default is always current), plus the sections a command line cannot describe: the files
 //! and their errnos, the exit status, the environment, and the mount(8) helper.
+//!
+//! The command line is handed in ([`write`], [`pages`]): this module documents whatever
+//! [`crate::cli`] defines, and does not depend on it.
 
 use std::io::Write;
 use std::path::Path;
 
-use clap::CommandFactory;
 use clap_mangen::roff::{bold, italic, roman, Inline, Roff};
 use clap_mangen::Man;
 
-use crate::cli::Cli;
 use crate::error::{Error, Result};
 
 /// One line per control file: name, mode, what it holds, the errnos it gives.
-const FILES: &[(&str, &str)] = &[
+pub(crate) const FILES: &[(&str, &str)] = &[
     ("socket", "The child's Unix socket path, newline-terminated. Read-only (EACCES on write)."),
     ("scope", "The delegated scope, one rule per line: <read|write> <recursive|exact> <target>. Read-only."),
     ("cursor", "The mount's read position (an item index into the child's history). Write a decimal number: all writes of one open are one value, checked as they arrive (EINVAL at the write that makes it impossible, and the cursor stays unchanged); it takes effect at close."),
@@ -25,6 +26,7 @@ const FILES: &[(&str, &str)] = &[
 ];
 
 fn page(cmd: clap::Command, extra: impl FnOnce(&mut Roff)) -> std::io::Result<Vec<u8>> {
+    let listed = cmd.clone();
     let versioned = cmd.get_version().is_some();
     let has_subcommands = cmd.get_subcommands().any(|c| !c.is_hide_set());
     let man = Man::new(cmd).source(format!("podfs {}", env!("CARGO_PKG_VERSION")));
@@ -36,7 +38,7 @@ fn page(cmd: clap::Command, extra: impl FnOnce(&mut Roff)) -> std::io::Result<Ve
     man.render_options_section(&mut out)?;
     let mut roff = Roff::default();
     if has_subcommands {
-        commands_section(&mut roff);
+        commands_section(&mut roff, &listed);
     }
     extra(&mut roff);
     roff.to_writer(&mut out)?;
@@ -48,9 +50,9 @@ fn page(cmd: clap::Command, extra: impl FnOnce(&mut Roff)) -> std::io::Result<Ve
 
 /// The commands, each with the page that documents it (clap's own section would name a
 /// page for `help` too, which no manual has).
-fn commands_section(roff: &mut Roff) {
+fn commands_section(roff: &mut Roff, cli: &clap::Command) {
     roff.control("SH", ["COMMANDS"]);
-    for sub in crate::cli::visible_command().get_subcommands() {
+    for sub in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
         let name = sub.get_name();
         let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
         tagged(
@@ -86,8 +88,8 @@ fn exit_status(roff: &mut Roff) {
     );
 }
 
-fn main_page() -> std::io::Result<Vec<u8>> {
-    page(Cli::command(), |roff| {
+fn main_page(cli: &clap::Command) -> std::io::Result<Vec<u8>> {
+    page(cli.clone(), |roff| {
         roff.control("SH", ["FILES"]);
         paragraph(roff, [roman("The mount shows one directory per pod of the runtime's durable store, and in it one directory per child in that pod's registry, whether or not the child is reachable. Each child directory holds:")]);
         for (name, what) in FILES {
@@ -109,13 +111,19 @@ fn main_page() -> std::io::Result<Vec<u8>> {
     })
 }
 
-fn sub_page(name: &str, extra: impl FnOnce(&mut Roff)) -> std::io::Result<Vec<u8>> {
-    let mut root = Cli::command();
+fn sub_page(
+    cli: &clap::Command,
+    name: &str,
+    extra: impl FnOnce(&mut Roff),
+) -> std::io::Result<Vec<u8>> {
+    let mut root = cli.clone();
     root.build();
-    let cmd = root
-        .find_subcommand(name)
-        .expect("a subcommand of podfs")
-        .clone();
+    let cmd = root.find_subcommand(name).cloned().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no command {name} to document"),
+        )
+    })?;
     page(cmd, extra)
 }
 
@@ -175,25 +183,21 @@ fn helper_page() -> Vec<u8> {
     roff.render().into_bytes()
 }
 
-/// Every page: (file name, roff).
-pub fn pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
-    Ok(vec![
-        ("podfs.1".into(), main_page()?),
-        ("podfs-mount.1".into(), sub_page("mount", exit_status)?),
-        ("podfs-demo.1".into(), sub_page("demo", exit_status)?),
-        ("podfs-unmount.1".into(), sub_page("unmount", exit_status)?),
-        (
-            "podfs-completions.1".into(),
-            sub_page("completions", exit_status)?,
-        ),
-        ("podfs-man.1".into(), sub_page("man", exit_status)?),
-        ("mount.fuse.podfs.8".into(), helper_page()),
-    ])
+/// Every page of the command line `cli`: (file name, roff).
+pub fn pages(cli: &clap::Command) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut pages = vec![("podfs.1".to_string(), main_page(cli)?)];
+    for sub in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let name = sub.get_name();
+        pages.push((format!("podfs-{name}.1"), sub_page(cli, name, exit_status)?));
+    }
+    pages.push(("mount.fuse.podfs.8".into(), helper_page()));
+    Ok(pages)
 }
 
-/// `podfs man`: podfs(1) to standard output, or every page into `dir`.
-pub fn write(dir: Option<&Path>) -> Result<()> {
-    let pages = pages().map_err(|e| Error::io("render the manual pages", e))?;
+/// `podfs man`: podfs(1) of the command line `cli` to standard output, or every page
+/// into `dir`.
+pub fn write(dir: Option<&Path>, cli: &clap::Command) -> Result<()> {
+    let pages = pages(cli).map_err(|e| Error::io("render the manual pages", e))?;
     match dir {
         None => {
             let mut out = std::io::stdout().lock();
@@ -209,61 +213,6 @@ pub fn write(dir: Option<&Path>) -> Result<()> {
                     .map_err(|e| Error::io(format!("write {name}"), e))?;
             }
             Ok(())
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_page_names_its_options_and_defaults() {
-        let pages = pages().unwrap();
-        let text = |name: &str| {
-            String::from_utf8(pages.iter().find(|p| p.0 == name).unwrap().1.clone()).unwrap()
-        };
-        let main = text("podfs.1");
-        for file in FILES {
-            assert!(main.contains(file.0), "FILES lists {}", file.0);
-        }
-        assert!(main.contains("EXIT STATUS") && main.contains("ETIMEDOUT"));
-        let mount = text("podfs-mount.1");
-        for option in [
-            "\\-\\-home",
-            "\\-\\-generation",
-            "\\-\\-io\\-timeout\\-ms",
-            "\\-\\-memory\\-budget\\-mib",
-            "default: 5000",
-        ] {
-            assert!(mount.contains(option), "podfs-mount(1) lacks {option}");
-        }
-        assert!(text("podfs-demo.1").contains("\\-\\-children"));
-        assert!(text("mount.fuse.podfs.8").contains("fstab"));
-    }
-
-    #[test]
-    fn every_page_a_page_names_is_written() {
-        let pages = pages().unwrap();
-        let written: Vec<String> = pages
-            .iter()
-            .map(|(name, _)| {
-                let (stem, section) = name.rsplit_once('.').unwrap();
-                format!("{}({section})", stem.replace('-', "\\-"))
-            })
-            .collect();
-        for (name, bytes) in &pages {
-            let text = String::from_utf8(bytes.clone()).unwrap();
-            for word in text.split(|c: char| c.is_whitespace() || c == ',') {
-                let named = word.trim_end_matches('.');
-                let ours = named.starts_with("podfs") || named.starts_with("mount.fuse.podfs");
-                if ours && named.ends_with(')') && named.contains('(') {
-                    assert!(
-                        written.iter().any(|w| w == named),
-                        "{name} names {named}, which is not written"
-                    );
-                }
-            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Mounting: pre-flight checks with messages that say what to do, the mount itself (direct
-//! where allowed, otherwise through `fusermount3` with auto-unmount), the fuser session,
-//! and a clean unmount on SIGINT, SIGTERM or SIGHUP.
+//! where allowed, otherwise through `fusermount3` with auto-unmount), the session serving it
+//! ([`crate::fs::adapter::Session`]), and a clean unmount on SIGINT, SIGTERM or SIGHUP.
 //!
 //! podfs makes the mount itself rather than through fuser's mount helpers, for two
 //! reasons: an owner-only unprivileged mount with `auto_unmount` (so a killed podfs leaves
@@ -20,15 +20,15 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fuser::{Config, SessionACL};
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
-use crate::fs::adapter::{Adapter, Notifier};
+use crate::fs::adapter::Session;
 use crate::fs::PodFs;
 use crate::guard::Guard;
+use crate::mountinfo::{mount_type, top_mount};
 
 /// The filesystem type podfs mounts as, in `/proc/mounts`.
 pub const FSTYPE: &str = "fuse.podfs";
@@ -407,7 +407,7 @@ fn receive_fd(socket: &UnixStream) -> std::io::Result<OwnedFd> {
 
 /// A mounted podfs; dropping it unmounts.
 pub struct Mounted {
-    session: Option<fuser::BackgroundSession>,
+    session: Option<Session>,
     mountpoint: PathBuf,
     /// The kernel's id of this mount, to tell it from a later mount at the same path.
     mount_id: Option<u64>,
@@ -426,7 +426,9 @@ impl Mounted {
 
     /// Whether the kernel side went away (someone ran `umount` or `fusermount -u`).
     pub fn finished(&self) -> bool {
-        self.session.as_ref().is_none_or(|s| s.guard.is_finished())
+        self.session
+            .as_ref()
+            .is_none_or(|s| s.wait_end(Duration::ZERO))
     }
 
     pub fn mountpoint(&self) -> &Path {
@@ -446,7 +448,7 @@ impl Mounted {
         // First answer everyone podfs keeps waiting (readers of a silent child, a removal
         // waiting for a child to stop): an unmount must not wait for any child.
         self.fs.shutdown();
-        if !session.guard.is_finished() && self.still_ours() {
+        if !session.wait_end(Duration::ZERO) && self.still_ours() {
             match &self.made {
                 Some(Made::Fusermount { .. }) => {
                     let _ = Command::new("fusermount3")
@@ -463,11 +465,7 @@ impl Mounted {
             }
             // A process that still has a file open keeps a lazily detached mount's session
             // alive; once podfs exits, the kernel fails whatever it still asks.
-            let deadline = Instant::now() + Duration::from_millis(300);
-            while !session.guard.is_finished() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(10));
-            }
-            if !session.guard.is_finished() {
+            if !session.wait_end(Duration::from_millis(300)) {
                 debug!("session still busy after unmount; exiting anyway");
             }
         }
@@ -489,7 +487,7 @@ impl Mounted {
         }
         // Not joined: the session thread may still be finishing a request; the process is
         // about to end.
-        std::mem::forget(session);
+        drop(session);
         info!(mountpoint = %self.mountpoint.display(), "unmounted");
     }
 
@@ -532,13 +530,6 @@ pub fn mount(fs: Arc<PodFs>, mountpoint: &Path, settings: &MountSettings) -> Res
         "mounted"
     );
     let mount_id = top_mount(&mountpoint).map(|m| m.0);
-    let acl = if settings.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    let mut config = Config::default();
-    config.n_threads = Some(settings.threads.max(1));
     let undo = |made: &Made| match made {
         Made::Direct => {
             let _ = nix::mount::umount2(&mountpoint, MntFlags::MNT_DETACH);
@@ -551,15 +542,7 @@ pub fn mount(fs: Arc<PodFs>, mountpoint: &Path, settings: &MountSettings) -> Res
                 .status();
         }
     };
-    let session = match fuser::Session::from_fd(Adapter::new(fs.clone()), fd, acl, config) {
-        Ok(s) => s,
-        Err(e) => {
-            undo(&made);
-            return Err(Error::io("the FUSE handshake", e));
-        }
-    };
-    fs.kernel.connect(Arc::new(Notifier(session.notifier())));
-    let session = match session.spawn() {
+    let session = match Session::start(fs.clone(), fd, settings.allow_other, settings.threads) {
         Ok(s) => s,
         Err(e) => {
             undo(&made);
@@ -604,25 +587,52 @@ fn mount_error(mountpoint: &Path, e: std::io::Error) -> Error {
 pub struct StopSignals {
     stop: Arc<AtomicBool>,
     report: Arc<AtomicBool>,
+    /// Readable when any of these signals arrived: what [`StopSignals::wait`] polls.
+    arrived: UnixStream,
 }
 
 impl StopSignals {
     /// SIGINT, SIGTERM and SIGHUP stop the mount; SIGUSR1 asks for a one-line report of
     /// what the mount holds (as `dd` reports its progress), written to the log.
     pub fn install() -> Result<StopSignals> {
+        let install = |e| Error::io("install signal handler", e);
+        let (arrived, wake) = UnixStream::pair().map_err(install)?;
+        arrived.set_nonblocking(true).map_err(install)?;
         let stop = Arc::new(AtomicBool::new(false));
-        for sig in [
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGHUP,
-        ] {
-            signal_hook::flag::register(sig, stop.clone())
-                .map_err(|e| Error::io("install signal handler", e))?;
-        }
         let report = Arc::new(AtomicBool::new(false));
-        signal_hook::flag::register(signal_hook::consts::SIGUSR1, report.clone())
-            .map_err(|e| Error::io("install signal handler", e))?;
-        Ok(StopSignals { stop, report })
+        for (sig, flag) in [
+            (signal_hook::consts::SIGINT, &stop),
+            (signal_hook::consts::SIGTERM, &stop),
+            (signal_hook::consts::SIGHUP, &stop),
+            (signal_hook::consts::SIGUSR1, &report),
+        ] {
+            signal_hook::flag::register(sig, flag.clone()).map_err(install)?;
+            let wake = wake.try_clone().map_err(install)?;
+            signal_hook::low_level::pipe::register(sig, wake).map_err(install)?;
+        }
+        Ok(StopSignals {
+            stop,
+            report,
+            arrived,
+        })
+    }
+
+    /// Sleep until one of the signals arrives, `mounted`'s session ends, or `timeout`
+    /// passes (`None`: no timeout).
+    pub fn wait(&self, mounted: &Mounted, timeout: Option<Duration>) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let timeout = timeout.map_or(PollTimeout::NONE, |t| {
+            PollTimeout::from(u16::try_from(t.as_millis()).unwrap_or(u16::MAX))
+        });
+        let mut fds = vec![PollFd::new(self.arrived.as_fd(), PollFlags::POLLIN)];
+        if let Some(session) = &mounted.session {
+            fds.push(PollFd::new(session.end(), PollFlags::POLLIN));
+        }
+        let _ = poll(&mut fds, timeout);
+        // Drain what woke this; the flags say which signals.
+        let mut buf = [0u8; 64];
+        while matches!((&self.arrived).read(&mut buf), Ok(n) if n > 0) {}
     }
 
     pub fn received(&self) -> bool {
@@ -643,7 +653,7 @@ impl StopSignals {
     /// on SIGUSR1.
     pub fn serve(&self, mounted: Mounted, report: impl Fn()) -> Result<()> {
         while !self.received() && !mounted.finished() {
-            thread::sleep(Duration::from_millis(50));
+            self.wait(&mounted, None);
             if self.report_requested() {
                 report();
             }
@@ -693,46 +703,6 @@ pub fn unmount_path(mountpoint: &Path) -> Result<()> {
     }
 }
 
-/// The type of the topmost mount at `path`, if `path` is a mount point.
-pub fn mount_type(path: &Path) -> Option<String> {
-    top_mount(path).map(|m| m.1)
-}
-
-/// The id and type of the topmost mount at `path`, from /proc/self/mountinfo (the last
-/// entry for a mount point is the one on top, so search from the end).
-fn top_mount(path: &Path) -> Option<(u64, String)> {
-    let wanted = path.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .ok()?
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let mut fields = l.split(' ');
-            let id = fields.next()?.parse().ok()?;
-            let target = fields.nth(3)?;
-            if unescape_mounts(target) != wanted {
-                return None;
-            }
-            // After the optional fields comes "-", then the type.
-            let fstype = l.split(" - ").nth(1)?.split(' ').next()?.to_string();
-            Some((id, fstype))
-        })
-}
-
-/// /proc/mounts escapes space, tab, newline and backslash as octal.
-fn unescape_mounts(field: &str) -> String {
-    field
-        .replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
-
-/// Whether the mount with the kernel's id `id` is still the top mount at `mountpoint`.
-pub fn mount_is_present(id: u64, mountpoint: &Path) -> bool {
-    top_mount(mountpoint).is_some_and(|(top, _)| top == id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -756,15 +726,6 @@ mod tests {
     }
 
     #[test]
-    fn the_topmost_mount_is_found_without_touching_it() {
-        let (root, _) = top_mount(Path::new("/")).expect("/ is a mount point");
-        let (proc_id, proc_type) = top_mount(Path::new("/proc")).expect("/proc is a mount point");
-        assert_ne!(root, proc_id);
-        assert_eq!(proc_type, "proc");
-        assert_eq!(top_mount(Path::new("/no/such/mount")), None);
-    }
-
-    #[test]
     fn relative_paths_and_trailing_slashes_are_made_absolute() {
         let dir = crate::test_fixtures::tempdir();
         let canonical = dir.path().canonicalize().unwrap();
@@ -773,11 +734,6 @@ mod tests {
         assert_eq!(absolute(&with_slash).unwrap(), canonical.join("m1"));
         let dotted = canonical.join(".").join("m1");
         assert_eq!(absolute(&dotted).unwrap(), canonical.join("m1"));
-    }
-
-    #[test]
-    fn mounts_escapes() {
-        assert_eq!(unescape_mounts("/a\\040b"), "/a b");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
@@ -54,7 +54,7 @@ pub struct ParentView {
     index: HashMap<PodName, u32>,
     /// How often each name was reclaimed (the list is append-only and may repeat names).
     reclaimed: HashMap<Box<str>, u64>,
-    pub mtime: SystemTime,
+    mtime: SystemTime,
 }
 
 impl ParentView {
@@ -113,6 +113,11 @@ impl ParentView {
     }
 
     /// How often `name` was reclaimed: a child removed and listed again is a new one.
+    /// When the registry file last changed.
+    pub fn mtime(&self) -> SystemTime {
+        self.mtime
+    }
+
     pub fn incarnation(&self, name: &str) -> u64 {
         self.reclaimed.get(name).copied().unwrap_or(0)
     }
@@ -152,12 +157,11 @@ struct Cached {
     dirty: bool,
 }
 
-/// Per-parent state: the cached view, and the lock that serialises every mutation of that
-/// parent's files (one mutation path per parent).
+/// Per-parent state: the cached view. (Mutations are serialised by
+/// [`crate::reclaim::Removals`], never here: a lookup takes no mutation lock.)
 #[derive(Default)]
-pub struct ParentSlot {
+struct ParentSlot {
     cache: Mutex<Cached>,
-    pub mutation: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -184,13 +188,20 @@ struct Notify {
 type Listener = Box<dyn Fn(&RegistryChange) + Send + Sync>;
 
 pub struct ParentCache {
-    pub paths: Paths,
+    paths: Paths,
     parents: Mutex<HashMap<PodName, Arc<ParentSlot>>>,
     root: Mutex<RootCache>,
     notify: Option<Notify>,
     store_watched: Mutex<bool>,
     listener: OnceLock<Listener>,
+    /// How many changes inotify has reported to parents' registries, and a condvar
+    /// signalled with each: what a removal waits on for the parent's own bookkeeping.
+    changes: Mutex<u64>,
+    changed: Condvar,
 }
+
+/// How often a waiter re-reads a registry whose changes inotify does not report.
+const UNWATCHED_RECHECK: Duration = Duration::from_millis(20);
 
 impl ParentCache {
     /// A cache over `paths`, with inotify when `use_inotify` and the kernel allows it.
@@ -217,6 +228,8 @@ impl ParentCache {
             notify,
             store_watched: Mutex::new(false),
             listener: OnceLock::new(),
+            changes: Mutex::new(0),
+            changed: Condvar::new(),
         });
         if let Some(n) = &cache.notify {
             cache.add_watch(n, &cache.paths.data.clone(), Target::Data);
@@ -230,6 +243,11 @@ impl ParentCache {
             }
         }
         cache
+    }
+
+    /// Where the pods' files are.
+    pub fn paths(&self) -> &Paths {
+        &self.paths
     }
 
     /// Whether inotify is in use (for the log and the tests).
@@ -411,8 +429,8 @@ impl ParentCache {
         self.parents.lock().get(parent).cloned()
     }
 
-    /// The lock that serialises every change podfs makes to `parent`'s files.
-    pub fn mutation_lock(&self, parent: &PodName) -> Arc<ParentSlot> {
+    /// The slot of `parent`, made when it is first read.
+    fn slot_or_new(&self, parent: &PodName) -> Arc<ParentSlot> {
         let mut parents = self.parents.lock();
         parents.entry(parent.clone()).or_default().clone()
     }
@@ -468,7 +486,7 @@ impl ParentCache {
             mtime_ns: stat.mtime_ns,
             ctime_ns: stat.ctime_ns,
         };
-        let slot = self.mutation_lock(parent);
+        let slot = self.slot_or_new(parent);
         let mut cache = slot.cache.lock();
         let now = Instant::now();
         if !force {
@@ -591,6 +609,35 @@ impl ParentCache {
     fn mark_dirty(&self, pod: &PodName) {
         if let Some(slot) = self.slot(pod) {
             slot.cache.lock().dirty = true;
+        }
+        *self.changes.lock() += 1;
+        self.changed.notify_all();
+    }
+
+    /// A count of the registry changes inotify reported; pass it to
+    /// [`ParentCache::wait_for_change`] after reading what it covers.
+    pub fn changes(&self) -> u64 {
+        *self.changes.lock()
+    }
+
+    /// Wait until a registry change is reported after `seen` ([`ParentCache::changes`]),
+    /// or `until`. Where inotify does not cover `parent` (no inotify, or past the watch
+    /// limit), wakes every [`UNWATCHED_RECHECK`] instead, so the caller re-reads.
+    pub fn wait_for_change(&self, parent: &PodName, seen: u64, until: Instant) {
+        let watched = self.notify.is_some()
+            && self
+                .slot(parent)
+                .is_some_and(|slot| slot.cache.lock().watched);
+        let until = if watched {
+            until
+        } else {
+            until.min(Instant::now() + UNWATCHED_RECHECK)
+        };
+        let mut changes = self.changes.lock();
+        while *changes == seen {
+            if self.changed.wait_until(&mut changes, until).timed_out() {
+                return;
+            }
         }
     }
 

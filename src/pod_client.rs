@@ -106,12 +106,17 @@ const LINGER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct PodClient {
-    pub timeouts: Timeouts,
+    timeouts: Timeouts,
     runtime: PathBuf,
     paths: Paths,
 }
 
 impl PodClient {
+    /// The bounds of every exchange with a pod.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
     pub fn new(paths: &Paths, timeouts: Timeouts) -> Self {
         PodClient {
             timeouts,

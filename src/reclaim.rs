@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -101,7 +100,7 @@ impl Removals {
             warn!("child still accepts connections; nothing reclaimed");
             return Err(Error::Busy(format!(
                 "{child} did not stop within {:?}; its scope was not reclaimed",
-                client.timeouts.stop_wait
+                client.timeouts().stop_wait
             )));
         }
         debug!(
@@ -161,7 +160,10 @@ fn reclaimed(parents: &ParentCache, parent: &PodName, child: &str, before: u64) 
     Ok(view.child(child).is_none() && view.incarnation(child) > before)
 }
 
-fn poll_reclaimed(
+/// Wait until the parent's registry shows `child` reclaimed, for at most `wait`: woken by
+/// the registry's change notification (inotify), re-checking at least every
+/// [`SIGNAL_CHECK`] so that `who`'s signal ends the wait.
+fn wait_reclaimed(
     parents: &ParentCache,
     parent: &PodName,
     child: &str,
@@ -171,16 +173,21 @@ fn poll_reclaimed(
 ) -> Result<bool> {
     let deadline = Instant::now() + wait;
     loop {
+        let seen = parents.changes();
         if reclaimed(parents, parent, child, before)? {
             return Ok(true);
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             return Ok(false);
         }
         who.check()?;
-        thread::sleep(Duration::from_millis(20));
+        parents.wait_for_change(parent, seen, deadline.min(now + SIGNAL_CHECK));
     }
 }
+
+/// How often a removal waiting on the parent looks for a signal to its caller.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
 /// A direct child's own shutdown normally tells the parent already; podfs sends the
 /// `shut_down` event only if that has not taken effect (the event is unauthenticated and
@@ -193,9 +200,9 @@ fn reclaim_through_live_parent(
     before: u64,
     who: Requester,
 ) -> Result<()> {
-    let t = &client.timeouts;
+    let t = client.timeouts();
     let grace = t.confirm_wait.min(Duration::from_millis(500));
-    if poll_reclaimed(parents, parent, child, before, grace, who)? {
+    if wait_reclaimed(parents, parent, child, before, grace, who)? {
         debug!("parent reclaimed on the child's own report");
         return Ok(());
     }
@@ -203,7 +210,7 @@ fn reclaim_through_live_parent(
         client.send_shut_down(&client.own_socket(parent), child)?;
         debug!("shut_down event sent to the parent");
     }
-    if poll_reclaimed(parents, parent, child, before, t.confirm_wait, who)? {
+    if wait_reclaimed(parents, parent, child, before, t.confirm_wait, who)? {
         return Ok(());
     }
     let left = parents.refresh(parent)?;
@@ -259,7 +266,7 @@ fn reclaim_offline(
     child: &PodName,
     who: Requester,
 ) -> Result<()> {
-    let paths = &parents.paths;
+    let paths = parents.paths();
     let gen = paths.generation;
     // Every directory is opened before anything is written: one that is a symlink (or
     // otherwise cannot be opened) fails the removal with nothing changed.
@@ -274,7 +281,7 @@ fn reclaim_offline(
     let mut table = alloc::lock(
         &paths.runtime,
         gen.alloc_file,
-        client.timeouts.lock_wait,
+        client.timeouts().lock_wait,
         &|| who.check(),
     )?;
     // From here on the edit runs to its end: a signal no longer interrupts it.

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use crate::octal::{escape, unescape};
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -78,64 +80,13 @@ impl From<ScopeRule> for StoredRule {
 }
 
 /// One line of the `scope` file: `<read|write> <recursive|exact> <target>`, with the
-/// target escaped ([`escape`]) so that one rule is always one line.
+/// target escaped ([`escape`], octal as in `/proc/self/mountinfo`) so that one rule is
+/// always one line.
 impl fmt::Display for StoredRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let depth = if self.recursive { "recursive" } else { "exact" };
         write!(f, "{} {} {}", self.permission, depth, escape(&self.target))
     }
-}
-
-/// A target as the `scope` file shows it: a backslash and every control character
-/// (a newline above all, which would otherwise read as a rule of its own) written as
-/// `\ooo` in octal, as `/proc/self/mountinfo` writes paths.
-pub fn escape(target: &str) -> std::borrow::Cow<'_, str> {
-    if !target.chars().any(|c| c == '\\' || c.is_control()) {
-        return target.into();
-    }
-    let mut out = String::with_capacity(target.len() + 8);
-    for c in target.chars() {
-        if c == '\\' || (c.is_control() && (c as u32) < 0x100) {
-            out.push_str(&format!("\\{:03o}", c as u32));
-        } else if c.is_control() {
-            out.push_str(&c.escape_unicode().to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out.into()
-}
-
-/// [`escape`] undone (for anyone reading `scope` back).
-pub fn unescape(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal {
-            Some(d) => {
-                let v = u32::from(d[0] - b'0') * 64
-                    + u32::from(d[1] - b'0') * 8
-                    + u32::from(d[2] - b'0');
-                match char::from_u32(v) {
-                    Some(c) => {
-                        let mut buf = [0; 4];
-                        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                    }
-                    None => out.extend_from_slice(&bytes[i..i + 4]),
-                }
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A rule as podfs keeps it for serving: the registry view is read-only, so it carries no
@@ -157,16 +108,6 @@ impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.to_stored().fmt(f)
     }
-}
-
-/// The whole `scope` file: one rule per line, each newline-terminated.
-pub fn render_scope<R: fmt::Display>(rules: &[R]) -> String {
-    let mut out = String::new();
-    for rule in rules {
-        out.push_str(&rule.to_string());
-        out.push('\n');
-    }
-    out
 }
 
 /// Parse the text form back (used by tests and by anyone scripting against `scope`).
@@ -193,7 +134,7 @@ mod tests {
     fn a_target_with_a_newline_stays_on_its_line_and_reads_back() {
         let tricky = "/w/a\nwrite recursive /etc\\x\ty";
         let rule = StoredRule::new(tricky, "write", true);
-        let text = render_scope(std::slice::from_ref(&rule));
+        let text = String::from_utf8(crate::fs::body::lines(std::slice::from_ref(&rule))).unwrap();
         assert_eq!(text.lines().count(), 1, "{text:?}");
         assert_eq!(
             text,
@@ -230,7 +171,7 @@ mod tests {
             StoredRule::new("/w/sub1", "write", true),
             StoredRule::new("/w/with space", "read", false),
         ];
-        let text = render_scope(&rules);
+        let text = String::from_utf8(crate::fs::body::lines(&rules)).unwrap();
         assert_eq!(text, "write recursive /w/sub1\nread exact /w/with space\n");
         let back: Vec<_> = text.lines().map(|l| parse_scope_line(l).unwrap()).collect();
         assert_eq!(back, rules);

@@ -1,7 +1,7 @@
 //! The locks and threads the shared state machines use, named in one place.
 //!
 //! Modules that hold state shared between FUSE threads, the watch reactor and the worker
-//! pool ([`crate::cursors`], [`crate::watch::live`], [`crate::fs::output`],
+//! pool ([`crate::cursors`], [`crate::watch::live`], [`crate::fs::files::output::take`],
 //! [`crate::fs::gate`], [`crate::pool`]) take their locks and threads from here, so that
 //! the model-checking test (`tests/model_check.rs`) can compile those same modules
 //! against `shuttle`'s and explore their interleavings.

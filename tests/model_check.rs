@@ -2,7 +2,7 @@
 //! interleavings of the very modules podfs runs (compiled here against shuttle's locks and
 //! threads, through this crate's `sync` module), and each property must hold in every one.
 //!
-//! * `output`'s take ([`fs::output::take`]): two readers never both take the same text
+//! * `output`'s take ([`fs::take::take`]): two readers never both take the same text
 //!   while the child adds more, and the memory budget holds exactly what they took.
 //! * The live state ([`watch::live`]): a parked operation is answered exactly once,
 //!   whether readiness, its deadline or a signal comes first; a poller registered while
@@ -64,10 +64,12 @@ mod sync {
 mod cursors;
 #[path = "../src/error.rs"]
 mod error;
+#[path = "../src/fs/body.rs"]
+pub mod fs_body;
 #[path = "../src/fs/gate.rs"]
 pub mod fs_gate;
-#[path = "../src/fs/output.rs"]
-pub mod fs_output;
+#[path = "../src/fs/files/output/take.rs"]
+pub mod fs_output_take;
 #[path = "../src/generation.rs"]
 mod generation;
 #[path = "../src/pool.rs"]
@@ -89,8 +91,9 @@ mod watch {
     pub use super::watch_live as live;
 }
 mod fs {
+    pub use super::fs_body as body;
     pub use super::fs_gate as gate;
-    pub use super::fs_output as output;
+    pub use super::fs_output_take as take;
 }
 /// The fixtures the included modules' own unit tests read.
 mod test_fixtures {
@@ -114,7 +117,7 @@ use std::time::Instant;
 
 use cursors::Cursors;
 use fs::gate::Gates;
-use fs::output::{take, Take};
+use fs::take::{take, Take};
 use protocol::history::{Changes, History, Snapshot};
 use protocol::wire::PodStatus;
 use shuttle::thread;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{Server, GEN};
+use crate::harness::{Server, GEN};
 
 const BUDGET_MIB: u64 = 256;
 

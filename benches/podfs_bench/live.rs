@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use podfs::protocol::wire::{Event, PodStatus};
 
-use super::{child_name, fmt, read_file, Row, Server, GEN, PODFS};
+use crate::harness::{child_name, fmt, read_file, Row, Server, GEN, PODFS};
 
 /// A home whose parent `live` has `names` as children, with reference pods serving them.
 struct LiveHome {

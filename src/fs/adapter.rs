@@ -10,6 +10,8 @@
 //! (fuser answers a dropped reply so), is logged, and leaves the thread serving.
 
 use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,12 +22,11 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll, ReplyWrite, ReplyXattr,
     Request, TimeOrNow, WriteFlags,
 };
-use tracing::{debug_span, event, Level, Span};
+use tracing::{debug_span, event, Level};
 
-use crate::error::{contain, Error, Result};
+use crate::error::{Error, Result};
 use crate::fs::kernel::Kernel;
 use crate::fs::{Attr, Caller, PodFs, Step};
-use crate::watch::live::Wake;
 
 /// Attribute and entry TTL: short, so changes show within a second even where the
 /// registry's changes cannot be pushed (no inotify).
@@ -38,7 +39,7 @@ pub struct Adapter {
 }
 
 /// fuser's notifier as the logic layer's [`Kernel`].
-pub struct Notifier(pub fuser::Notifier);
+struct Notifier(fuser::Notifier);
 
 impl Kernel for Notifier {
     fn inval_entry(&self, parent: u64, name: &str) {
@@ -46,6 +47,60 @@ impl Kernel for Notifier {
     }
     fn inval_inode(&self, ino: u64) {
         let _ = self.0.inval_inode(INodeNo(ino), 0, 0);
+    }
+}
+
+/// The FUSE session serving a [`PodFs`] on a mounted `/dev/fuse` descriptor, on threads
+/// of its own. Its end (the kernel side went away: an unmount) is a descriptor that turns
+/// readable, so whoever waits for it can wait for signals in the same `poll`.
+pub struct Session {
+    ended: UnixStream,
+}
+
+impl Session {
+    /// Serve `fs` on `fd` with `threads` request threads; with `allow_other`, for every
+    /// user (the kernel then checks the file modes), else for the mount's owner only.
+    pub fn start(
+        fs: Arc<PodFs>,
+        fd: OwnedFd,
+        allow_other: bool,
+        threads: usize,
+    ) -> std::io::Result<Session> {
+        let acl = if allow_other {
+            fuser::SessionACL::All
+        } else {
+            fuser::SessionACL::Owner
+        };
+        let mut config = fuser::Config::default();
+        config.n_threads = Some(threads.max(1));
+        let session = fuser::Session::from_fd(Adapter::new(fs.clone()), fd, acl, config)?;
+        fs.connect_kernel(Arc::new(Notifier(session.notifier())));
+        let (ended, end) = UnixStream::pair()?;
+        ended.set_nonblocking(true)?;
+        std::thread::Builder::new()
+            .name("podfs-fuse".into())
+            .spawn(move || {
+                if let Err(e) = session.run() {
+                    tracing::debug!(error = %e, "FUSE session ended");
+                }
+                drop(end);
+            })?;
+        Ok(Session { ended })
+    }
+
+    /// Readable (end of file) once the session has ended.
+    pub fn end(&self) -> BorrowedFd<'_> {
+        self.ended.as_fd()
+    }
+
+    /// Whether the session ended, waiting at most `timeout` for it.
+    pub fn wait_end(&self, timeout: Duration) -> bool {
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [nix::poll::PollFd::new(
+            self.end(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)).is_ok_and(|n| n > 0)
     }
 }
 
@@ -94,38 +149,6 @@ impl Adapter {
             rdev: 0,
             blksize: 4096,
             flags: 0,
-        }
-    }
-
-    /// Answer with `first`, or, if it must wait, with `again` once what it waits for is
-    /// ready (or `EINTR` if `req`'s caller gets a signal first).
-    fn answer<T: Send + 'static>(
-        &self,
-        req: &Request,
-        first: Step<T>,
-        again: impl FnOnce(&PodFs) -> Step<T> + Send + 'static,
-        reply: impl FnOnce(Result<T>) + Send + 'static,
-    ) {
-        match first {
-            Step::Ready(r) => reply(r),
-            Step::Wait(wait, bound) => {
-                let fs = self.fs.clone();
-                let span = Span::current();
-                self.fs.park(
-                    wait,
-                    bound,
-                    caller(req).requester(),
-                    Box::new(move |why| {
-                        let _entered = span.enter();
-                        match why {
-                            Wake::Interrupted => reply(Err(Error::Interrupted)),
-                            Wake::Ready | Wake::Expired => {
-                                reply(contain("a parked operation", || again(&fs).into_result()))
-                            }
-                        }
-                    }),
-                );
-            }
         }
     }
 
@@ -208,8 +231,8 @@ impl Filesystem for Adapter {
         let fh = fh.map(|f| f.0);
         let who = caller(req);
         guarded("getattr", || {
-            self.answer(
-                req,
+            self.fs.answer(
+                &who,
                 self.fs.getattr(ino.0, fh, &who, false),
                 move |fs| fs.getattr(ino.0, fh, &who, true),
                 self.reply_attr("getattr", reply),
@@ -244,8 +267,8 @@ impl Filesystem for Adapter {
                 (None, None, None, None) => self.fs.getattr(ino.0, None, &who, false),
                 _ => Step::Ready(Err(Error::NotPermitted("attributes are fixed".into()))),
             };
-            self.answer(
-                req,
+            self.fs.answer(
+                &who,
                 step,
                 move |fs| fs.getattr(ino.0, None, &who, true),
                 self.reply_attr("setattr", reply),
@@ -315,17 +338,11 @@ impl Filesystem for Adapter {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _s = span("rmdir", req, parent.0);
-        let fs = self.fs.clone();
-        let name = name.to_os_string();
-        let caller = caller(req);
-        // The kernel holds the directory locked until this is answered: invalidations for
-        // it wait (see fs::kernel), and are let go however the removal ends.
-        let held = fs.kernel.hold(parent.0);
-        // Stopping a child and reclaiming its scope blocks: always on the pool.
-        self.fs.pool.submit(move || {
-            let result = contain("rmdir", || fs.rmdir(parent.0, &name, &caller));
-            reply_empty("rmdir", reply, result);
-            drop(held);
+        guarded("rmdir", || {
+            self.fs
+                .remove(parent.0, name.to_os_string(), caller(req), move |r| {
+                    reply_empty("rmdir", reply, r)
+                })
         });
     }
 
@@ -355,8 +372,8 @@ impl Filesystem for Adapter {
             FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
         };
         guarded("open", || {
-            self.answer(
-                req,
+            self.fs.answer(
+                &who,
                 self.fs.open(ino.0, write, &who, false),
                 move |fs| fs.open(ino.0, write, &who, true),
                 move |r| match r {
@@ -398,6 +415,7 @@ impl Filesystem for Adapter {
         reply: ReplyWrite,
     ) {
         let _s = span("write", req, ino.0);
+        let who = caller(req);
         guarded("write", || {
             let first = self.fs.write(fh.0, data, false);
             // Only a write that must wait keeps a copy of its data.
@@ -405,8 +423,8 @@ impl Filesystem for Adapter {
                 Step::Wait(..) => data.to_vec(),
                 Step::Ready(_) => Vec::new(),
             };
-            self.answer(
-                req,
+            self.fs.answer(
+                &who,
                 first,
                 move |fs| fs.write(fh.0, &data, true),
                 move |r| match r {

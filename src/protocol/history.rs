@@ -76,6 +76,12 @@ impl History {
         }
     }
 
+    /// The text a reader whose cursor is `cursor` has not read: what the next open of
+    /// `output` takes ([`effective_cursor`]'s rule applied).
+    pub fn unread(&self, cursor: u64) -> &str {
+        self.text_from(effective_cursor(self.len(), cursor))
+    }
+
     /// Memory held, for the watches' budget.
     pub fn bytes(&self) -> usize {
         self.text.capacity() + self.parts.capacity() * std::mem::size_of::<Part>()
@@ -231,25 +237,6 @@ pub fn effective_cursor(len: u64, cursor: u64) -> u64 {
     } else {
         cursor
     }
-}
-
-/// `text` as a file body: newline-terminated like every value file, empty stays empty.
-pub fn file_len(text: &str) -> u64 {
-    if text.is_empty() {
-        0
-    } else {
-        text.len() as u64 + u64::from(!text.ends_with('\n'))
-    }
-}
-
-/// [`file_len`]'s bytes.
-pub fn file_bytes(text: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + 1);
-    out.extend_from_slice(text.as_bytes());
-    if !text.is_empty() && !text.ends_with('\n') {
-        out.push(b'\n');
-    }
-    out
 }
 
 /// What one event changed.
@@ -485,17 +472,11 @@ mod tests {
     }
 
     #[test]
-    fn cursor_restarts_after_shrink_and_files_end_with_a_newline() {
+    fn cursor_restarts_after_shrink() {
         assert_eq!(effective_cursor(7, 5), 5);
         assert_eq!(effective_cursor(7, 7), 7);
         assert_eq!(effective_cursor(3, 5), 0);
         assert_eq!(effective_cursor(3, u64::MAX), 0);
-        assert_eq!(file_bytes("a"), b"a\n");
-        assert_eq!(file_bytes("a\n"), b"a\n");
-        assert_eq!(file_bytes(""), b"");
-        for t in ["a", "a\n", ""] {
-            assert_eq!(file_len(t), file_bytes(t).len() as u64);
-        }
     }
 
     /// Replays `run` after `before` and checks the count and text against `after`, the

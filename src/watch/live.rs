@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::error::Error;
 use crate::protocol::history::{Changes, History, Snapshot};
 use crate::protocol::wire::PodStatus;
 use crate::watch::budget::Budget;
@@ -71,6 +72,25 @@ pub enum Failure {
     Local(i32),
     /// podfs failed (a contained panic) while handling what the child sent.
     Internal,
+}
+
+/// The error every file of a child podfs cannot follow answers with.
+impl From<Failure> for Error {
+    fn from(f: Failure) -> Error {
+        match f {
+            Failure::OverBudget => Error::OverBudget(
+                "the child's history does not fit podfs's memory budget (--memory-budget-mib)"
+                    .into(),
+            ),
+            Failure::Local(errno) => Error::io(
+                "podfs cannot follow the child for lack of its own resources",
+                std::io::Error::from_raw_os_error(errno),
+            ),
+            Failure::Internal => {
+                Error::Panicked("podfs failed while following the child; see the log".into())
+            }
+        }
+    }
 }
 
 /// Which content a poller waits on.
@@ -183,6 +203,47 @@ impl LiveState {
             Reach::Failed(f) => Some(f),
             _ => None,
         }
+    }
+
+    /// The history, if it is the child's current one: what a size shown before a read
+    /// may promise.
+    pub fn current_history(&self) -> Option<&History> {
+        match self.reach {
+            Reach::Live if self.fresh => self.history.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The history's length, where podfs knows the child's history (a silent child's, or
+    /// one podfs cannot follow, is not known): the bound of a cursor value.
+    pub fn known_len(&self) -> Option<u64> {
+        match self.reach {
+            Reach::Live | Reach::Gone | Reach::Pending => self.history.as_ref().map(History::len),
+            Reach::Silent | Reach::Failed(_) => None,
+        }
+    }
+
+    /// Why the history cannot be read now, if it cannot: a child that accepted the
+    /// connection and never answered in the I/O bound (`ETIMEDOUT`), never an empty
+    /// success; a child podfs cannot follow (`EFBIG` over the budget, or podfs's own
+    /// errno).
+    pub fn unreadable(&self) -> Option<Error> {
+        match self.reach {
+            Reach::Failed(f) => Some(f.into()),
+            Reach::Silent => Some(Error::Timeout(
+                "the child accepted the connection but sent no Snapshot in time".into(),
+            )),
+            Reach::Pending => Some(Error::Timeout("the child did not answer in time".into())),
+            Reach::Live if !self.fresh => Some(Error::Timeout(
+                "the child's history could not be refreshed in time".into(),
+            )),
+            Reach::Live | Reach::Gone => None,
+        }
+    }
+
+    /// The error of any read while podfs cannot follow the child.
+    pub fn check(&self) -> Result<(), Error> {
+        self.failure().map_or(Ok(()), |f| Err(f.into()))
     }
 
     /// Whether readers can be answered: the child's state is known, and if it is live, the

@@ -91,7 +91,7 @@ impl Watch {
     }
 
     /// The lock itself, for operations that take it in a fixed order with others
-    /// ([`crate::fs::output::take`]).
+    /// ([`crate::fs::files::output::take::take`]).
     pub fn state_lock(&self) -> &Mutex<LiveState> {
         &self.state
     }

@@ -453,7 +453,7 @@ impl Reactor {
                 let generation = link.generation;
                 link.conn = Some(Conn {
                     stream,
-                    lines: LineBuffer::new(self.client.timeouts.max_line),
+                    lines: LineBuffer::new(self.client.timeouts().max_line),
                     out: Vec::new(),
                     phase: Phase::Prelude,
                     tracker: Tracker::default(),
@@ -461,11 +461,11 @@ impl Reactor {
                     want_write: false,
                 });
                 self.schedule(
-                    now + self.client.timeouts.io,
+                    now + self.client.timeouts().io,
                     Timer::Prelude(id, generation),
                 );
             }
-            Ok(None) if now.duration_since(since) < self.client.timeouts.connect => {
+            Ok(None) if now.duration_since(since) < self.client.timeouts().connect => {
                 let generation = link.generation;
                 self.schedule(now + BACKLOG_RETRY, Timer::Connect(id, generation));
             }
@@ -571,7 +571,7 @@ impl Reactor {
 
     fn send(&mut self, watch: Arc<Watch>, text: String, done: RunDone) {
         let id = watch.id;
-        let deadline = Instant::now() + self.client.timeouts.io;
+        let deadline = Instant::now() + self.client.timeouts().io;
         let msg = Outgoing {
             text,
             deadline,
@@ -614,7 +614,7 @@ impl Reactor {
         line.push(b'\n');
         conn.out.extend_from_slice(&line);
         // The echo is awaited for the I/O bound from now (a held message waited before).
-        msg.deadline = msg.deadline.max(Instant::now() + self.client.timeouts.io);
+        msg.deadline = msg.deadline.max(Instant::now() + self.client.timeouts().io);
         let deadline = msg.deadline;
         conn.acks.push_back(Ack {
             segments: wire::run_segments(&msg.text),
@@ -668,7 +668,7 @@ impl Reactor {
         self.budget
             .room_for(charged)
             .saturating_sub(others_of_mine)
-            .min(self.client.timeouts.max_line)
+            .min(self.client.timeouts().max_line)
     }
 
     /// End idle watches of others (least recently used first) until `need` more bytes fit;

@@ -1,14 +1,16 @@
-//! What opening `output` takes: ReadPodOutput with the mount's cursor. The new text since
-//! the cursor, and the cursor moved past it, in one step with the cursor locked, so two
-//! readers never get the same text; and the text charged to the memory budget in the same
-//! step, so that a reader whose text does not fit gets an error with the cursor unmoved.
+//! The step at the heart of opening `output`: the new text since the cursor, and the
+//! cursor moved past it, in one step with the cursor locked, so two readers never get the
+//! same text; and the text charged to the memory budget in the same step, so that a reader
+//! whose text does not fit gets an error with the cursor unmoved. Free of the rest of the
+//! filesystem, so the model checker runs this very code.
 
 use std::hash::Hash;
 
 use tracing::debug;
 
 use crate::cursors::Cursors;
-use crate::protocol::history::{effective_cursor, file_len};
+use crate::fs::body;
+use crate::protocol::history::effective_cursor;
 use crate::sync::Mutex;
 use crate::watch::budget::Budget;
 use crate::watch::live::LiveState;
@@ -55,15 +57,11 @@ pub fn take<K: Hash + Eq + Clone>(
             );
         }
         let text = h.text_from(start);
-        let size = file_len(text) as usize;
+        let size = body::text_len(text) as usize;
         if !budget.resize(0, size) {
             return Take::NeedsRoom(size);
         }
-        let mut bytes = Vec::with_capacity(size);
-        bytes.extend_from_slice(text.as_bytes());
-        if !bytes.is_empty() && !text.ends_with('\n') {
-            bytes.push(b'\n');
-        }
+        let bytes = body::text(text);
         *cursor = h.len();
         Take::Taken {
             bytes,

@@ -1,0 +1,99 @@
+//! `log`: all text of the child's current history, read live and never consumed: the file
+//! to `grep`, `tail -f`, copy or archive. `poll` says when the text changed since this
+//! descriptor last read it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::error::Result;
+use crate::fs::body;
+use crate::fs::step::ready;
+use crate::parents::ParentView;
+use crate::watch::live::{Notify, Topic};
+use crate::watch::Watch;
+
+use super::{Caller, ChildFile, Context, ControlFile, OpenFile, Opening, Step};
+
+pub(super) struct Log;
+
+impl ControlFile for Log {
+    fn name(&self) -> &'static str {
+        "log"
+    }
+
+    fn live(&self) -> bool {
+        true
+    }
+
+    fn stat(
+        &self,
+        cx: &Context,
+        file: &ChildFile,
+        view: &ParentView,
+        _caller: &Caller,
+        now: bool,
+    ) -> Step<(u64, SystemTime)> {
+        let Some(w) = view.child(&file.child).and_then(|r| cx.watch_of(r)) else {
+            return Step::Ready(Ok((0, view.mtime())));
+        };
+        let Some(s) = w.state_if_ready(now) else {
+            return Step::watch(&w, cx.bound(false));
+        };
+        ready!(s.check());
+        let size = s.history().map_or(0, |h| body::text_len(h.text()));
+        Step::Ready(Ok((size, s.text_changed())))
+    }
+
+    fn open(&self, cx: &Context, at: Opening<'_>) -> Step<Arc<dyn OpenFile>> {
+        let Some(w) = cx.watch_of(at.record) else {
+            return Step::Ready(Ok(Arc::new(Open {
+                watch: None,
+                seen: AtomicU64::new(0),
+            })));
+        };
+        let seen = {
+            let Some(s) = w.state_if_ready(at.now) else {
+                return Step::watch(&w, cx.bound(true));
+            };
+            if let Some(e) = s.unreadable() {
+                return Step::Ready(Err(e));
+            }
+            s.version(Topic::Text)
+        };
+        Step::Ready(Ok(Arc::new(Open {
+            watch: Some(w),
+            seen: AtomicU64::new(seen),
+        })))
+    }
+}
+
+/// An open `log`: empty without a watch.
+struct Open {
+    watch: Option<Arc<Watch>>,
+    seen: AtomicU64,
+}
+
+impl OpenFile for Open {
+    fn read(&self, _cx: &Context, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let Some(w) = &self.watch else {
+            return Ok(Vec::new());
+        };
+        let s = w.state();
+        s.check()?;
+        self.seen.store(s.version(Topic::Text), Ordering::Relaxed);
+        Ok(s.history()
+            .map_or_else(Vec::new, |h| body::text_slice(h.text(), offset, size)))
+    }
+
+    fn poll(&self, _cx: &Context, fh: u64, notify: Notify) -> Result<bool> {
+        Ok(match &self.watch {
+            Some(w) => w.set_poller(fh, Topic::Text, self.seen.load(Ordering::Relaxed), notify),
+            None => true,
+        })
+    }
+
+    fn watch(&self) -> Option<&Arc<Watch>> {
+        self.watch.as_ref()
+    }
+}

@@ -1,0 +1,223 @@
+//! `output`: the child's new text since this mount's cursor, taken at open: ReadPodOutput
+//! with the mount's cursor. The new text, and the cursor moved past it, in one step with
+//! the cursor locked, so two readers never get the same text; and the text charged to the
+//! memory budget in the same step, so that a reader whose text does not fit gets an error
+//! with the cursor unmoved. Reading `output` moves the cursor, so it takes the permission
+//! to write `cursor`.
+//!
+//! Each open holds its own snapshot until release; `fstat` of a descriptor shows its own
+//! snapshot's size, and `stat` by a process the size of the newest snapshot it has open
+//! (the kernel does not say which open file an `fstat` is about).
+
+pub mod take;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::error::{Error, Result};
+use crate::fs::body;
+use crate::fs::step::ready;
+use crate::parents::ParentView;
+use crate::sync::Mutex;
+use crate::watch::live::{Notify, Reach, Topic};
+use crate::watch::Watch;
+
+use take::{take, Take};
+
+use super::{Caller, ChildFile, Context, ControlFile, CursorKey, OpenFile, Opening, Step};
+
+pub(super) struct Output;
+
+impl ControlFile for Output {
+    fn name(&self) -> &'static str {
+        "output"
+    }
+
+    fn live(&self) -> bool {
+        true
+    }
+
+    /// The size a read would return: the caller's own open snapshot, else the newest
+    /// open one, else what an open would take now.
+    fn stat(
+        &self,
+        cx: &Context,
+        file: &ChildFile,
+        view: &ParentView,
+        caller: &Caller,
+        now: bool,
+    ) -> Step<(u64, SystemTime)> {
+        let Some(w) = view.child(&file.child).and_then(|r| cx.watch_of(r)) else {
+            return Step::Ready(Ok((0, view.mtime())));
+        };
+        // The cursor first: it is locked before the watch elsewhere.
+        let cursor = cx.cursor(file, view);
+        let Some(s) = w.state_if_ready(now) else {
+            return Step::watch(&w, cx.bound(false));
+        };
+        ready!(s.check());
+        let size = cx.outputs.size_for(&file.key(), caller).unwrap_or_else(|| {
+            s.current_history()
+                .map_or(0, |h| body::text_len(h.unread(cursor)))
+        });
+        Step::Ready(Ok((size, s.text_changed())))
+    }
+
+    fn open(&self, cx: &Context, at: Opening<'_>) -> Step<Arc<dyn OpenFile>> {
+        if !cx.may_move_cursor(at.caller) {
+            return Step::Ready(Err(Error::ReadOnly));
+        }
+        if let Some(wait) = cx.cursor_gate(&at.file, at.now) {
+            return wait;
+        }
+        let incarnation = at.view.incarnation(&at.file.child);
+        let (bytes, watch) = ready!(match take_output(cx, &at, incarnation) {
+            Step::Ready(r) => r,
+            Step::Wait(w, b) => return Step::Wait(w, b),
+        });
+        cx.outputs
+            .opened(at.file.key(), at.fh, bytes.len() as u64, at.caller);
+        Step::Ready(Ok(Arc::new(Open {
+            bytes,
+            file: at.file,
+            watch,
+        })))
+    }
+}
+
+/// The text an `output` open took, and the watch it came from.
+type Taken = (Arc<[u8]>, Option<Arc<Watch>>);
+
+/// An unreachable child gives nothing and leaves the cursor alone; a child that is gone
+/// gives nothing more. If the text does not fit the budget even after idle watches made
+/// room, the open fails with `EFBIG` and the cursor stays where it was.
+fn take_output(cx: &Context, at: &Opening<'_>, incarnation: u64) -> Step<Taken> {
+    let Some(w) = cx.watch_of(at.record) else {
+        return Step::Ready(Ok((Arc::from(&b""[..]), None)));
+    };
+    {
+        let Some(s) = w.state_if_ready(at.now) else {
+            return Step::watch(&w, cx.bound(true));
+        };
+        if let Some(e) = s.unreadable() {
+            return Step::Ready(Err(e));
+        }
+        if s.reach() == Reach::Gone {
+            drop(s);
+            return Step::Ready(Ok((Arc::from(&b""[..]), Some(w))));
+        }
+    }
+    let key = at.file.key();
+    let budget = cx.watches.budget();
+    // Room in the budget is made (idle watches ended) with nothing locked, then the take
+    // is tried once more.
+    let mut room_made = false;
+    let (bytes, before, after) = loop {
+        match take(&cx.cursors, &key, incarnation, w.state_lock(), budget) {
+            Take::Taken {
+                bytes,
+                before,
+                after,
+            } => break (bytes, before, after),
+            Take::NeedsRoom(size) if !room_made => {
+                room_made = true;
+                cx.watches.make_room(size);
+            }
+            Take::NeedsRoom(size) => {
+                return Step::Ready(Err(Error::OverBudget(format!(
+                    "{size} bytes of new text do not fit the memory budget; the cursor did \
+                     not move"
+                ))))
+            }
+        }
+    };
+    cx.cursor_moved(&at.file, before, after);
+    Step::Ready(Ok((bytes.into(), Some(w))))
+}
+
+/// One open's snapshot, charged to the memory budget until released.
+struct Open {
+    bytes: Arc<[u8]>,
+    file: ChildFile,
+    watch: Option<Arc<Watch>>,
+}
+
+impl OpenFile for Open {
+    fn read(&self, _cx: &Context, offset: u64, size: u32) -> Result<Vec<u8>> {
+        Ok(body::slice(&self.bytes, offset, size))
+    }
+
+    fn release(&self, cx: &Context, fh: u64) {
+        cx.watches.budget().resize(self.bytes.len(), 0);
+        cx.outputs.closed(&self.file.key(), fh);
+    }
+
+    /// Readable when a new open would return text.
+    fn poll(&self, cx: &Context, fh: u64, notify: Notify) -> Result<bool> {
+        let Some(w) = &self.watch else {
+            return Ok(true);
+        };
+        let view = cx.parents.child_view(&self.file.pod, &self.file.child)?;
+        let cursor = cx.cursor(&self.file, &view);
+        let (pending, version) = {
+            let s = w.state();
+            let pending = s.history().is_some_and(|h| !h.unread(cursor).is_empty());
+            (pending, s.version(Topic::Text))
+        };
+        Ok(w.set_poller(fh, Topic::Text, version, notify) || pending)
+    }
+
+    fn watch(&self) -> Option<&Arc<Watch>> {
+        self.watch.as_ref()
+    }
+
+    fn own_size(&self) -> Option<u64> {
+        Some(self.bytes.len() as u64)
+    }
+}
+
+/// An open snapshot, for `stat`.
+struct OpenOutput {
+    fh: u64,
+    size: u64,
+    /// The process that opened it.
+    opener: Option<u32>,
+}
+
+/// The `output` snapshots open per child, oldest first.
+#[derive(Default)]
+pub(super) struct OpenOutputs {
+    open: Mutex<HashMap<CursorKey, Vec<OpenOutput>>>,
+}
+
+impl OpenOutputs {
+    fn opened(&self, key: CursorKey, fh: u64, size: u64, caller: &Caller) {
+        self.open.lock().entry(key).or_default().push(OpenOutput {
+            fh,
+            size,
+            opener: crate::process::tgid(caller.pid),
+        });
+    }
+
+    fn closed(&self, key: &CursorKey, fh: u64) {
+        let mut open = self.open.lock();
+        if let Some(list) = open.get_mut(key) {
+            list.retain(|o| o.fh != fh);
+            if list.is_empty() {
+                open.remove(key);
+            }
+        }
+    }
+
+    /// The size `stat` of `output` shows `caller` while snapshots are open: that of the
+    /// newest one its process opened, else the newest of all.
+    fn size_for(&self, key: &CursorKey, caller: &Caller) -> Option<u64> {
+        let open = self.open.lock();
+        let list = open.get(key)?;
+        let me = crate::process::tgid(caller.pid);
+        me.and_then(|me| list.iter().rev().find(|o| o.opener == Some(me)))
+            .or_else(|| list.last())
+            .map(|o| o.size)
+    }
+}

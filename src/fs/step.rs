@@ -1,0 +1,83 @@
+//! How an operation answers: at once, or "ask me again once this is ready". Nothing in the
+//! logic layer blocks a request thread; an operation that needs a child's state it does
+//! not have yet says what it waits for, and [`super::PodFs::answer`] parks the reply on it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::process::Requester;
+use crate::watch::Watch;
+
+use super::files::CursorKey;
+
+/// What a parked operation waits for.
+pub enum Wait {
+    /// The child's state, from its watch.
+    Watch(Arc<Watch>),
+    /// A cursor value closed but not yet applied (see [`super::gate`]).
+    Cursor(CursorKey),
+}
+
+/// An operation's answer.
+pub enum Step<T> {
+    Ready(Result<T>),
+    /// Ask again once this is ready, or after the bound.
+    Wait(Wait, Duration),
+}
+
+impl<T> Step<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Step<U> {
+        match self {
+            Step::Ready(r) => Step::Ready(r.map(f)),
+            Step::Wait(w, b) => Step::Wait(w, b),
+        }
+    }
+
+    pub(crate) fn watch(w: &Arc<Watch>, bound: Duration) -> Step<T> {
+        Step::Wait(Wait::Watch(w.clone()), bound)
+    }
+
+    /// The answer of a second round, which may not wait again.
+    pub fn into_result(self) -> Result<T> {
+        match self {
+            Step::Ready(r) => r,
+            Step::Wait(..) => Err(Error::Timeout("the child did not answer in time".into())),
+        }
+    }
+}
+
+impl<T> From<Result<T>> for Step<T> {
+    fn from(r: Result<T>) -> Self {
+        Step::Ready(r)
+    }
+}
+
+/// The value of a `Result`, or a ready error from the enclosing function returning a
+/// [`Step`].
+macro_rules! ready {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return $crate::fs::step::Step::Ready(Err(e)),
+        }
+    };
+}
+pub(crate) use ready;
+
+/// Who asks, as the kernel tells it.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    /// The calling thread (0 when it is outside podfs's pid namespace).
+    pub pid: u32,
+}
+
+impl Caller {
+    /// podfs itself, or a test: may do anything, never interrupted.
+    pub const INTERNAL: Caller = Caller { uid: 0, pid: 0 };
+
+    pub fn requester(&self) -> Requester {
+        Requester(self.pid)
+    }
+}
