@@ -181,8 +181,21 @@ impl OpenFile for Open {
 struct OpenOutput {
     fh: u64,
     size: u64,
-    /// The process that opened it.
-    opener: Option<u32>,
+    /// The thread that opened it, and (once asked for) its process.
+    opener: u32,
+    opener_process: Option<Option<u32>>,
+}
+
+impl OpenOutput {
+    /// The opener's process, looked up once and only when a `stat` needs it: reading
+    /// `/proc` costs more than the rest of an open, and most `stat`s come from the very
+    /// thread that opened (or name the descriptor).
+    fn process(&mut self) -> Option<u32> {
+        let opener = self.opener;
+        *self
+            .opener_process
+            .get_or_insert_with(|| crate::process::tgid(opener))
+    }
 }
 
 /// The `output` snapshots open per child, oldest first.
@@ -196,7 +209,8 @@ impl OpenOutputs {
         self.open.lock().entry(key).or_default().push(OpenOutput {
             fh,
             size,
-            opener: crate::process::tgid(caller.pid),
+            opener: caller.pid,
+            opener_process: None,
         });
     }
 
@@ -213,11 +227,20 @@ impl OpenOutputs {
     /// The size `stat` of `output` shows `caller` while snapshots are open: that of the
     /// newest one its process opened, else the newest of all.
     fn size_for(&self, key: &CursorKey, caller: &Caller) -> Option<u64> {
-        let open = self.open.lock();
-        let list = open.get(key)?;
-        let me = crate::process::tgid(caller.pid);
-        me.and_then(|me| list.iter().rev().find(|o| o.opener == Some(me)))
-            .or_else(|| list.last())
-            .map(|o| o.size)
+        let mut open = self.open.lock();
+        let list = open.get_mut(key)?;
+        if caller.pid != 0 {
+            if let Some(o) = list.iter().rev().find(|o| o.opener == caller.pid) {
+                return Some(o.size);
+            }
+            if let Some(me) = crate::process::tgid(caller.pid) {
+                for o in list.iter_mut().rev() {
+                    if o.process() == Some(me) {
+                        return Some(o.size);
+                    }
+                }
+            }
+        }
+        list.last().map(|o| o.size)
     }
 }
