@@ -559,8 +559,19 @@ fn ctrl_c_ends_a_read_or_a_removal_that_waits_for_a_child() {
     );
     let p = format!("{}/parent", m.s());
     for cmd in [format!("cat {p}/hung/output"), format!("rmdir {p}/child1")] {
-        let mut child = Command::new("bash").args(["-c", &cmd]).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(500));
+        let mut child = like_a_foreground_job(Command::new("bash").args(["-c", &cmd]))
+            .spawn()
+            .unwrap();
+        // `bash -c` execs the one command: wait until it waits inside podfs.
+        wait_in_syscall(
+            child.id(),
+            &[
+                libc::SYS_openat,
+                libc::SYS_open,
+                libc::SYS_rmdir,
+                libc::SYS_unlinkat,
+            ],
+        );
         assert!(child.try_wait().unwrap().is_none(), "{cmd} should wait");
         let started = Instant::now();
         signal(child.id(), nix::sys::signal::Signal::SIGINT);

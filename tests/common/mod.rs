@@ -524,6 +524,40 @@ pub fn snapshot_line(texts: &[&str]) -> Vec<u8> {
     line
 }
 
+/// `cmd` with SIGINT and SIGQUIT at their defaults, the way a terminal's foreground job
+/// has them: a test that sends Ctrl-C must not depend on how the suite was started (a
+/// shell starts background jobs with both ignored, and an ignored signal stays ignored
+/// across `exec`).
+pub fn like_a_foreground_job(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only `signal(2)`, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+            Ok(())
+        })
+    }
+}
+
+/// Wait until process `pid` waits for a FUSE answer inside one of the system calls `calls`
+/// (as `/proc/<pid>/syscall` and `wchan` report; where the kernel hides `wchan`, the system
+/// call alone), not for being scheduled.
+pub fn wait_in_syscall(pid: u32, calls: &[libc::c_long]) {
+    wait_for(Duration::from_secs(20), || {
+        let in_call = std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .ok()
+            .and_then(|s| s.split(' ').next()?.parse::<libc::c_long>().ok())
+            .is_some_and(|nr| calls.contains(&nr));
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        let in_fuse = wchan.contains("fuse")
+            || wchan.contains("request")
+            || wchan.trim() == "0"
+            || wchan.is_empty();
+        in_call && in_fuse
+    });
+}
+
 pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
