@@ -1,6 +1,6 @@
 //! Test-only fault injection: `PODFS_FAILPOINTS=name,name` makes the named points panic,
 //! so tests can check that a panic in podfs still answers the request that hit it and
-//! leaves the mount serving.
+//! leaves the mount serving; a few named races are staged the same way ([`is_armed`]).
 //!
 //! The usual tool, the `fail` crate, compiles its points in only under a cargo feature,
 //! and the mount tests run the very binary `cargo test` builds; a feature would need a
@@ -26,6 +26,13 @@ fn armed() -> &'static [String] {
             })
             .unwrap_or_default()
     })
+}
+
+/// Whether the test asked for the point `name` (for the points that stage a race rather
+/// than panic).
+pub fn is_armed(name: &str) -> bool {
+    let armed = armed();
+    !armed.is_empty() && armed.iter().any(|a| a == name)
 }
 
 /// Panic here if the test asked for it.

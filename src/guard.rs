@@ -12,12 +12,22 @@
 //! cleaned up itself, `done`. End of file without `done` means the owner died: the guard
 //! acts on what it was told. It runs in a session of its own, so Ctrl-C in the owner's
 //! terminal does not reach it.
+//!
+//! End of file is not the only sign of death. A killed podfs whose invalidation thread is
+//! blocked in the kernel on a directory lock (held by a request the dead podfs will never
+//! answer) cannot finish dying: that thread keeps the pipe and `/dev/fuse` open, and the
+//! request and the thread wait for each other for good. So the guard also looks at its
+//! owner, and once the owner is exiting it aborts the FUSE connection (a forced unmount
+//! as root, the connection's `abort` file otherwise) before it unmounts: every waiting
+//! request fails with `ENOTCONN`, the lock is let go, and the owner ends.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -138,19 +148,17 @@ struct Orders {
     done: bool,
 }
 
-fn parse_orders(input: impl BufRead) -> Orders {
-    let mut orders = Orders::default();
-    for line in input.lines() {
-        let Ok(line) = line else { break };
+impl Orders {
+    fn add(&mut self, line: &str) {
         let mut words = line.splitn(2, ' ');
         match (words.next(), words.next()) {
-            (Some("done"), _) => orders.done = true,
+            (Some("done"), _) => self.done = true,
             (Some("mount"), Some(rest)) => {
                 let mut parts = rest.splitn(3, ' ');
                 if let (Some(id), Some(fm), Some(path)) = (parts.next(), parts.next(), parts.next())
                 {
                     if let Ok(id) = id.parse() {
-                        orders.mount = Some((id, fm == "1", PathBuf::from(path)));
+                        self.mount = Some((id, fm == "1", PathBuf::from(path)));
                     }
                 }
             }
@@ -159,26 +167,84 @@ fn parse_orders(input: impl BufRead) -> Orders {
                 if let (Some(Ok(pid)), Some(Ok(start))) =
                     (parts.next().map(str::parse), parts.next().map(str::parse))
                 {
-                    orders.stop.push((pid, start));
+                    self.stop.push((pid, start));
                 }
             }
-            (Some("remove"), Some(dir)) => orders.remove.push(PathBuf::from(dir)),
-            (Some("rmdir"), Some(dir)) => orders.rmdir.push(PathBuf::from(dir)),
+            (Some("remove"), Some(dir)) => self.remove.push(PathBuf::from(dir)),
+            (Some("rmdir"), Some(dir)) => self.rmdir.push(PathBuf::from(dir)),
             _ => {}
         }
     }
-    orders
+}
+
+/// How often the guard looks at its owner while the pipe stays open.
+const OWNER_CHECK: Duration = Duration::from_millis(250);
+
+/// Whether process `pid` (started at `start`) is gone or on its way out: a zombie, or
+/// exiting (`PF_EXITING`) while a thread of it cannot finish.
+fn exiting(pid: u32, start: Option<u64>) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        // Gone, unless there is no /proc to tell (then only the pipe can).
+        return std::path::Path::new("/proc/self/stat").exists();
+    };
+    let Some(close) = stat.rfind(')') else {
+        return true;
+    };
+    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+    let started: Option<u64> = fields.get(19).and_then(|f| f.parse().ok());
+    matches!(fields.first(), Some(&"Z") | Some(&"X"))
+        || flags & PF_EXITING != 0
+        || (start.is_some() && started != start)
+}
+
+/// Make every request still waiting on the mount `id` fail, so that nothing (the dead
+/// owner's last thread above all) waits for an answer that will never come.
+fn abort_connection(id: u64, mountpoint: &Path, via_fusermount: bool) {
+    if let Some(conn) = crate::mountinfo::fuse_connection(id) {
+        let abort = format!("/sys/fs/fuse/connections/{conn}/abort");
+        if std::fs::write(&abort, b"1").is_ok() {
+            debug!(conn, "FUSE connection aborted");
+            return;
+        }
+    }
+    if !via_fusermount {
+        // As root: a forced unmount aborts a FUSE connection first.
+        let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_FORCE);
+    }
 }
 
 /// The guard's side: wait for the owner to finish or die, then clean up if it died.
 pub fn run() -> Result<()> {
-    let orders = parse_orders(BufReader::new(std::io::stdin().lock()));
+    let owner = nix::unistd::getppid().as_raw() as u32;
+    let owner_start = start_time(owner);
+    let orders = Arc::new(Mutex::new(Orders::default()));
+    let (ended, end) = mpsc::channel();
+    {
+        let orders = orders.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(std::io::stdin().lock()).lines() {
+                let Ok(line) = line else { break };
+                orders.lock().unwrap_or_else(|e| e.into_inner()).add(&line);
+            }
+            let _ = ended.send(());
+        });
+    }
+    // Until the pipe ends, or the owner is dying with the pipe still open.
+    while let Err(mpsc::RecvTimeoutError::Timeout) = end.recv_timeout(OWNER_CHECK) {
+        if exiting(owner, owner_start) {
+            break;
+        }
+    }
+    let orders = std::mem::take(&mut *orders.lock().unwrap_or_else(|e| e.into_inner()));
     if orders.done {
         return Ok(());
     }
     debug!(?orders, "owner died; cleaning up after it");
     if let Some((id, via_fusermount, mountpoint)) = &orders.mount {
         if crate::mountinfo::mount_is_present(*id, mountpoint) {
+            abort_connection(*id, mountpoint, *via_fusermount);
             if *via_fusermount {
                 let _ = Command::new("fusermount3")
                     .args(["-u", "-z", "-q", "--"])
@@ -214,6 +280,15 @@ pub fn run() -> Result<()> {
 mod tests {
     use super::*;
 
+    fn parse_orders(input: impl BufRead) -> Orders {
+        let mut orders = Orders::default();
+        for line in input.lines() {
+            let Ok(line) = line else { break };
+            orders.add(&line);
+        }
+        orders
+    }
+
     #[test]
     fn orders_are_read_line_by_line_and_done_dismisses() {
         let text = "mount 42 1 /tmp/a b\nstop 7 99\nremove /tmp/home x\nrmdir /tmp/m\n";
@@ -225,6 +300,26 @@ mod tests {
         assert!(!o.done);
         let o = parse_orders(format!("{text}done\n").as_bytes());
         assert!(o.done);
+    }
+
+    #[test]
+    fn a_live_process_is_not_exiting_and_a_reaped_one_is() {
+        let me = std::process::id();
+        assert!(!exiting(me, start_time(me)));
+        assert!(exiting(me, Some(0)), "another process under this pid");
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let start = start_time(pid);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !exiting(pid, start) {
+            assert!(
+                Instant::now() < deadline,
+                "a finished child never showed as exiting"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.wait().unwrap();
+        assert!(exiting(pid, start));
     }
 
     #[test]

@@ -29,6 +29,21 @@ pub fn top_mount(path: &Path) -> Option<(u64, String)> {
         })
 }
 
+/// The FUSE connection number of the mount with the kernel's id `id`: the minor number of
+/// its device, which names it under `/sys/fs/fuse/connections/`.
+pub fn fuse_connection(id: u64) -> Option<u32> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut fields = l.split(' ');
+            if fields.next()?.parse::<u64>().ok()? != id {
+                return None;
+            }
+            fields.nth(1)?.split_once(':')?.1.parse().ok()
+        })
+}
+
 /// Whether the mount with the kernel's id `id` is still the top mount at `mountpoint`.
 pub fn mount_is_present(id: u64, mountpoint: &Path) -> bool {
     top_mount(mountpoint).is_some_and(|(top, _)| top == id)
@@ -45,5 +60,8 @@ mod tests {
         assert_ne!(root, proc_id);
         assert_eq!(proc_type, "proc");
         assert_eq!(top_mount(Path::new("/no/such/mount")), None);
+        // /proc is a mount of its own device, with a minor number.
+        assert!(fuse_connection(proc_id).is_some());
+        assert_eq!(fuse_connection(u64::MAX), None);
     }
 }

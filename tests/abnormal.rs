@@ -537,6 +537,62 @@ fn polling_an_unchanged_file_registers_once() {
 }
 
 // ---------------------------------------------------------------------------------------
+// 6. A podfs killed while its invalidation thread waits on a directory that an unanswered
+// request holds cannot finish dying by itself; its guard ends the deadlock.
+
+/// Whether a thread of process `pid` is in uninterruptible sleep.
+fn a_thread_in_d_state(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("stat"))
+                    .ok()
+                    .and_then(|s| Some(s[s.rfind(')')? + 2..].starts_with('D')))
+                    .unwrap_or(false)
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_podfs_killed_with_an_invalidation_stuck_on_a_removal_is_cleaned_up_by_its_guard() {
+    need_fuse!();
+    // Without the fusectl filesystem only root can abort a FUSE connection (a forced
+    // unmount); an ordinary user's mount would stay wedged until root does.
+    need_root!("aborting a FUSE connection by a forced unmount");
+    let home = Home::fixture(&INSOMNIA, "live");
+    let mut m = Mount::started(
+        &home,
+        Command::new(BIN),
+        &[],
+        &[(podfs::failpoint::VARIABLE, podfs::fs::RACED_RMDIR)],
+    );
+    let mut rm = Command::new("rmdir")
+        .arg(format!("{}/parent/child1", m.s()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // podfs's invalidation thread now waits for the directory the rmdir holds.
+    let pid = m.pid();
+    wait_for(Duration::from_secs(20), || a_thread_in_d_state(pid));
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+    let killed = Instant::now();
+    // The guard sees podfs exiting with its pipe still open, and aborts the connection:
+    // the rmdir fails, podfs finishes dying, the mount goes.
+    let ended = eventually(Duration::from_secs(15), || rm.try_wait().unwrap().is_some());
+    if !ended {
+        // End the deadlock by hand, so the failure is reported rather than hung.
+        let _ = nix::mount::umount2(m.path(), nix::mount::MntFlags::MNT_FORCE);
+        panic!("the guard left the killed podfs and the rmdir waiting for each other");
+    }
+    assert!(!rm.wait().unwrap().success());
+    wait_for(Duration::from_secs(15), || !m.is_mounted());
+    eprintln!("deadlock ended {:?} after the kill", killed.elapsed());
+    m.kill();
+    assert!(!a_thread_in_d_state(pid));
+}
+
+// ---------------------------------------------------------------------------------------
 // 8, 9. A signal ends podfs's waits; shutdown does not wait for any child.
 
 #[test]

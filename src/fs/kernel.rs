@@ -10,6 +10,10 @@
 //!   which asks for invalidations): it waits until that `rmdir` has been answered. A thread
 //!   blocked on that lock would otherwise keep `/dev/fuse` open if podfs were killed
 //!   meanwhile, and the `rm` would hang for good.
+//!
+//! The second rule cannot cover an invalidation already inside the kernel when a request
+//! takes the directory's lock; if podfs is killed in that moment, its cleanup guard sees
+//! it exiting and aborts the connection (see [`crate::guard`]).
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -53,7 +57,8 @@ impl Drop for Hold {
 
 #[derive(Default)]
 pub struct KernelQueue {
-    tx: Mutex<Option<mpsc::Sender<Inval>>>,
+    /// To the delivery thread: an invalidation, and whether it ignores held directories.
+    tx: Mutex<Option<mpsc::Sender<(Inval, bool)>>>,
     held: Arc<Mutex<Held>>,
 }
 
@@ -61,13 +66,13 @@ impl KernelQueue {
     /// Start delivering to `kernel`. Before this, notifications are dropped (nothing is
     /// cached by a kernel that has not mounted us yet).
     pub fn connect(&self, kernel: Arc<dyn Kernel>) {
-        let (tx, rx) = mpsc::channel::<Inval>();
+        let (tx, rx) = mpsc::channel::<(Inval, bool)>();
         let held = self.held.clone();
         let spawned = thread::Builder::new()
             .name("podfs-inval".into())
             .spawn(move || {
-                for inval in rx {
-                    if let Inval::Entry(dir, _) = &inval {
+                for (inval, unheld) in rx {
+                    if let (Inval::Entry(dir, _), false) = (&inval, unheld) {
                         let mut h = held.lock();
                         if h.busy.contains_key(dir) {
                             h.deferred.entry(*dir).or_default().push(inval);
@@ -93,7 +98,16 @@ impl KernelQueue {
 
     pub fn push(&self, inval: Inval) {
         if let Some(tx) = self.tx.lock().as_ref() {
-            let _ = tx.send(inval);
+            let _ = tx.send((inval, false));
+        }
+    }
+
+    /// Deliver `inval` even into a held directory: the race a held directory prevents
+    /// only when the invalidation comes second (one already inside the kernel when an
+    /// `rmdir` takes the directory's lock). For the test that stages that race.
+    pub fn push_unheld(&self, inval: Inval) {
+        if let Some(tx) = self.tx.lock().as_ref() {
+            let _ = tx.send((inval, true));
         }
     }
 

@@ -91,6 +91,9 @@ impl Default for Settings {
     }
 }
 
+/// The failpoint that stages an invalidation racing an `rmdir` ([`crate::failpoint`]).
+pub const RACED_RMDIR: &str = "rmdir-races-an-invalidation";
+
 /// A registry view and its children's inode numbers, in listing order.
 type ChildInos = (Arc<ParentView>, Arc<Vec<u64>>);
 
@@ -534,6 +537,9 @@ impl PodFs {
         match self.node(parent)? {
             Node::Pod(pod) => {
                 let child = PodName::from_os(name)?;
+                if crate::failpoint::is_armed(RACED_RMDIR) {
+                    self.stage_a_raced_invalidation(parent, &child);
+                }
                 let view = self.parents.parent(&pod)?;
                 let socket = view
                     .child(&child)
@@ -558,6 +564,17 @@ impl PodFs {
                 ))
             }
             Node::Child(..) | Node::File(..) => Err(Error::NotDir),
+        }
+    }
+
+    /// The race a kill can land in, staged for its test: an invalidation of this very
+    /// directory already on its way into the kernel, which holds the directory locked
+    /// for this `rmdir`; the removal then waits to be killed.
+    fn stage_a_raced_invalidation(&self, parent: u64, child: &PodName) {
+        self.kernel
+            .push_unheld(Inval::Entry(parent, child.to_string()));
+        loop {
+            std::thread::park();
         }
     }
 

@@ -393,7 +393,6 @@ impl Mount {
         }
     }
 
-    /// SIGKILL without unmounting (leaves a stale mount for the drop guard to clear).
     /// The pid of this mount's cleanup guard (a child process running `podfs guard`).
     pub fn guard_pid(&self) -> Option<u32> {
         let me = self.pid();
@@ -403,6 +402,7 @@ impl Mount {
             .map(|p| p.pid)
     }
 
+    /// SIGKILL without unmounting (leaves a stale mount for the drop guard to clear).
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("already stopped");
         let _ = child.kill();
