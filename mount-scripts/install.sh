@@ -59,11 +59,14 @@ put() { # put MODE SOURCE-TEXT-ON-STDIN TARGET
 
 install -d "$dest$bindir"
 install -m 0755 "$bin" "$dest$bindir/podfs"
-pages=$(mktemp -d)
-trap 'rm -rf "$pages"' EXIT
-"$bin" man --dir "$pages"
-for page in "$pages"/*.1; do put 0644 "$prefix/share/man/man1/$(basename "$page")" < "$page"; done
-for page in "$pages"/*.8; do put 0644 "$prefix/share/man/man8/$(basename "$page")" < "$page"; done
+# The pages are written straight into the destination (no temporary directory: an
+# install must work where /tmp is not writable), then the section-8 ones move to man8.
+man1=$dest$prefix/share/man/man1
+man8=$dest$prefix/share/man/man8
+install -d "$man1" "$man8"
+"$bin" man --dir "$man1"
+for page in "$man1"/*.8; do mv -f "$page" "$man8/"; done
+chmod 0644 "$man1"/podfs*.1 "$man8"/*.podfs.8
 "$bin" completions bash | put 0644 "$prefix/share/bash-completion/completions/podfs"
 "$bin" completions zsh | put 0644 "$prefix/share/zsh/site-functions/_podfs"
 "$bin" completions fish | put 0644 "$prefix/share/fish/vendor_completions.d/podfs.fish"

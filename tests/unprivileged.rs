@@ -76,15 +76,16 @@ impl Ordinary {
             )
         };
         // A directory the user owns and can reach: the repository may be where it cannot.
-        let base = if root {
-            std::env::temp_dir()
+        // As root that is the system temporary directory, which every user can traverse;
+        // an ordinary user takes the suite's own scratch place (TMPDIR, /tmp, ~/.cache).
+        let ws = if root {
+            tempfile::Builder::new()
+                .prefix("podfs-user-")
+                .tempdir_in(std::env::temp_dir())
+                .unwrap()
         } else {
-            PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            tempdir_named("podfs-user-")
         };
-        let ws = tempfile::Builder::new()
-            .prefix("podfs-user-")
-            .tempdir_in(base)
-            .unwrap();
         std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let bin = ws.path().join("podfs");
         std::fs::copy(BIN, &bin).unwrap();

@@ -562,11 +562,16 @@ pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
 }
 
-/// Run a bash command line; returns (exit code, stdout, stderr).
+/// Run a bash command line; returns (exit code, stdout, stderr). The shell's `TMPDIR` is
+/// the suite's scratch place, so a snippet's `mktemp` works where `/tmp` is not writable.
 pub fn sh(cmd: &str) -> (i32, String, String) {
     let out: Output = Command::new("bash")
         .arg("-c")
         .arg(cmd)
+        .env(
+            "TMPDIR",
+            podfs::scratch::base().expect("a writable temporary directory"),
+        )
         .stdin(Stdio::null())
         .output()
         .unwrap();
