@@ -46,8 +46,10 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Start a guard for the mount `mount_id` at `mountpoint`.
-    pub fn spawn(mount_id: u64, mountpoint: &Path, via_fusermount: bool) -> Result<Guard> {
+    /// Start a guard with nothing to clean up yet. It is started before what it guards
+    /// (the mount, the demo's pods and home) and told of each as soon as it exists: a
+    /// podfs killed a moment after its mount appeared must not leave the mount behind.
+    pub fn start() -> Result<Guard> {
         let exe = std::env::current_exe().map_err(|e| Error::io("locate the podfs binary", e))?;
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::io("create a pipe", e.into()))?;
@@ -67,16 +69,19 @@ impl Guard {
         let child = command
             .spawn()
             .map_err(|e| Error::io("start the cleanup guard", e))?;
-        let mut guard = Guard {
+        Ok(Guard {
             pipe: Some(File::from(write)),
             child: Some(child),
-        };
-        guard.tell(&format!(
+        })
+    }
+
+    /// Unmount the mount `mount_id` at `mountpoint` if the owner dies.
+    pub fn also_unmount(&mut self, mount_id: u64, mountpoint: &Path, via_fusermount: bool) {
+        self.tell(&format!(
             "mount {mount_id} {} {}",
             u8::from(via_fusermount),
             mountpoint.display()
         ));
-        Ok(guard)
     }
 
     /// Also stop this process (a reference pod) if the owner dies.

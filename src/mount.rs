@@ -514,6 +514,24 @@ impl Drop for Mounted {
 
 /// Mount `fs` at `mountpoint` and return once the kernel has completed the handshake.
 pub fn mount(fs: Arc<PodFs>, mountpoint: &Path, settings: &MountSettings) -> Result<Mounted> {
+    mount_guarded(fs, mountpoint, settings, start_guard())
+}
+
+/// A cleanup guard, or none (with a warning) if it cannot be started.
+pub fn start_guard() -> Option<Guard> {
+    Guard::start()
+        .inspect_err(|e| warn!(error = %e, "cannot start the cleanup guard"))
+        .ok()
+}
+
+/// [`mount`] with a guard the caller started, and may have told of more to clean up
+/// (the demo's pods and home), before anything existed to leave behind.
+pub fn mount_guarded(
+    fs: Arc<PodFs>,
+    mountpoint: &Path,
+    settings: &MountSettings,
+    mut guard: Option<Guard>,
+) -> Result<Mounted> {
     let mountpoint = absolute(mountpoint)?;
     preflight(&mountpoint)?;
     let direct = if settings.force_fusermount {
@@ -542,22 +560,23 @@ pub fn mount(fs: Arc<PodFs>, mountpoint: &Path, settings: &MountSettings) -> Res
                 .status();
         }
     };
+    // The guard hears of the mount before the session answers a single request, so
+    // whoever sees the mount work knows the guard would clean it up.
+    match (&mut guard, mount_id) {
+        (Some(g), Some(id)) => {
+            g.also_unmount(id, &mountpoint, matches!(made, Made::Fusermount { .. }))
+        }
+        (Some(_), None) => warn!(
+            "no cleanup guard: the mount is not in mountinfo, a killed podfs would leave it behind"
+        ),
+        (None, _) => warn!("no cleanup guard: a killed podfs would leave its mount behind"),
+    }
     let session = match Session::start(fs.clone(), fd, settings.allow_other, settings.threads) {
         Ok(s) => s,
         Err(e) => {
             undo(&made);
             return Err(Error::io("start the FUSE session", e));
         }
-    };
-    let guard = match mount_id {
-        Some(id) => match Guard::spawn(id, &mountpoint, matches!(made, Made::Fusermount { .. })) {
-            Ok(g) => Some(g),
-            Err(e) => {
-                warn!(error = %e, "no cleanup guard: a killed podfs would leave its mount behind");
-                None
-            }
-        },
-        None => None,
     };
     Ok(Mounted {
         mount_id,

@@ -132,6 +132,53 @@ fn a_stale_mount_is_detected_and_recovered() {
     assert!(!is_mounted(m.path()));
 }
 
+/// Unmounts (lazily) whatever is still mounted at a path when dropped, so that a failing
+/// test leaves no mount behind.
+struct Unmounted(std::path::PathBuf);
+
+impl Drop for Unmounted {
+    fn drop(&mut self) {
+        force_unmount(&self.0);
+    }
+}
+
+/// Killed the moment its mount first answers, podfs leaves no mount behind: its guard is
+/// told of the mount before the session serves a single request. (The guard used to be
+/// started just after serving began, and a podfs killed in between left a dead mount.)
+#[test]
+fn a_podfs_killed_as_soon_as_its_mount_answers_leaves_no_mount() {
+    need_fuse!();
+    let home = Home::fixture(&INSOMNIA, "live");
+    for round in 0..20 {
+        let base = tempdir();
+        let mnt = base.path().join("m");
+        std::fs::create_dir(&mnt).unwrap();
+        let _unmount = Unmounted(mnt.clone());
+        let mut podfs = Command::new(BIN)
+            .arg("mount")
+            .arg(&mnt)
+            .arg("--home")
+            .arg(home.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // The first answer: `parent` is found only through the mount.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::symlink_metadata(mnt.join("parent")).is_err() {
+            assert!(podfs.try_wait().unwrap().is_none(), "podfs exited early");
+            assert!(std::time::Instant::now() < deadline, "never mounted");
+            std::thread::yield_now();
+        }
+        signal(podfs.id(), nix::sys::signal::Signal::SIGKILL);
+        podfs.wait().unwrap();
+        assert!(
+            eventually(Duration::from_secs(20), || !is_mounted(&mnt)),
+            "round {round}: the mount outlived a podfs killed as it began to serve"
+        );
+    }
+}
+
 #[test]
 fn unmount_takes_relative_paths_and_trailing_slashes() {
     need_fuse!();

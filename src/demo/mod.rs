@@ -175,12 +175,18 @@ fn scratch_base() -> Result<PathBuf> {
 pub fn run(args: &DemoArgs) -> Result<()> {
     // Before anything is started, so Ctrl-C at any moment cleans up.
     let signals = mount::StopSignals::install()?;
+    // Started first and told of each thing as it is made: a demo killed at any moment
+    // leaves no pod, home or mount behind.
+    let mut guard = mount::start_guard();
     let gen = args.generation;
     let base = scratch_base()?;
     let home = tempfile::Builder::new()
         .prefix("podfs-demo-home-")
         .tempdir_in(&base)
         .map_err(|e| Error::io(format!("create the demo home in {}", base.display()), e))?;
+    if let Some(g) = &mut guard {
+        g.also_remove(home.path());
+    }
     let (mountpoint, temp_mount) = match &args.mountpoint {
         Some(m) => (m.clone(), None),
         None => {
@@ -200,6 +206,14 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     home::create(home.path(), gen, "parent", &children)?;
     let exe = std::env::current_exe().map_err(|e| Error::io("locate the podfs binary", e))?;
     let mut pods = Pods::start(&exe, home.path(), gen, "parent", &children)?;
+    if let Some(g) = &mut guard {
+        for pid in pods.pids() {
+            g.also_stop(pid);
+        }
+        if created_mountpoint || temp_mount.is_some() {
+            g.also_rmdir(&mountpoint);
+        }
+    }
 
     let fs = Arc::new(crate::fs::build(
         Paths::for_home(home.path(), gen),
@@ -212,18 +226,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         fsname: "podfs:demo".into(),
         ..Default::default()
     };
-    let mut mounted = mount::mount(fs.clone(), &mountpoint, &settings)?;
-    // If the demo is killed, its guard stops the pods and deletes the home too.
-    let mut guard = mounted.take_guard();
-    if let Some(g) = &mut guard {
-        for pid in pods.pids() {
-            g.also_stop(pid);
-        }
-        g.also_remove(home.path());
-        if created_mountpoint || temp_mount.is_some() {
-            g.also_rmdir(&mountpoint);
-        }
-    }
+    let mut mounted = mount::mount_guarded(fs.clone(), &mountpoint, &settings, guard)?;
+    // The demo dismisses the guard itself, once the pods and the home are gone too.
+    let guard = mounted.take_guard();
     let m = mounted.mountpoint().display().to_string();
     let first = children.first().map_or("child1", String::as_str);
     println!(
