@@ -45,6 +45,33 @@ pub fn running_as_root(what: &str) -> bool {
     false
 }
 
+/// Whether a podfs killed while the kernel waits on it can be cleaned up here. A request
+/// podfs read but never answered can hold a directory lock that podfs's own invalidation
+/// thread waits for inside the kernel, so the killed podfs never finishes dying; only an
+/// abort of the FUSE connection ends that. As root the guard forces an unmount; an
+/// ordinary user needs the FUSE control filesystem (fusectl, mounted by systemd on most
+/// systems, often absent in containers). Without either, this says loudly what did not
+/// run; CI runs as root, so there it is a failure.
+pub fn dead_connections_can_be_aborted(what: &str) -> bool {
+    let fusectl = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(2) == Some("fusectl"));
+    if nix::unistd::geteuid().is_root() || fusectl {
+        return true;
+    }
+    let msg = format!(
+        "NOT RUN as an ordinary user without fusectl at /sys/fs/fuse/connections: {what} \
+         can leave a request the kernel waits on for good (docs/reliability.md)"
+    );
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{msg} (CI=true makes this a failure)"
+    );
+    loud(&msg);
+    false
+}
+
 #[macro_export]
 macro_rules! need_root {
     ($what:expr) => {
