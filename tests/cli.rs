@@ -132,16 +132,6 @@ fn a_stale_mount_is_detected_and_recovered() {
     assert!(!is_mounted(m.path()));
 }
 
-/// Unmounts (lazily) whatever is still mounted at a path when dropped, so that a failing
-/// test leaves no mount behind.
-struct Unmounted(std::path::PathBuf);
-
-impl Drop for Unmounted {
-    fn drop(&mut self) {
-        force_unmount(&self.0);
-    }
-}
-
 /// Killed the moment its mount first answers, podfs leaves no mount behind: its guard is
 /// told of the mount before the session serves a single request. (The guard used to be
 /// started just after serving began, and a podfs killed in between left a dead mount.)
@@ -153,7 +143,7 @@ fn a_podfs_killed_as_soon_as_its_mount_answers_leaves_no_mount() {
         let base = tempdir();
         let mnt = base.path().join("m");
         std::fs::create_dir(&mnt).unwrap();
-        let _unmount = Unmounted(mnt.clone());
+        let _unmount = Unmount(mnt.clone());
         let mut podfs = Command::new(BIN)
             .arg("mount")
             .arg(&mnt)

@@ -46,15 +46,6 @@ impl Drop for Helper {
     }
 }
 
-/// Unmount on drop whatever mount(8) mounted.
-struct Unmount<'a>(&'a Path);
-
-impl Drop for Unmount<'_> {
-    fn drop(&mut self) {
-        force_unmount(self.0);
-    }
-}
-
 #[test]
 fn mount_t_fuse_podfs_and_fstab_lines_work() {
     if !fuse_available() {
@@ -66,7 +57,7 @@ fn mount_t_fuse_podfs_and_fstab_lines_work() {
     let home = Home::fixture(&INSOMNIA, "live");
     let mnt = tempdir();
     let m = mnt.path().display().to_string();
-    let _guard = Unmount(mnt.path());
+    let _guard = Unmount(mnt.path().to_path_buf());
 
     // mount(8) with the type on the command line; it returns once the mount is ready.
     ok(&format!(
@@ -103,7 +94,7 @@ fn daemon_returns_once_the_mount_is_ready() {
     }
     let home = Home::fixture(&INSOMNIA, "live");
     let mnt = tempdir();
-    let _guard = Unmount(mnt.path());
+    let _guard = Unmount(mnt.path().to_path_buf());
     let m = mnt.path().display().to_string();
     let logs = tempdir();
     let log = logs.path().join("daemon.log");

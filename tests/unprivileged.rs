@@ -219,17 +219,6 @@ impl Drop for Reaper {
     }
 }
 
-/// Unmounts whatever the test left mounted.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        if is_mounted(&self.0) {
-            force_unmount(&self.0);
-        }
-    }
-}
-
 macro_rules! ordinary_user {
     () => {{
         need_fuse!();

@@ -53,10 +53,8 @@ pub fn running_as_root(what: &str) -> bool {
 /// systems, often absent in containers). Without either, this says loudly what did not
 /// run; CI runs as root, so there it is a failure.
 pub fn dead_connections_can_be_aborted(what: &str) -> bool {
-    let fusectl = std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(2) == Some("fusectl"));
+    let fusectl = podfs::mountinfo::mount_type(Path::new("/sys/fs/fuse/connections"))
+        .is_some_and(|t| t == "fusectl");
     if nix::unistd::geteuid().is_root() || fusectl {
         return true;
     }
@@ -447,6 +445,16 @@ pub fn is_mounted(path: &Path) -> bool {
         .unwrap_or_default()
         .lines()
         .any(|l| l.split(' ').nth(1) == Some(target.as_str()))
+}
+
+/// Unmounts (lazily) whatever is still mounted at a path when dropped, so that a test
+/// leaves no mount behind even when it fails.
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        force_unmount(&self.0);
+    }
 }
 
 pub fn force_unmount(path: &Path) {
