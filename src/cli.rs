@@ -6,7 +6,7 @@
 //! arguments, mount point or home); 2 any other failure; 32 the mount itself failed.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -340,40 +340,49 @@ fn run_mount(args: MountArgs, logs_to_file: bool) -> Result<()> {
         generation: args.generation,
     };
     let located = crate::paths::locate_from_env(&overrides)?;
-    let paths = located.paths;
-    if !paths.data.is_dir() {
-        return Err(Error::Usage(format!(
-            "runtime home {} does not exist (a home has {}/<name>/metadata.json)",
-            paths.data.display(),
-            paths.generation.store_dir
-        )));
-    }
+    let watch = args.watch.config();
+    let home = Arc::new(crate::home::Home::open(
+        &located,
+        crate::home::read_cap(watch.budget),
+    )?);
     // Checked before daemonising, so the caller sees the error and its exit status.
     let mountpoint = mount::absolute(&args.mountpoint)?;
+    refuse_a_mount_over_the_home(&mountpoint, &home)?;
     mount::preflight(&mountpoint)?;
     if args.daemon && std::env::var_os(crate::daemon::CHILD_ENV).is_none() {
         return crate::daemon::start_in_background();
     }
+    let generation = home.generation();
     tracing::info!(
-        generation = paths.generation.id,
-        versions = paths.generation.versions,
-        home = %paths.data.display(),
-        runtime = %paths.runtime.display(),
+        generation = generation.id,
+        versions = generation.versions,
+        home = %home.data_path().display(),
+        owner = home.owner(),
         found_by = %located.source,
-        "serving {}", paths.generation.id
+        "serving {}", generation.id
     );
+    for (dir, rule) in home.runtime_dirs() {
+        tracing::info!(runtime = %dir.display(), chosen_by = %rule, "runtime dir");
+    }
+    if !crate::confine::proc_fd_works() {
+        tracing::error!(
+            "/proc is not mounted: podfs connects to pod sockets only through /proc/self/fd, \
+             so every child's files answer EACCES until it is"
+        );
+    }
     let signals = mount::StopSignals::install()?;
-    let fsname = format!("podfs:{}", paths.data.display());
+    let fsname = format!("podfs:{}", home.data_path().display());
     let fs = Arc::new(crate::fs::build(
-        paths,
+        home,
         args.timeouts.timeouts(),
-        args.watch.config(),
+        watch,
         &crate::fs::Settings {
             pool_threads: args.mount.workers,
             ..crate::fs::Settings::default()
         },
         !args.mount.no_inotify,
     )?);
+    fs.survey();
     let mounted = mount::mount(fs.clone(), &mountpoint, &args.mount.settings(fsname))?;
     if args.daemon {
         crate::daemon::report_ready(logs_to_file);
@@ -384,6 +393,34 @@ fn run_mount(args: MountArgs, logs_to_file: bool) -> Result<()> {
         );
     }
     signals.serve(mounted, || fs.report())
+}
+
+/// A mount point that is the home, one of its directories, or lies inside or above one
+/// would make podfs read the home through its own mount (every request thread then waits
+/// for itself), or hide the home from the runtime: refused, with where to mount instead.
+fn refuse_a_mount_over_the_home(mountpoint: &Path, home: &crate::home::Home) -> Result<()> {
+    let mp = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.to_path_buf());
+    for dir in home.dirs() {
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        let how = if mp == dir {
+            "is"
+        } else if mp.starts_with(&dir) {
+            "lies inside"
+        } else if dir.starts_with(&mp) {
+            "lies above"
+        } else {
+            continue;
+        };
+        return Err(Error::Usage(format!(
+            "mount point {} {how} {}, a directory of the runtime home podfs serves: podfs \
+             would read the home through its own mount. Mount it elsewhere, e.g. ~/pods",
+            mp.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

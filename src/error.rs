@@ -60,6 +60,10 @@ pub enum Error {
     IsDir,
     #[error("not a directory")]
     NotDir,
+    /// A runtime file is larger than podfs reads (a file's size never decides what podfs
+    /// allocates): that file's error, nothing else's.
+    #[error("{path}: larger than the {limit} bytes podfs reads of a registry file")]
+    TooLarge { path: PathBuf, limit: usize },
     /// A runtime file exists but does not parse.
     #[error("{path}: corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
@@ -143,6 +147,7 @@ impl Error {
             Error::NotEmpty(_) => libc::ENOTEMPTY,
             Error::IsDir => libc::EISDIR,
             Error::NotDir => libc::ENOTDIR,
+            Error::TooLarge { .. } => libc::EFBIG,
             Error::Corrupt { .. } => libc::EIO,
             Error::Protocol(_) => libc::EPROTO,
             Error::Rejected(_) => libc::EIO,
@@ -190,6 +195,7 @@ impl Error {
             | Error::Rejected(_)
             | Error::Timeout(_)
             | Error::OverBudget(_)
+            | Error::TooLarge { .. }
             | Error::LockTimeout(_)
             | Error::OutsideRuntimeDir(_) => Level::WARN,
             Error::Corrupt { .. }

@@ -22,6 +22,7 @@ pub mod failpoint;
 pub mod fs;
 pub mod generation;
 pub mod guard;
+pub mod home;
 pub mod logs;
 pub mod manual;
 pub mod mount;

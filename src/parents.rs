@@ -14,7 +14,8 @@
 //! ([`crate::confine`]): a symlinked pod is not a pod to podfs.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -24,9 +25,10 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, info, warn};
 
+use crate::confine::Dir;
 use crate::error::{Error, Result};
+use crate::home::Home;
 use crate::name::PodName;
-use crate::paths::Paths;
 use crate::store::metadata::{self, ChildRecord};
 
 /// Without inotify: how stale a cached parse may be before `stat` is consulted again.
@@ -155,6 +157,8 @@ struct Cached {
     watched: bool,
     /// An event arrived that has not been read yet.
     dirty: bool,
+    /// The version (inode, size, mtime) of a file found too large, already warned about.
+    too_large: Option<(u64, u64, i128)>,
 }
 
 /// Per-parent state: the cached view. (Mutations are serialised by
@@ -181,6 +185,10 @@ enum Target {
 
 struct Notify {
     inotify: Inotify,
+    /// Whether the watcher thread runs and reads its events. Once it stops (it could not
+    /// start, or a read failed), nothing is trusted to be current for being unchanged:
+    /// every cached view is revalidated by `stat` as if there were no inotify at all.
+    alive: AtomicBool,
     targets: Mutex<HashMap<i32, Target>>,
     pods: Mutex<HashMap<PodName, WatchDescriptor>>,
 }
@@ -188,7 +196,7 @@ struct Notify {
 type Listener = Box<dyn Fn(&RegistryChange) + Send + Sync>;
 
 pub struct ParentCache {
-    paths: Paths,
+    home: Arc<Home>,
     parents: Mutex<HashMap<PodName, Arc<ParentSlot>>>,
     root: Mutex<RootCache>,
     notify: Option<Notify>,
@@ -204,12 +212,13 @@ pub struct ParentCache {
 const UNWATCHED_RECHECK: Duration = Duration::from_millis(20);
 
 impl ParentCache {
-    /// A cache over `paths`, with inotify when `use_inotify` and the kernel allows it.
-    pub fn new(paths: Paths, use_inotify: bool) -> Arc<ParentCache> {
+    /// A cache over `home`, with inotify when `use_inotify` and the kernel allows it.
+    pub fn new(home: Arc<Home>, use_inotify: bool) -> Arc<ParentCache> {
         let notify = if use_inotify {
             match Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) {
                 Ok(inotify) => Some(Notify {
                     inotify,
+                    alive: AtomicBool::new(true),
                     targets: Mutex::new(HashMap::new()),
                     pods: Mutex::new(HashMap::new()),
                 }),
@@ -222,7 +231,7 @@ impl ParentCache {
             None
         };
         let cache = Arc::new(ParentCache {
-            paths,
+            home,
             parents: Mutex::new(HashMap::new()),
             root: Mutex::new(RootCache::default()),
             notify,
@@ -232,27 +241,32 @@ impl ParentCache {
             changed: Condvar::new(),
         });
         if let Some(n) = &cache.notify {
-            cache.add_watch(n, &cache.paths.data.clone(), Target::Data);
+            if let Ok(data) = cache.home.data() {
+                cache.add_watch(n, &data, Target::Data);
+            }
             cache.watch_store();
             let weak = Arc::downgrade(&cache);
             let spawned = thread::Builder::new()
                 .name("podfs-registry".into())
                 .spawn(move || watch_loop(weak));
             if let Err(e) = spawned {
-                warn!(error = %e, "cannot start the registry watcher");
+                n.alive.store(false, Ordering::SeqCst);
+                warn!(error = %e, "cannot start the registry watcher; registry changes are found by stat");
             }
         }
         cache
     }
 
-    /// Where the pods' files are.
-    pub fn paths(&self) -> &Paths {
-        &self.paths
+    /// The home the registries are in.
+    pub fn home(&self) -> &Arc<Home> {
+        &self.home
     }
 
-    /// Whether inotify is in use (for the log and the tests).
+    /// Whether inotify reports changes now (for the log and the tests).
     pub fn uses_inotify(&self) -> bool {
-        self.notify.is_some()
+        self.notify
+            .as_ref()
+            .is_some_and(|n| n.alive.load(Ordering::SeqCst))
     }
 
     /// Who hears about changes. Called from the inotify thread or a request thread: it must
@@ -267,12 +281,15 @@ impl ParentCache {
         }
     }
 
-    fn add_watch(
-        &self,
-        n: &Notify,
-        path: &std::path::Path,
-        target: Target,
-    ) -> Option<WatchDescriptor> {
+    /// Watch the directory `dir` (opened without following a symlink: the watch is put on
+    /// that very inode, through `/proc/self/fd`, where `/proc` is there).
+    fn add_watch(&self, n: &Notify, dir: &Dir, target: Target) -> Option<WatchDescriptor> {
+        let (path, follow) = if crate::confine::proc_fd_works() {
+            let link = format!("/proc/self/fd/{}", dir.fd().as_raw_fd());
+            (std::path::PathBuf::from(link), AddWatchFlags::empty())
+        } else {
+            (dir.path().to_path_buf(), AddWatchFlags::IN_DONT_FOLLOW)
+        };
         let mask = match target {
             Target::Data | Target::Store => {
                 AddWatchFlags::IN_CREATE
@@ -281,9 +298,10 @@ impl ParentCache {
                     | AddWatchFlags::IN_MOVED_TO
                     | AddWatchFlags::IN_ONLYDIR
             }
+            // IN_DONT_FOLLOW only by name: /proc's link to the directory podfs opened
+            // without following one must be followed to reach it.
             Target::Pod(_) => {
-                AddWatchFlags::IN_DONT_FOLLOW
-                    | AddWatchFlags::IN_MODIFY
+                AddWatchFlags::IN_MODIFY
                     | AddWatchFlags::IN_CLOSE_WRITE
                     | AddWatchFlags::IN_CREATE
                     | AddWatchFlags::IN_DELETE
@@ -294,13 +312,13 @@ impl ParentCache {
                     | AddWatchFlags::IN_ONLYDIR
             }
         };
-        match n.inotify.add_watch(path, mask) {
+        match n.inotify.add_watch(&path, mask | follow) {
             Ok(wd) => {
                 n.targets.lock().insert(wd.as_raw(), target);
                 Some(wd)
             }
             Err(e) => {
-                debug!(path = %path.display(), error = %e, "no inotify watch");
+                debug!(path = %dir.path().display(), error = %e, "no inotify watch");
                 None
             }
         }
@@ -311,7 +329,10 @@ impl ParentCache {
         let mut watched = self.store_watched.lock();
         if !*watched {
             *watched = self
-                .add_watch(n, &self.paths.store_dir(), Target::Store)
+                .home
+                .store()
+                .ok()
+                .and_then(|store| self.add_watch(n, &store, Target::Store))
                 .is_some();
         }
     }
@@ -325,7 +346,10 @@ impl ParentCache {
         if n.pods.lock().len() >= MAX_POD_WATCHES {
             return false;
         }
-        match self.add_watch(n, &self.paths.pod_dir(pod), Target::Pod(pod.clone())) {
+        let Ok(dir) = self.home.pod_dir(pod) else {
+            return false;
+        };
+        match self.add_watch(n, &dir, Target::Pod(pod.clone())) {
             Some(wd) => {
                 n.pods.lock().insert(pod.clone(), wd);
                 true
@@ -344,7 +368,7 @@ impl ParentCache {
 
     /// Every pod with `<store>/<name>/metadata.json`, sorted, valid names only.
     pub fn pods(&self) -> Result<Arc<Vec<PodName>>> {
-        let watched = *self.store_watched.lock();
+        let watched = *self.store_watched.lock() && self.uses_inotify();
         let mut root = self.root.lock();
         let fresh = match root.scanned {
             Some(_) if watched => !root.dirty,
@@ -394,32 +418,33 @@ impl ParentCache {
     }
 
     fn scan(&self) -> Result<Vec<PodName>> {
-        let dir = self.paths.store_dir();
-        let mut pods = Vec::new();
-        match std::fs::read_dir(&dir) {
-            Ok(entries) => {
-                for entry in entries.flatten() {
-                    let Ok(name) = entry.file_name().into_string() else {
-                        continue;
-                    };
-                    let Ok(name) = PodName::new(&name) else {
-                        continue;
-                    };
-                    // A symlink is not a pod directory to podfs (see crate::confine).
-                    if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                        continue;
-                    }
-                    // Watched before the check, so a metadata.json written right after the
-                    // check is still noticed.
-                    self.watch_pod(&name);
-                    let meta = std::fs::symlink_metadata(entry.path().join(metadata::FILE));
-                    if meta.is_ok_and(|m| m.is_file()) {
-                        pods.push(name);
-                    }
-                }
+        let store = match self.home.store() {
+            Ok(store) => store,
+            Err(e) if is_absent(&e) => return Ok(Vec::new()),
+            Err(e) => {
+                let path = self.home.data_path().join(self.home.generation().store_dir);
+                return Err(Error::io(format!("list {}", path.display()), e));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("list {}", dir.display()), e)),
+        };
+        let names = store
+            .names()
+            .map_err(|e| Error::io(format!("list {}", store.path().display()), e))?;
+        let mut pods = Vec::new();
+        for name in names {
+            let Ok(name) = PodName::new(&name) else {
+                continue;
+            };
+            // A symlink is not a pod directory to podfs, nor is another user's (see
+            // crate::confine).
+            let Ok(dir) = store.sub(name.as_str()) else {
+                continue;
+            };
+            // Watched before the check, so a metadata.json written right after the
+            // check is still noticed.
+            self.watch_pod(&name);
+            if dir.stat(metadata::FILE).is_ok_and(|s| s.is_file()) {
+                pods.push(name);
+            }
         }
         pods.sort();
         Ok(pods)
@@ -442,7 +467,7 @@ impl ParentCache {
         if let Some(slot) = self.slot(parent) {
             let cache = slot.cache.lock();
             if let Some(view) = &cache.view {
-                let current = if cache.watched {
+                let current = if cache.watched && self.uses_inotify() {
                     !cache.dirty
                 } else {
                     cache.checked.is_some_and(|at| at.elapsed() < REVALIDATE)
@@ -461,11 +486,16 @@ impl ParentCache {
     }
 
     fn revalidate(&self, parent: &PodName, force: bool) -> Result<Arc<ParentView>> {
-        let path = self.paths.metadata(parent);
+        let path = self
+            .home
+            .data_path()
+            .join(self.home.generation().store_dir)
+            .join(parent.as_str())
+            .join(metadata::FILE);
         let not_found = || Error::NotFound(format!("pod {parent}"));
         let found = self
-            .paths
-            .open_pod_dir(parent)
+            .home
+            .pod_dir(parent)
             .and_then(|dir| dir.stat(metadata::FILE).map(|stat| (dir, stat)));
         let (dir, stat) = match found {
             Ok((dir, stat)) if stat.mode & libc::S_IFMT == libc::S_IFREG => (dir, stat),
@@ -511,10 +541,16 @@ impl ParentCache {
             parsed = match dir.read(metadata::FILE) {
                 Ok((bytes, read_stamp)) => {
                     mtime = read_stamp.mtime;
-                    metadata::parse_registry(&bytes, self.paths.generation)
+                    metadata::parse_registry(&bytes, self.home.generation())
                         .map_err(|e| Error::corrupt(&path, e))
                 }
                 Err(e) if is_absent(&e) => Err(not_found()),
+                Err(e) if e.raw_os_error() == Some(crate::confine::TOO_BIG) => {
+                    Err(Error::TooLarge {
+                        path: path.clone(),
+                        limit: self.home.read_cap(),
+                    })
+                }
                 Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
             };
             if !matches!(parsed, Err(Error::Corrupt { .. })) {
@@ -559,6 +595,16 @@ impl ParentCache {
                 drop(cache);
                 self.gone(parent);
                 Err(Error::NotFound(format!("pod {parent}")))
+            }
+            Err(e @ Error::TooLarge { .. }) => {
+                // A file too large to read is that parent's error until it changes;
+                // said once per version of the file, not at every look.
+                let version = (stamp.ino, stamp.size, stamp.mtime_ns);
+                if cache.too_large != Some(version) {
+                    cache.too_large = Some(version);
+                    warn!(%parent, error = %e, "metadata.json is larger than podfs reads; that parent answers EFBIG");
+                }
+                Err(e)
             }
             Err(e) => {
                 let bad_since = *cache.bad_since.get_or_insert(now);
@@ -624,7 +670,7 @@ impl ParentCache {
     /// or `until`. Where inotify does not cover `parent` (no inotify, or past the watch
     /// limit), wakes every [`UNWATCHED_RECHECK`] instead, so the caller re-reads.
     pub fn wait_for_change(&self, parent: &PodName, seen: u64, until: Instant) {
-        let watched = self.notify.is_some()
+        let watched = self.uses_inotify()
             && self
                 .slot(parent)
                 .is_some_and(|slot| slot.cache.lock().watched);
@@ -635,7 +681,8 @@ impl ParentCache {
         };
         let mut changes = self.changes.lock();
         while *changes == seen {
-            if self.changed.wait_until(&mut changes, until).timed_out() {
+            // A watcher that stopped meanwhile wakes this (see `watch_loop`): re-read.
+            if self.changed.wait_until(&mut changes, until).timed_out() || !self.uses_inotify() {
                 return;
             }
         }
@@ -674,11 +721,19 @@ fn watch_loop(cache: Weak<ParentCache>) {
             poll(&mut fds, timeout).unwrap_or(0)
         };
         if ready > 0 {
-            let events = match n.inotify.read_events() {
+            let read = if crate::failpoint::is_armed("inotify-read") {
+                Err(nix::errno::Errno::EIO)
+            } else {
+                n.inotify.read_events()
+            };
+            let events = match read {
                 Ok(events) => events,
                 Err(nix::errno::Errno::EAGAIN) => Vec::new(),
                 Err(e) => {
-                    warn!(error = %e, "inotify read failed; registry changes are found by stat");
+                    // From now on every look revalidates by stat (see `Notify::alive`).
+                    n.alive.store(false, Ordering::SeqCst);
+                    warn!(error = %e, "inotify read failed; registry changes are found by stat from now on");
+                    c.changed.notify_all();
                     return;
                 }
             };
@@ -696,7 +751,7 @@ fn watch_loop(cache: Weak<ParentCache>) {
                 let target = n.targets.lock().get(&event.wd.as_raw()).cloned();
                 let name = event.name.as_ref().and_then(|n| n.to_str());
                 match target {
-                    Some(Target::Data) if name == Some(c.paths.generation.store_dir) => {
+                    Some(Target::Data) if name == Some(c.home.generation().store_dir) => {
                         c.watch_store();
                         root_pending = true;
                         c.mark_root_dirty();
@@ -775,7 +830,10 @@ mod tests {
                 std::fs::write(dst, fixtures::read(&src, &home)).unwrap();
             }
         }
-        let cache = ParentCache::new(Paths::for_home(dir.path(), &INSOMNIA_5472), inotify);
+        let cache = ParentCache::new(
+            Arc::new(Home::for_home(dir.path(), &INSOMNIA_5472).unwrap()),
+            inotify,
+        );
         (dir, cache)
     }
 

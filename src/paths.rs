@@ -8,7 +8,7 @@
 //! files.
 
 use std::ffi::OsString;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::generation::{self, Default, Generation};
@@ -39,6 +39,9 @@ pub struct Located {
     pub paths: Paths,
     /// Where the data dir came from: "--home", "YOI_HOME", "default", ...
     pub source: String,
+    /// Where the runtime dir came from: "--runtime-dir", "INSOMNIA_RUNTIME_DIR", "--home",
+    /// "INSOMNIA_HOME", "XDG_RUNTIME_DIR", "default".
+    pub runtime_source: String,
 }
 
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<OsString>;
@@ -146,31 +149,6 @@ impl Paths {
         self.pod_runtime_dir(pod).join(self.generation.mirror_file)
     }
 
-    /// `<store>/<pod>/`, opened beneath the data dir without following a symlink.
-    pub fn open_pod_dir(&self, pod: &PodName) -> std::io::Result<crate::confine::Dir> {
-        crate::confine::Dir::beneath(
-            &self.data,
-            &Path::new(self.generation.store_dir).join(pod.as_str()),
-        )
-    }
-
-    /// `<runtime>/<pod>/`, opened beneath the runtime dir without following a symlink.
-    pub fn open_pod_runtime_dir(&self, pod: &PodName) -> std::io::Result<crate::confine::Dir> {
-        crate::confine::Dir::beneath(&self.runtime, Path::new(pod.as_str()))
-    }
-
-    /// True when `socket` lies strictly inside the runtime dir, compared component-wise
-    /// after removing `.` and refusing `..`, so that a registry entry cannot steer podfs to
-    /// an arbitrary socket on the machine.
-    pub fn socket_is_allowed(&self, socket: &Path) -> bool {
-        if !socket.is_absolute() || socket.components().any(|c| c == Component::ParentDir) {
-            return false;
-        }
-        let clean: PathBuf = socket.components().collect();
-        let base: PathBuf = self.runtime.components().collect();
-        clean != base && clean.starts_with(&base)
-    }
-
     /// Whether the data dir holds this generation's store (`pods/` or `workers/`).
     fn has_store(&self) -> bool {
         self.store_dir().is_dir()
@@ -186,6 +164,7 @@ pub fn locate(o: &Overrides, lookup: Lookup) -> Result<Located> {
     if let Some(gen) = o.generation {
         let paths = Paths::resolve(gen, o, lookup)?;
         let source = source_of(gen, o, lookup);
+        let runtime_source = runtime_source_of(gen, o, lookup);
         if !paths.has_store() {
             // Forcing a generation onto a home of another would mount an empty tree.
             let other = generation::ALL
@@ -205,7 +184,11 @@ pub fn locate(o: &Overrides, lookup: Lookup) -> Result<Located> {
             tracing::warn!(home = %paths.data.display(), store = gen.store_dir,
                 "the home has no {}/ yet: the mount starts empty", gen.store_dir);
         }
-        return Ok(Located { paths, source });
+        return Ok(Located {
+            paths,
+            source,
+            runtime_source,
+        });
     }
     // Each candidate: a generation, its resolution, and whether an explicit setting (flag
     // or variable) chose that data dir rather than a default.
@@ -242,6 +225,7 @@ pub fn locate(o: &Overrides, lookup: Lookup) -> Result<Located> {
         [one] => Ok(Located {
             paths: one.0.clone(),
             source: one.1.clone(),
+            runtime_source: runtime_source_of(one.0.generation, o, lookup),
         }),
         [] => {
             const LAYOUTS: &str = "pods/<name>/metadata.json for insomnia and yoi pods, \
@@ -312,6 +296,24 @@ fn source_of(gen: &Generation, o: &Overrides, lookup: Lookup) -> String {
         gen.env.home.into()
     } else {
         "default".into()
+    }
+}
+
+/// Which setting chose the runtime dir of `gen` (the order of [`Paths::resolve`]).
+fn runtime_source_of(gen: &Generation, o: &Overrides, lookup: Lookup) -> String {
+    if o.runtime_dir.is_some() {
+        "--runtime-dir".into()
+    } else if o.home.is_some() {
+        "--home".into()
+    } else if var(lookup, gen.env.runtime_dir).is_some() {
+        gen.env.runtime_dir.into()
+    } else if var(lookup, gen.env.home).is_some() {
+        gen.env.home.into()
+    } else {
+        match gen.runtime_default {
+            Default::Xdg { var: v, .. } if var(lookup, v).is_some() => format!("the {v} rule"),
+            _ => "default".into(),
+        }
     }
 }
 
@@ -472,17 +474,6 @@ mod tests {
         assert_eq!(w.socket(&lead), PathBuf::from("/y/run/lead/sock"));
     }
 
-    #[test]
-    fn sockets_outside_the_runtime_dir_are_refused() {
-        let p = Paths::for_home(Path::new("/i"), &INSOMNIA_5472);
-        assert!(p.socket_is_allowed(Path::new("/i/run/c/sock")));
-        assert!(!p.socket_is_allowed(Path::new("/i/run")));
-        assert!(!p.socket_is_allowed(Path::new("/i/runner/sock")));
-        assert!(!p.socket_is_allowed(Path::new("/i/run/../x/sock")));
-        assert!(!p.socket_is_allowed(Path::new("run/c/sock")));
-        assert!(!p.socket_is_allowed(Path::new("/tmp/sock")));
-    }
-
     fn home_with(dirs: &[&str]) -> tempfile::TempDir {
         let dir = crate::test_fixtures::tempdir();
         for d in dirs {
@@ -505,6 +496,7 @@ mod tests {
         let got = locate(&with_home(&insomnia), &none).unwrap();
         assert_eq!(got.paths.generation, &INSOMNIA_5472);
         assert_eq!(got.source, "--home");
+        assert_eq!(got.runtime_source, "--home");
         let got = locate(&with_home(&workers), &none).unwrap();
         assert_eq!(got.paths.generation, &YOI_WORKER_485918EB);
         for d in [&both, &empty] {
@@ -552,6 +544,7 @@ mod tests {
         .unwrap();
         assert_eq!(got.paths.generation, &YOI_WORKER_485918EB);
         assert_eq!(got.source, "YOI_HOME");
+        assert_eq!(got.runtime_source, "YOI_HOME");
         assert_eq!(got.paths.runtime, workers.path().join("run"));
 
         let pods = home_with(&["pods"]);

@@ -2,28 +2,31 @@
 //! bound podfs puts on a conversation with a pod.
 //!
 //! Each conversation is bounded and logged step by step: the runtime once stalled for 25
-//! minutes after a spawn and nobody could tell where. Sockets named by a registry entry are
-//! only connected to when they lie under the runtime dir ([`SocketPath`]), are reached
-//! without following a symlink, and are served by the owner of the runtime dir
-//! ([`crate::confine`]), so an entry cannot steer podfs to another socket on the machine.
+//! minutes after a spawn and nobody could tell where. A socket is only ever reached as a
+//! [`Socket`] the home placed in one of its runtime dirs ([`crate::home`]), without
+//! following a symlink, and served by the home's owner ([`crate::confine`]).
 //!
-//! Whether a pod is gone is decided by proof only ([`PodClient::presence`]): nobody
-//! listens on its socket, or the pid it recorded is no longer that process. A pod that
-//! accepts a connection and stays silent is present.
+//! **Invariant: silence is not absence.** Whether a pod is gone is decided here, and only
+//! by proof: a [`Gone`] is made only from a refused connection or a missing socket at the
+//! path the runtime itself recorded, and only where no live process podfs can see may be
+//! that pod (a listener can die while its process still writes). An accepted connection
+//! proves the pod present; nothing outweighs it, least of all a pid. Everything else
+//! (permission, a symlink, podfs's own shortage, a full backlog) is [`Presence::Unknown`].
+//! The edits that need a pod to be gone take a `&Gone`, so they cannot be called on a
+//! guess.
 
 use std::io;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info_span, warn};
+use tracing::{debug, info_span};
 
-use crate::confine::Dir;
 use crate::error::{Error, Result};
 use crate::generation::Generation;
+use crate::home::{Home, Socket};
 use crate::name::PodName;
-use crate::paths::Paths;
 use crate::process::{self, Requester};
 use crate::protocol::client::Connection;
 use crate::protocol::wire::{self, PodStatus};
@@ -63,17 +66,17 @@ impl Default for Timeouts {
     }
 }
 
-/// A pod socket podfs may connect to: inside the runtime dir, named relative to it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SocketPath {
-    path: PathBuf,
-    /// The same path relative to the runtime dir: only plain names.
-    rel: PathBuf,
+/// Proof that a pod is gone. Only this module makes one (its field is private), and only
+/// from a refusal at the socket the runtime recorded.
+#[derive(Debug)]
+pub struct Gone {
+    proof: &'static str,
 }
 
-impl SocketPath {
-    pub fn path(&self) -> &Path {
-        &self.path
+impl Gone {
+    /// What proved it, for the log.
+    pub fn proof(&self) -> &'static str {
+        self.proof
     }
 }
 
@@ -82,192 +85,195 @@ impl SocketPath {
 pub enum Presence {
     /// It answered: a connection and its Snapshot.
     Live,
-    /// Proven gone; the proof, for the log.
-    Gone(&'static str),
-    /// Something accepts connections (or its process lives) but no Snapshot came in time.
+    /// Proven gone.
+    Gone(Gone),
+    /// It accepted a connection but sent no Snapshot in time: present, perhaps busy.
     Silent,
-    /// Neither proven gone nor live (podfs could not even ask: permission, podfs's own
-    /// resource shortage, a symlink where the socket should be).
+    /// Neither: podfs could not ask (permission, a symlink, its own shortage), or a
+    /// process that may be the pod still lives behind a dead listener.
     Unknown(Error),
 }
 
-/// Whether a failed `connect()` proves that nobody listens: the socket (or its directory)
-/// does not exist, or exists with nobody bound to it.
-pub fn proves_gone(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENOENT) | Some(libc::ECONNREFUSED) | Some(libc::ENOTDIR)
-    )
+/// How one `connect()` to a socket ended, sorted by what it proves.
+#[derive(Debug)]
+pub enum Dial {
+    Connected(UnixStream),
+    /// The listener's backlog is full: try again shortly (non-blocking only).
+    Busy,
+    /// Nobody listens: the socket (or a directory on its way) is missing, or refuses.
+    Absent(io::Error),
+    /// podfs's own resources ran out (`EMFILE`, `ENOMEM`, ...): nothing about the pod.
+    Shortage(io::Error),
+    /// podfs may not reach it: a symlink on the way, another user's file or process,
+    /// no `/proc`, a permission the kernel refuses.
+    Refused(io::Error),
+    /// Anything else; proves nothing.
+    Failed(io::Error),
+}
+
+impl Dial {
+    fn of(e: io::Error) -> Dial {
+        match e.raw_os_error() {
+            Some(libc::ENOENT | libc::ECONNREFUSED | libc::ENOTDIR) => Dial::Absent(e),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS) => Dial::Shortage(e),
+            Some(libc::EACCES | libc::EPERM | libc::ELOOP) => Dial::Refused(e),
+            _ if e.kind() == io::ErrorKind::PermissionDenied => Dial::Refused(e),
+            _ => Dial::Failed(e),
+        }
+    }
 }
 
 /// Longest podfs keeps reading after a fire-and-forget method, so that the server has read
 /// it before podfs closes (write-then-close can lose the method).
 const LINGER: Duration = Duration::from_secs(1);
+/// A pid file holds a decimal pid.
+const PID_FILE_CAP: usize = 32;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PodClient {
     timeouts: Timeouts,
-    runtime: PathBuf,
-    paths: Paths,
+    home: Arc<Home>,
 }
 
 impl PodClient {
+    pub fn new(home: Arc<Home>, timeouts: Timeouts) -> Self {
+        PodClient { timeouts, home }
+    }
+
     /// The bounds of every exchange with a pod.
     pub fn timeouts(&self) -> &Timeouts {
         &self.timeouts
     }
 
-    pub fn new(paths: &Paths, timeouts: Timeouts) -> Self {
-        PodClient {
-            timeouts,
-            runtime: paths.runtime.clone(),
-            paths: paths.clone(),
-        }
+    pub fn home(&self) -> &Arc<Home> {
+        &self.home
     }
 
     pub fn generation(&self) -> &'static Generation {
-        self.paths.generation
+        self.home.generation()
     }
 
-    /// The socket a registry entry names, if podfs may connect to it.
-    pub fn socket(&self, registered: &str) -> Result<SocketPath> {
-        let path = PathBuf::from(registered);
-        if self.paths.socket_is_allowed(&path) {
-            if let Ok(rel) = path.strip_prefix(&self.runtime) {
-                if crate::confine::names_of(rel).is_ok() {
-                    let rel = rel.to_path_buf();
-                    return Ok(SocketPath { path, rel });
-                }
-            }
+    /// The socket a registry entry records, if it lies in one of the home's runtime dirs
+    /// (`EACCES` otherwise: podfs never connects there).
+    pub fn place(&self, recorded: &str) -> Result<Socket> {
+        self.home.place(recorded)
+    }
+
+    /// One `connect()`, through the home's runtime dir.
+    pub fn dial(&self, socket: &Socket, nonblocking: bool) -> Dial {
+        let dir = match self.home.pod_runtime_dir(socket) {
+            Ok(dir) => dir,
+            Err(e) => return Dial::of(e),
+        };
+        match dir.connect("sock", nonblocking) {
+            Ok(Some(stream)) => Dial::Connected(stream),
+            Ok(None) => Dial::Busy,
+            Err(e) => Dial::of(e),
         }
-        warn!(socket = %path.display(), runtime = %self.runtime.display(),
-              "registry socket outside the runtime dir; not connecting");
-        Err(Error::OutsideRuntimeDir(path))
     }
 
-    /// The socket the runtime itself gives pod `name`.
-    pub fn own_socket(&self, name: &PodName) -> SocketPath {
-        let path = self.paths.socket(name);
-        let rel = PathBuf::from(name.as_str()).join("sock");
-        SocketPath { path, rel }
-    }
-
-    /// One `connect()` through [`crate::confine`]; `Ok(None)` when non-blocking and the
-    /// listener's backlog is full.
-    fn connect_once(
-        &self,
-        socket: &SocketPath,
-        nonblocking: bool,
-    ) -> io::Result<Option<UnixStream>> {
-        let base = Dir::base(&self.runtime)?;
-        let (owner, _) = base.owner()?;
-        let mut dir = base;
-        let names = crate::confine::names_of(&socket.rel)?;
-        let (name, dirs) = names
-            .split_last()
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        for d in dirs {
-            dir = dir.sub(d)?;
-        }
-        dir.connect(name, nonblocking, owner)
-    }
-
-    /// `connect()` with a deadline. A Unix socket whose backlog is full refuses a
-    /// non-blocking connect with EAGAIN (and hangs a blocking one): retry until then.
-    pub fn connect(&self, socket: &SocketPath, timeout: Duration) -> io::Result<UnixStream> {
+    /// [`PodClient::dial`] until it connects or proves something, at most `timeout`.
+    fn dial_within(&self, socket: &Socket, timeout: Duration) -> Dial {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(stream) = self.connect_once(socket, true)? {
-                return Ok(stream);
+            match self.dial(socket, true) {
+                Dial::Busy if Instant::now() < deadline => thread::sleep(Duration::from_millis(2)),
+                Dial::Busy => {
+                    return Dial::Failed(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connect timed out (the listener's backlog stayed full)",
+                    ))
+                }
+                other => return other,
             }
-            if Instant::now() >= deadline {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
-            }
-            thread::sleep(Duration::from_millis(2));
         }
-    }
-
-    /// One non-blocking connect for the watch reactor; `Ok(None)`: try again shortly.
-    pub fn stream(&self, socket: &SocketPath) -> io::Result<Option<UnixStream>> {
-        self.connect_once(socket, true)
     }
 
     fn open_with(
         &self,
-        socket: &SocketPath,
+        socket: &Socket,
         connect: Duration,
         io: Duration,
     ) -> Result<(Connection, PodStatus)> {
         let label = socket.path().display().to_string();
-        let stream = self.connect(socket, connect).map_err(|e| {
-            if proves_gone(&e) {
-                Error::Unreachable(format!("{label}: connect: {e}"))
-            } else {
-                Error::io(format!("{label}: connect"), e)
+        let stream = match self.dial_within(socket, connect) {
+            Dial::Connected(s) => s,
+            Dial::Absent(e) => return Err(Error::Unreachable(format!("{label}: connect: {e}"))),
+            Dial::Busy => unreachable!("dial_within retries a full backlog"),
+            Dial::Refused(e) | Dial::Shortage(e) | Dial::Failed(e) => {
+                return Err(Error::io(format!("{label}: connect"), e))
             }
-        })?;
+        };
         Connection::open(stream, label, io, self.timeouts.max_line)
     }
 
-    fn open(&self, socket: &SocketPath) -> Result<(Connection, PodStatus)> {
-        self.open_with(socket, self.timeouts.connect, self.timeouts.io)
+    /// Whether a live process podfs can see may be the pod whose runtime directory holds
+    /// `socket` (its pid file names one): then a dead listener does not prove it gone.
+    /// A pid file that cannot be read for any reason but its absence counts as "may be".
+    fn process_may_live(&self, socket: &Socket) -> bool {
+        let read = self
+            .home
+            .pod_runtime_dir(socket)
+            .and_then(|dir| dir.read_at_most("pid", PID_FILE_CAP));
+        match read {
+            Ok((bytes, stamp)) => match std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+            {
+                Some(pid) => process::may_be_the_recorded_process(pid, stamp.mtime),
+                None => false,
+            },
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => false,
+            Err(_) => true,
+        }
     }
 
-    /// Whether the pod answers now (connect and a Snapshot), for callers that only wait
-    /// for a pod to come up (the demo).
-    pub fn is_live(&self, socket: &SocketPath) -> bool {
-        self.open(socket).is_ok()
+    /// Proof that nobody listens on `socket` and no process that may be the pod lives.
+    fn gone(&self, socket: &Socket, dial: Dial) -> std::result::Result<Gone, Dial> {
+        match dial {
+            Dial::Absent(e) if self.process_may_live(socket) => {
+                Err(Dial::Failed(io::Error::other(format!(
+                    "nobody listens on {} ({e}), but the process its pid file names still \
+                     runs",
+                    socket.path().display()
+                ))))
+            }
+            Dial::Absent(e) => Ok(Gone {
+                proof: if e.raw_os_error() == Some(libc::ECONNREFUSED) {
+                    "its socket refuses connections"
+                } else {
+                    "its socket is not there"
+                },
+            }),
+            other => Err(other),
+        }
     }
 
-    /// Whether nobody listens on the socket (ENOENT, ECONNREFUSED): the only proof a pod
-    /// has stopped.
-    pub fn is_gone(&self, socket: &SocketPath) -> bool {
-        matches!(self.connect(socket, self.timeouts.connect), Err(e) if proves_gone(&e))
-    }
-
-    /// Whether pod `name`'s recorded pid (`<runtime>/<name>/pid`) proves it is gone.
-    fn pid_proves_gone(&self, name: &PodName) -> bool {
-        let read = Dir::base(&self.runtime)
-            .and_then(|run| run.sub(name.as_str()))
-            .and_then(|dir| dir.read("pid"));
-        let Ok((bytes, stamp)) = read else {
-            return false;
-        };
-        let Some(pid) = std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok())
-        else {
-            return false;
-        };
-        process::recorded_pid_is_gone(pid, stamp.mtime)
-    }
-
-    /// What can be proven about pod `name` now, by the runtime's own rule (a connection
-    /// and a Snapshot) for "live", and only by proof for "gone".
-    pub fn presence(&self, name: &PodName) -> Presence {
-        let socket = self.own_socket(name);
+    /// What can be proven about the pod behind `socket` now: live by the runtime's own
+    /// rule (a connection and a Snapshot), gone only by proof, present when it accepts.
+    pub fn presence(&self, socket: &Socket) -> Presence {
         let _span = info_span!("presence", socket = %socket.path().display()).entered();
         let started = Instant::now();
-        let presence = match self.connect(&socket, self.timeouts.connect) {
-            Err(e) if proves_gone(&e) => Presence::Gone("nothing listens on its socket"),
-            Err(_) if self.pid_proves_gone(name) => Presence::Gone("its recorded pid is gone"),
-            Err(e) => Presence::Unknown(Error::io(
-                format!("{}: connect", socket.path().display()),
-                e,
-            )),
-            Ok(stream) => {
+        let presence = match self.gone(socket, self.dial_within(socket, self.timeouts.connect)) {
+            Ok(gone) => Presence::Gone(gone),
+            Err(Dial::Connected(stream)) => {
                 let label = socket.path().display().to_string();
                 match Connection::open(stream, label, self.timeouts.io, self.timeouts.max_line) {
                     Ok(_) => Presence::Live,
-                    Err(_) if self.pid_proves_gone(name) => {
-                        Presence::Gone("its recorded pid is gone")
-                    }
                     Err(e) => {
                         debug!(error = %e, "connected, but no Snapshot");
                         Presence::Silent
                     }
                 }
             }
+            Err(Dial::Refused(e)) => Presence::Unknown(Error::io(
+                format!("{}: podfs may not connect", socket.path().display()),
+                e,
+            )),
+            Err(Dial::Absent(e) | Dial::Shortage(e) | Dial::Failed(e)) => Presence::Unknown(
+                Error::io(format!("{}: connect", socket.path().display()), e),
+            ),
+            Err(Dial::Busy) => unreachable!("dial_within retries a full backlog"),
         };
         debug!(
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -279,26 +285,25 @@ impl PodClient {
 
     /// A quick re-check, right before editing an offline pod's files: still proven gone?
     /// No Snapshot is read (a connection alone disproves it).
-    pub fn still_gone(&self, name: &PodName) -> bool {
-        match self.connect(&self.own_socket(name), self.timeouts.connect) {
-            Err(e) if proves_gone(&e) => true,
-            _ => self.pid_proves_gone(name),
-        }
+    pub fn still_gone(&self, socket: &Socket) -> Option<Gone> {
+        self.gone(socket, self.dial_within(socket, self.timeouts.connect))
+            .ok()
     }
 
-    /// Ask a pod to shut down and wait until it is gone, all within `stop_wait`. Errors on
-    /// the way are only logged: whether the pod is gone decides. The wait ends early, with
-    /// `Interrupted`, when `who` gets a signal.
+    /// Ask the pod behind `socket` to shut down and wait until it is proven gone, all
+    /// within `stop_wait`; `None` when it is not by then. Errors on the way are only
+    /// logged: the proof decides. The wait ends early, with `Interrupted`, when `who`
+    /// gets a signal.
     ///
     /// The conversation that asked is read until the pod closes it (its process exits),
     /// and only then is the socket checked: every connection makes a pod serialise its
     /// whole history, so podfs does not probe in a loop while the pod shuts down.
-    pub fn stop(&self, socket: &SocketPath, who: Requester) -> Result<bool> {
+    pub fn stop(&self, socket: &Socket, who: Requester) -> Result<Option<Gone>> {
         let _span = info_span!("stop", socket = %socket.path().display()).entered();
         let deadline = Instant::now() + self.timeouts.stop_wait;
-        if self.is_gone(socket) {
-            debug!("already gone");
-            return Ok(true);
+        if let Ok(gone) = self.gone(socket, self.dial_within(socket, self.timeouts.connect)) {
+            debug!(proof = gone.proof(), "already gone");
+            return Ok(Some(gone));
         }
         if let Err(e) = self.request_shutdown(socket, deadline, who) {
             if matches!(e, Error::Interrupted) {
@@ -310,12 +315,7 @@ impl PodClient {
     }
 
     /// Write `shutdown`, then read until the pod closes the connection or `deadline`.
-    fn request_shutdown(
-        &self,
-        socket: &SocketPath,
-        deadline: Instant,
-        who: Requester,
-    ) -> Result<()> {
+    fn request_shutdown(&self, socket: &Socket, deadline: Instant, who: Requester) -> Result<()> {
         let t = &self.timeouts;
         let left = |cap: Duration| cap.min(deadline.saturating_duration_since(Instant::now()));
         let (mut conn, _) = self.open_with(socket, left(t.connect), left(t.io))?;
@@ -334,15 +334,21 @@ impl PodClient {
         }
     }
 
-    /// Check until `connect()` is refused, at most until `deadline`. Sleeps: pool only.
-    fn wait_gone(&self, socket: &SocketPath, deadline: Instant, who: Requester) -> Result<bool> {
+    /// Check until the pod is proven gone, at most until `deadline`. Sleeps: pool only.
+    fn wait_gone(
+        &self,
+        socket: &Socket,
+        deadline: Instant,
+        who: Requester,
+    ) -> Result<Option<Gone>> {
         loop {
-            match self.connect(socket, Duration::from_millis(200)) {
-                Err(e) if proves_gone(&e) => return Ok(true),
-                _ => {}
+            if let Ok(gone) =
+                self.gone(socket, self.dial_within(socket, Duration::from_millis(200)))
+            {
+                return Ok(Some(gone));
             }
             if Instant::now() >= deadline {
-                return Ok(false);
+                return Ok(None);
             }
             who.check()?;
             thread::sleep(
@@ -351,24 +357,14 @@ impl PodClient {
         }
     }
 
-    /// Write one method the careful way (prelude first, a short linger after), for the
-    /// reference pods' reports to their parent.
-    pub fn report(&self, socket: &SocketPath, method: &serde_json::Value) -> Result<()> {
-        let (mut conn, _) = self.open(socket)?;
-        conn.send(method, self.timeouts.io)?;
-        let until = Instant::now() + Duration::from_millis(300);
-        while let Ok(Some(_)) = conn.next_event(until) {}
-        Ok(())
-    }
-
     /// Tell a live parent that `child` has shut down (the runtime's `shut_down` lifecycle
     /// event), so it runs its own remove-and-reclaim. Reads until the parent starts handling
     /// the event or a short linger passes.
-    pub fn send_shut_down(&self, parent: &SocketPath, child: &PodName) -> Result<()> {
+    pub fn send_shut_down(&self, parent: &Socket, child: &PodName) -> Result<()> {
         let gen = self.generation();
         let _span =
             info_span!("send_shut_down", parent = %parent.path().display(), %child).entered();
-        let (mut conn, _) = self.open(parent)?;
+        let (mut conn, _) = self.open_with(parent, self.timeouts.connect, self.timeouts.io)?;
         conn.send(
             &wire::lifecycle_method(gen, "shut_down", child),
             self.timeouts.io,

@@ -1,6 +1,6 @@
-//! What `/proc` says about another process: whether it has a signal waiting, whether it
-//! is exiting because of one, and whether a recorded pid still names the process that
-//! recorded it.
+//! What `/proc` says about another process: whether it has a signal waiting that would
+//! end its system call, whether it is exiting because of one, and whether a recorded pid
+//! may still name the process that recorded it.
 //!
 //! podfs needs these because the kernel does not tell it. fuser answers the kernel's
 //! `FUSE_INTERRUPT` with `ENOSYS`, after which the kernel never sends another: a request
@@ -66,8 +66,44 @@ fn field(fields: &[String], number: usize) -> Option<u64> {
     fields.get(number.checked_sub(3)?)?.parse().ok()
 }
 
-/// Whether thread `tid` has a signal pending that it does not block: the kernel would have
-/// interrupted its system call. False when it cannot be told (no such thread, pid 0 for a
+/// Signals whose handlers are, by universal convention, installed with `SA_RESTART`
+/// (a shell's `SIGCHLD` and `SIGWINCH`, an event loop's `SIGURG`), and `SIGCONT`: a system
+/// call they arrive during goes on, so a wait podfs holds for it goes on too.
+const RESTARTING: [i32; 4] = [libc::SIGCHLD, libc::SIGWINCH, libc::SIGURG, libc::SIGCONT];
+
+/// Signals whose default action neither ends the process nor interrupts anything: they
+/// are ignored, or stop the process (which the kernel does once the system call
+/// returns, and `fg` resumes it where it was).
+const HARMLESS_BY_DEFAULT: [i32; 8] = [
+    libc::SIGCHLD,
+    libc::SIGWINCH,
+    libc::SIGURG,
+    libc::SIGCONT,
+    libc::SIGSTOP,
+    libc::SIGTSTP,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+];
+
+/// Whether a pending, unblocked signal `sig` would end the system call a process waits
+/// in: a signal it ignores never does; one it handles does unless it is one of those
+/// handled with `SA_RESTART` by convention (`/proc` does not show a handler's flags);
+/// one left at its default does when that default kills the process.
+fn interrupts(sig: i32, ignored: u64, caught: u64) -> bool {
+    let bit = 1u64 << (sig - 1);
+    if ignored & bit != 0 {
+        return false;
+    }
+    if caught & bit != 0 {
+        return !RESTARTING.contains(&sig);
+    }
+    !HARMLESS_BY_DEFAULT.contains(&sig)
+}
+
+/// Whether thread `tid` has a signal pending that would end the system call it waits in,
+/// were podfs's wait an ordinary blocking one: a fatal signal, or one its handler takes
+/// without restarting. Not a stop (`Ctrl-Z`, then `fg`), not `SIGWINCH` or `SIGCHLD`, not
+/// an ignored or blocked one. False when it cannot be told (no such thread, pid 0 for a
 /// caller outside podfs's pid namespace, no `/proc`).
 pub fn signal_pending(tid: u32) -> bool {
     if tid == 0 {
@@ -83,7 +119,11 @@ pub fn signal_pending(tid: u32) -> bool {
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
             .unwrap_or(0)
     };
-    (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") != 0
+    let pending = (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:");
+    let (ignored, caught) = (mask("SigIgn:"), mask("SigCgt:"));
+    (1..=64)
+        .filter(|sig| pending & (1u64 << (sig - 1)) != 0)
+        .any(|sig| interrupts(sig, ignored, caught))
 }
 
 /// Whether thread `tid` is exiting because a signal killed it (not by `exit()`): its
@@ -103,34 +143,33 @@ pub fn killed_by_signal(tid: u32) -> bool {
     flags & PF_EXITING != 0 && exit_code & 0x7f != 0
 }
 
-/// Whether the process `pid` recorded at `recorded` (the modification time of the file
-/// that names it) is certainly gone: no such process, a zombie, or a process that started
-/// after the record was written (the pid was reused). Anything else, including a process
-/// podfs may not signal, counts as alive, as in the runtime's own stale check.
-pub fn recorded_pid_is_gone(pid: u32, recorded: SystemTime) -> bool {
-    if pid == 0 {
-        return true;
-    }
+/// Whether a live process that podfs can see may be the pod that wrote `pid` into its
+/// pid file at `recorded` (the file's modification time): a process with that pid exists
+/// in podfs's pid namespace, is not a zombie, and did not start after the file was
+/// written (a later one only reuses the pid). Any doubt counts as "may be": this only
+/// ever keeps a pod from being taken for gone, never proves it gone.
+pub fn may_be_the_recorded_process(pid: u32, recorded: SystemTime) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
-        return true;
+        return false;
     };
+    if raw <= 0 {
+        return false;
+    }
     if let Err(nix::errno::Errno::ESRCH) =
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None)
     {
-        return true;
+        return false;
     }
     let Some(fields) = stat_fields(pid) else {
         // Signalled a moment ago but gone from /proc now: it exited in between.
-        return !Path::new(&format!("/proc/{pid}")).exists();
+        return Path::new(&format!("/proc/{pid}")).exists();
     };
     if matches!(fields.first().map(String::as_str), Some("Z" | "X" | "x")) {
-        return true;
+        return false;
     }
     match started_at(&fields) {
-        // The record is written after the process starts; a process that started after
-        // the record (with a second of slack for clock granularity) is another one.
-        Some(start) => start > recorded + Duration::from_secs(1),
-        None => false,
+        Some(start) => start <= recorded + Duration::from_secs(2),
+        None => true,
     }
 }
 
@@ -164,15 +203,18 @@ mod tests {
     }
 
     #[test]
-    fn a_live_process_and_its_own_record_count_as_alive() {
+    fn a_live_process_may_be_the_one_its_record_names() {
         let me = std::process::id();
-        assert!(!recorded_pid_is_gone(me, SystemTime::now()));
+        assert!(may_be_the_recorded_process(me, SystemTime::now()));
         assert!(!killed_by_signal(me));
         assert!(!signal_pending(me));
+        // A record written before this process started names another one.
+        assert!(!may_be_the_recorded_process(me, UNIX_EPOCH));
+        assert!(!may_be_the_recorded_process(0, SystemTime::now()));
     }
 
     #[test]
-    fn dead_zombie_and_reused_pids_are_gone() {
+    fn dead_and_zombie_pids_are_not_the_recorded_process() {
         let mut child = Command::new("true").spawn().unwrap();
         let pid = child.id();
         // Unreaped: a zombie still answers kill(pid, 0).
@@ -181,13 +223,39 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no zombie");
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert!(recorded_pid_is_gone(pid, SystemTime::now()));
+        assert!(!may_be_the_recorded_process(pid, SystemTime::now()));
         child.wait().unwrap();
-        assert!(recorded_pid_is_gone(pid, SystemTime::now()));
-        // A record older than the process that now holds the pid names another process.
-        let me = std::process::id();
-        assert!(recorded_pid_is_gone(me, UNIX_EPOCH));
-        assert!(recorded_pid_is_gone(0, SystemTime::now()));
+        assert!(!may_be_the_recorded_process(pid, SystemTime::now()));
+    }
+
+    #[test]
+    fn only_signals_that_would_end_a_system_call_interrupt() {
+        let bit = |s: i32| 1u64 << (s - 1);
+        // At their defaults: fatal ones interrupt; stops and ignored ones do not.
+        for sig in [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGKILL,
+            libc::SIGHUP,
+            libc::SIGPIPE,
+        ] {
+            assert!(interrupts(sig, 0, 0), "{sig}");
+        }
+        for sig in [
+            libc::SIGTSTP,
+            libc::SIGSTOP,
+            libc::SIGWINCH,
+            libc::SIGCHLD,
+            libc::SIGCONT,
+        ] {
+            assert!(!interrupts(sig, 0, 0), "{sig}");
+        }
+        // Ignored: never. Handled: unless handled with SA_RESTART by convention.
+        assert!(!interrupts(libc::SIGINT, bit(libc::SIGINT), 0));
+        assert!(interrupts(libc::SIGINT, 0, bit(libc::SIGINT)));
+        assert!(interrupts(libc::SIGUSR1, 0, bit(libc::SIGUSR1)));
+        assert!(!interrupts(libc::SIGWINCH, 0, bit(libc::SIGWINCH)));
+        assert!(!interrupts(libc::SIGCHLD, 0, bit(libc::SIGCHLD)));
     }
 
     #[test]
@@ -207,7 +275,12 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(!signal_pending(child.id()));
-        // A stopped process keeps every signal but SIGKILL and SIGCONT pending.
+        // A stopped process keeps every signal but SIGKILL and SIGCONT pending; a stop
+        // or a window change would not end a system call, SIGUSR1 (fatal) would.
+        kill(pid, Signal::SIGWINCH).unwrap();
+        kill(pid, Signal::SIGTSTP).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!signal_pending(child.id()));
         kill(pid, Signal::SIGUSR1).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !signal_pending(child.id()) {

@@ -2,32 +2,36 @@
 //! parent live (let it do its own bookkeeping) or proven gone (edit its durable files
 //! exactly as the runtime's `remove` would). Blocking: runs on the worker pool.
 //!
-//! Ordering is what makes this safe: nothing is reclaimed while the child still accepts
-//! connections (the runtime's own stop does, and leaves two writers); nothing is edited
-//! behind a parent that may be running (it would overwrite the edit from memory): a parent
-//! that accepts connections but does not answer is running, and the removal fails with
-//! nothing changed; and the offline edit is one critical section under the allocation
-//! table's own lock, which re-reads the registry inside it, so two mounts of one home (or
-//! two `rm -r`) cannot both reclaim a child. Within it, the allocation table is written
-//! first, so that a crash in between leaves the child listed and a repeated `rm -r`
-//! finishes the job.
+//! Ordering is what makes this safe: nothing is reclaimed while the child may still run
+//! (the runtime's own stop does, and leaves two writers); nothing is edited behind a parent
+//! that is not proven gone (it would overwrite the edit from memory): a parent that
+//! accepts connections but does not answer is running, and the removal fails with nothing
+//! changed. Proof is a type ([`Gone`]): the offline edit cannot be called without one.
+//!
+//! **Invariant: one removal per parent at a time, across every mount of the home.** The
+//! whole removal, live or offline, runs under an exclusive `flock` on the parent's own
+//! directory in the store (a lock each mount takes on the inode, so two mounts, or two
+//! `rm -r` in one, see each other), and the registry is read again once it is held: the
+//! second of two removals of one child finds it gone (`ENOENT`), so a live parent is never
+//! told twice and no deny layer goes twice. Within the offline edit the allocation table
+//! is written first, so that a crash in between leaves the child listed and a repeated
+//! `rm -r` finishes the job.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{debug, info, info_span, warn};
 
 use crate::confine::Dir;
 use crate::error::{Error, Result};
+use crate::home::Socket;
 use crate::name::PodName;
 use crate::parents::ParentCache;
-use crate::pod_client::{PodClient, Presence};
+use crate::pod_client::{Gone, PodClient, Presence};
 use crate::process::Requester;
-use crate::store::metadata;
+use crate::store::metadata::{self, ChildRecord};
 use crate::store::{alloc, mirror};
 
 /// How a removal ended.
@@ -39,96 +43,139 @@ pub enum Removed {
     Offline,
 }
 
-/// The removals of one mount: one at a time per parent. (Across processes, the offline
-/// edit is serialised by the allocation table's lock; this keeps two `rm -r` in one mount
-/// from even stopping the same child twice.)
-#[derive(Default)]
-pub struct Removals {
-    parents: Mutex<HashMap<PodName, Arc<Mutex<()>>>>,
+/// How often a removal that waits looks for a signal to its caller.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+/// The removal lock of `parent`: an exclusive `flock` on its store directory, waited for
+/// at most as long as another removal can take, and given up when `who` gets a signal.
+fn lock_parent(dir: &Dir, wait: Duration, who: Requester) -> Result<Flock<std::os::fd::OwnedFd>> {
+    let deadline = Instant::now() + wait;
+    let fd = dir
+        .fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::io("lock the parent for a removal", e))?;
+    let mut fd = fd;
+    loop {
+        match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(locked),
+            Err((f, nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR)) => {
+                if Instant::now() >= deadline {
+                    return Err(Error::Busy(format!(
+                        "another removal of a child of {} has not ended within {wait:?}",
+                        dir.path().display()
+                    )));
+                }
+                who.check()?;
+                fd = f;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err((_, e)) => return Err(Error::io("lock the parent for a removal", e.into())),
+        }
+    }
 }
 
-impl Removals {
-    fn lock_of(&self, parent: &PodName) -> Arc<Mutex<()>> {
-        self.parents
-            .lock()
-            .entry(parent.clone())
-            .or_default()
-            .clone()
+/// The parent's own socket, as its records name it: the callback its direct child
+/// reports to, else the socket the runtime makes beside the child's (one runtime dir
+/// holds a spawner's socket and its children's).
+fn parent_socket(
+    client: &PodClient,
+    record: &ChildRecord,
+    child: &Socket,
+    parent: &PodName,
+) -> Socket {
+    match client.place(&record.callback_address) {
+        Ok(s) if s.pod() == parent => s,
+        _ => child.sibling(parent),
     }
+}
 
-    /// Stop `child` and reclaim its scope from `parent`, on behalf of `who` (whose signal
-    /// ends the waits before the files are touched).
-    pub fn remove_child(
-        &self,
-        parents: &ParentCache,
-        client: &PodClient,
-        parent: &PodName,
-        child: &PodName,
-        who: Requester,
-    ) -> Result<Removed> {
-        let _span = info_span!("remove", %parent, %child).entered();
-        let started = Instant::now();
-        let lock = self.lock_of(parent);
-        let _serialised = lock.lock();
-        crate::failpoint::point("remove");
-        let view = parents.refresh(parent)?;
-        let record = view
-            .child(child)
-            .cloned()
-            .ok_or_else(|| Error::NotFound(format!("{parent}/{child}")))?;
-        refuse_if_it_has_children(parents, child)?;
+/// Stop `child` and reclaim its scope from `parent`, on behalf of `who` (whose signal
+/// ends the waits before the files are touched).
+pub fn remove_child(
+    parents: &ParentCache,
+    client: &PodClient,
+    parent: &PodName,
+    child: &PodName,
+    who: Requester,
+) -> Result<Removed> {
+    let _span = info_span!("remove", %parent, %child).entered();
+    let started = Instant::now();
+    let t = client.timeouts();
+    let home = client.home();
+    let pod_dir = home.pod_dir(parent).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => Error::NotFound(format!("{parent}/{child}")),
+        _ => Error::io(format!("open the directory of {parent}"), e),
+    })?;
+    // As long as one removal can take: its stop, its confirmation, its lock and a probe.
+    let wait = t.stop_wait + t.confirm_wait * 2 + t.lock_wait + t.io * 3 + t.connect * 4;
+    let _serialised = lock_parent(&pod_dir, wait, who)?;
+    crate::failpoint::point("remove");
+    let view = parents.refresh(parent)?;
+    let record = view
+        .child(child)
+        .cloned()
+        .ok_or_else(|| Error::NotFound(format!("{parent}/{child}")))?;
+    refuse_if_it_has_children(parents, child)?;
+    // A socket outside the home's runtime dirs is never connected to, and never taken
+    // for a child that is gone: EACCES, nothing changed.
+    let child_socket = client.place(&record.socket_path)?;
+    let parent_socket = parent_socket(client, &record, &child_socket, parent);
 
-        // A parent that is there but silent may be running: nothing is stopped and nothing
-        // is edited. Only a refused connection or a dead pid proves it gone.
-        let live = match client.presence(parent) {
-            Presence::Live => true,
-            Presence::Gone(proof) => {
-                debug!(proof, "parent is not running");
-                false
-            }
-            Presence::Silent => return Err(silent(parent)),
-            Presence::Unknown(e) => return Err(e),
-        };
-        who.check()?;
-
-        // A registry socket outside the runtime dir is never connected to; the path the
-        // runtime itself would give the child is.
-        let socket = client
-            .socket(&record.socket_path)
-            .unwrap_or_else(|_| client.own_socket(child));
-        if !client.stop(&socket, who)? {
-            warn!("child still accepts connections; nothing reclaimed");
-            return Err(Error::Busy(format!(
-                "{child} did not stop within {:?}; its scope was not reclaimed",
-                client.timeouts().stop_wait
-            )));
+    // A parent that is there but silent may be running: nothing is stopped and nothing
+    // is edited. Only a refusal at its recorded socket proves it gone.
+    let live = match client.presence(&parent_socket) {
+        Presence::Live => true,
+        Presence::Gone(proof) => {
+            debug!(proof = proof.proof(), "parent is not running");
+            false
         }
-        debug!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "child stopped"
-        );
+        Presence::Silent => return Err(silent(parent)),
+        Presence::Unknown(e) => return Err(not_proven(parent, e)),
+    };
+    who.check()?;
 
-        let before = view.incarnation(child);
-        let outcome = if live {
-            reclaim_through_live_parent(parents, client, parent, child, before, who)?;
-            Removed::ByParent
-        } else {
-            if !client.still_gone(parent) {
-                return Err(Error::Busy(format!(
-                    "{parent} came up during the removal; nothing was edited, retry"
-                )));
-            }
-            reclaim_offline(parents, client, parent, child, who)?;
-            Removed::Offline
+    let Some(stopped) = client.stop(&child_socket, who)? else {
+        warn!("child still runs; nothing reclaimed");
+        return Err(Error::Busy(format!(
+            "{child} did not stop within {:?}; its scope was not reclaimed",
+            t.stop_wait
+        )));
+    };
+    debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        proof = stopped.proof(),
+        "child stopped"
+    );
+
+    let before = view.incarnation(child);
+    let outcome = if live {
+        reclaim_through_live_parent(parents, client, parent, child, before, who, &parent_socket)?;
+        Removed::ByParent
+    } else {
+        let Some(gone) = client.still_gone(&parent_socket) else {
+            return Err(Error::Busy(format!(
+                "{parent} came up during the removal; nothing was edited, retry"
+            )));
         };
-        let _ = parents.refresh(parent);
-        info!(
-            ?outcome,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "child removed"
-        );
-        Ok(outcome)
-    }
+        reclaim_offline(
+            client,
+            &pod_dir,
+            parent,
+            child,
+            &child_socket,
+            &parent_socket,
+            &gone,
+            who,
+        )?;
+        Removed::Offline
+    };
+    let _ = parents.refresh(parent);
+    info!(
+        ?outcome,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "child removed"
+    );
+    Ok(outcome)
 }
 
 fn silent(parent: &PodName) -> Error {
@@ -137,6 +184,19 @@ fn silent(parent: &PodName) -> Error {
         "{parent} accepts connections but does not answer; it may be running, so its files \
          were not edited and nothing was stopped"
     ))
+}
+
+/// A parent podfs could not prove gone, for a reason of podfs's own: that reason where
+/// podfs may not reach the parent (`EACCES`), else `EBUSY`, nothing changed either way.
+fn not_proven(parent: &PodName, e: Error) -> Error {
+    warn!(error = %e, "parent not proven gone; nothing changed");
+    match e.errno() {
+        libc::EACCES | libc::EPERM | libc::ELOOP => e,
+        _ => Error::Busy(format!(
+            "{parent} is not proven gone ({e}); its files were not edited and nothing was \
+             stopped"
+        )),
+    }
 }
 
 /// Grandchildren are not reclaimed implicitly: the child's own registry must be empty
@@ -186,9 +246,6 @@ fn wait_reclaimed(
     }
 }
 
-/// How often a removal waiting on the parent looks for a signal to its caller.
-const SIGNAL_CHECK: Duration = Duration::from_millis(50);
-
 /// A direct child's own shutdown normally tells the parent already; podfs sends the
 /// `shut_down` event only if that has not taken effect (the event is unauthenticated and
 /// always shown to the parent's LLM, so it is sent only while the child is still listed).
@@ -199,6 +256,7 @@ fn reclaim_through_live_parent(
     child: &PodName,
     before: u64,
     who: Requester,
+    parent_socket: &Socket,
 ) -> Result<()> {
     let t = client.timeouts();
     let grace = t.confirm_wait.min(Duration::from_millis(500));
@@ -207,7 +265,7 @@ fn reclaim_through_live_parent(
         return Ok(());
     }
     if parents.refresh(parent)?.child(child).is_some() {
-        client.send_shut_down(&client.own_socket(parent), child)?;
+        client.send_shut_down(parent_socket, child)?;
         debug!("shut_down event sent to the parent");
     }
     if wait_reclaimed(parents, parent, child, before, t.confirm_wait, who)? {
@@ -253,57 +311,95 @@ fn read_journal(dir: &Dir) -> Option<Journal> {
     }
 }
 
-/// The runtime's `remove` effects, applied to the files of a parent that is proven not to
-/// run, all under the allocation table's lock (the runtime locks that very inode for every
-/// change it makes, and so does every other podfs): the registry is re-read inside it, so
-/// a child another mount reclaimed meanwhile is `ENOENT` here and no deny layer goes
-/// twice. The table is written first (a crash leaves the child listed and a repeat
-/// finishes the job), then `metadata.json` (atomically), then the mirror.
+/// The runtime's `remove` effects, applied to the files of a parent proven not to run
+/// (`_gone`: no proof, no edit), with the parent's removal lock held: the allocation
+/// table first (under its own lock, which the runtime takes for every change it makes),
+/// then `metadata.json` (atomically), then the mirror. The runtime dir is the one the
+/// child's recorded socket lies in: the spawner's, which holds its allocation table.
+#[allow(clippy::too_many_arguments)]
 fn reclaim_offline(
-    parents: &ParentCache,
     client: &PodClient,
+    pod_dir: &Dir,
     parent: &PodName,
     child: &PodName,
+    child_socket: &Socket,
+    parent_socket: &Socket,
+    _gone: &Gone,
     who: Requester,
 ) -> Result<()> {
-    let paths = parents.paths();
-    let gen = paths.generation;
+    let home = client.home();
+    let gen = home.generation();
+    let absent =
+        |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR));
     // Every directory is opened before anything is written: one that is a symlink (or
-    // otherwise cannot be opened) fails the removal with nothing changed.
-    let pod_dir = paths
-        .open_pod_dir(parent)
-        .map_err(|e| Error::io(format!("open the directory of {parent}"), e))?;
-    let run_dir = match paths.open_pod_runtime_dir(parent) {
+    // otherwise cannot be opened) fails the removal with nothing changed. A runtime dir
+    // that is not there holds no allocation to reclaim.
+    let run_dir = match home.pod_runtime_dir(parent_socket) {
         Ok(dir) => Some(dir),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) if absent(&e) => None,
         Err(e) => return Err(Error::io(format!("open the runtime dir of {parent}"), e)),
     };
-    let mut table = alloc::lock(
-        &paths.runtime,
-        gen.alloc_file,
-        client.timeouts().lock_wait,
-        &|| who.check(),
-    )?;
+    let runtime = match home.runtime(child_socket.runtime()) {
+        Ok(dir) => Some(dir),
+        Err(e) if absent(&e) => None,
+        Err(e) => return Err(Error::io("open the runtime dir", e)),
+    };
+    let mut table = match &runtime {
+        Some(dir) => Some(alloc::lock_in(
+            dir,
+            gen.alloc_file,
+            client.timeouts().lock_wait,
+            &|| who.check(),
+        )?),
+        None => None,
+    };
     // From here on the edit runs to its end: a signal no longer interrupts it.
-    let mut meta = metadata::read_in(&pod_dir, gen)?;
+    let mut meta = metadata::read_in(pod_dir, gen)?;
     let Some(entry) = meta.child(child) else {
-        // Reclaimed by someone else (another mount, another `rm -r`) since it was listed;
-        // a journal naming it is left from a completed reclaim.
-        if read_journal(&pod_dir).is_some_and(|j| j.child == child.as_str()) {
+        // Reclaimed by someone else since it was listed; a journal naming it is left from
+        // a completed reclaim.
+        if read_journal(pod_dir).is_some_and(|j| j.child == child.as_str()) {
             let _ = pod_dir.remove(JOURNAL);
         }
         return Err(Error::NotFound(format!("{parent}/{child}")));
     };
-    if !client.still_gone(parent) {
+    if client.still_gone(parent_socket).is_none() {
         return Err(Error::Busy(format!(
             "{parent} came up during the removal; nothing was edited, retry"
         )));
     }
-    let rules = entry.scope_delegated;
+    if let Some(table) = table.as_mut() {
+        reclaim_in_table(table, pod_dir, parent, child, &entry.scope_delegated, gen)?;
+    } else {
+        debug!("no runtime dir: no allocation table to reclaim from");
+    }
+    crate::failpoint::point("reclaim-between-table-and-metadata");
+    meta.reclaim_child(child);
+    metadata::write_in(pod_dir, &meta)?;
+    if let Some(run) = &run_dir {
+        mirror::remove_child_in(run, gen.mirror_file, child, gen)?;
+    }
+    if let Err(e) = pod_dir.remove(JOURNAL) {
+        warn!(error = %e, "cannot remove the reclaim journal");
+    }
+    drop(table);
+    Ok(())
+}
+
+/// The allocation table's part of the reclaim, with the journal that makes a repeat after
+/// a crash remove a deny layer exactly once.
+fn reclaim_in_table(
+    table: &mut alloc::Locked,
+    pod_dir: &Dir,
+    parent: &PodName,
+    child: &PodName,
+    rules: &[crate::scope::StoredRule],
+    gen: &'static crate::generation::Generation,
+) -> Result<()> {
     let table_path = table.path().to_path_buf();
     let mut t =
         alloc::AllocTable::parse(table.bytes(), gen).map_err(|e| Error::corrupt(&table_path, e))?;
-    let journal = read_journal(&pod_dir).filter(|j| j.child == child.as_str());
+    let journal = read_journal(pod_dir).filter(|j| j.child == child.as_str());
     let resumed = journal
         .as_ref()
         .is_some_and(|j| t.deny(parent).as_ref() == Some(&j.parent_deny_after));
@@ -316,43 +412,33 @@ fn reclaim_offline(
         if removed || blank {
             table.write(&t.to_bytes())?;
         }
-    } else {
-        let report = t
-            .reclaim_delegated_scope(parent, child, &rules)
-            .map_err(|e| Error::corrupt(&table_path, e))?;
-        if report.denies_removed > 0 {
-            let entry = Journal {
-                child: child.to_string(),
-                parent_deny_after: t.deny(parent).unwrap_or_default(),
-            };
-            let bytes = serde_json::to_vec(&entry)
-                .map_err(|e| Error::io("encode the reclaim journal", e.into()))?;
-            pod_dir
-                .replace(JOURNAL, &bytes, 0o600)
-                .map_err(|e| Error::io("write the reclaim journal", e))?;
-        }
-        // A table podfs just created (empty) gets the runtime's shape either way.
-        if report.changed() || blank {
-            table.write(&t.to_bytes())?;
-        }
-        debug!(?report, "allocation table reclaimed");
-        // The runtime compares deny layers as raw strings while a restored parent's are
-        // canonical: a rule that found no equal layer may have left one behind.
-        let denies_left = t.deny(parent).is_some_and(|d| !d.is_empty());
-        if denies_left && !report.denies_not_found.is_empty() {
-            warn!(rules = ?report.denies_not_found,
-                  "no exactly-equal deny layer for these rules; a layer may remain");
-        }
+        return Ok(());
     }
-    crate::failpoint::point("reclaim-between-table-and-metadata");
-    meta.reclaim_child(child);
-    metadata::write_in(&pod_dir, &meta)?;
-    if let Some(run) = &run_dir {
-        mirror::remove_child_in(run, gen.mirror_file, child, gen)?;
+    let report = t
+        .reclaim_delegated_scope(parent, child, rules)
+        .map_err(|e| Error::corrupt(&table_path, e))?;
+    if report.denies_removed > 0 {
+        let entry = Journal {
+            child: child.to_string(),
+            parent_deny_after: t.deny(parent).unwrap_or_default(),
+        };
+        let bytes = serde_json::to_vec(&entry)
+            .map_err(|e| Error::io("encode the reclaim journal", e.into()))?;
+        pod_dir
+            .replace(JOURNAL, &bytes, 0o600)
+            .map_err(|e| Error::io("write the reclaim journal", e))?;
     }
-    if let Err(e) = pod_dir.remove(JOURNAL) {
-        warn!(error = %e, "cannot remove the reclaim journal");
+    // A table podfs just created (empty) gets the runtime's shape either way.
+    if report.changed() || blank {
+        table.write(&t.to_bytes())?;
     }
-    drop(table);
+    debug!(?report, "allocation table reclaimed");
+    // The runtime compares deny layers as raw strings while a restored parent's are
+    // canonical: a rule that found no equal layer may have left one behind.
+    let denies_left = t.deny(parent).is_some_and(|d| !d.is_empty());
+    if denies_left && !report.denies_not_found.is_empty() {
+        warn!(rules = ?report.denies_not_found,
+              "no exactly-equal deny layer for these rules; a layer may remain");
+    }
     Ok(())
 }

@@ -245,7 +245,7 @@ impl World {
             ..Timeouts::default()
         };
         let fs = podfs::fs::build(
-            paths.clone(),
+            std::sync::Arc::new(podfs::home::Home::for_home(&home, &GEN).unwrap()),
             timeouts,
             WatchConfig::default(),
             &podfs::fs::Settings::default(),
@@ -313,9 +313,11 @@ impl World {
         let fh = self.open(path, true)?;
         let mut result = Ok(());
         for chunk in chunks {
-            let r = settle(&self.fs, self.fs.write(fh, chunk, false), || {
-                self.fs.write(fh, chunk, true)
-            });
+            let r = settle(
+                &self.fs,
+                self.fs.write(fh, chunk, &Caller::INTERNAL, false),
+                || self.fs.write(fh, chunk, &Caller::INTERNAL, true),
+            );
             if let Err(e) = r {
                 result = Err(e.errno());
             }

@@ -71,7 +71,7 @@ const OWNERS: &[&str] = &[
     "Watch",
     "LiveState",
     "PodClient",
-    "Removals",
+    "Home",
     "Cursors",
     "Gates",
     "KernelQueue",

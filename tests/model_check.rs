@@ -388,6 +388,9 @@ fn a_poller_is_never_missed_and_is_notified_on_every_later_change() {
     });
 }
 
+/// A reservation's hold bound, longer than any schedule runs.
+const HOLD: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[test]
 fn one_message_reserves_the_child_and_status_agrees_with_input() {
     check(|| {
@@ -399,7 +402,7 @@ fn one_message_reserves_the_child_and_status_agrees_with_input() {
             .map(|fh| {
                 let (state, accepted) = (state.clone(), accepted.clone());
                 thread::spawn(move || {
-                    let intake = state.lock().intake(fh);
+                    let intake = state.lock().intake(fh, Instant::now(), HOLD).0;
                     {
                         let s = state.lock();
                         // Whoever holds the reservation, status says running.
@@ -410,7 +413,10 @@ fn one_message_reserves_the_child_and_status_agrees_with_input() {
                             accepted.fetch_add(1, Ordering::SeqCst);
                             // The last close hands it over; the child confirms.
                             state.lock().hand_over(fh);
-                            assert_eq!(state.lock().intake(3), Intake::Busy);
+                            assert_eq!(
+                                state.lock().intake(3, Instant::now(), HOLD).0,
+                                Intake::Busy
+                            );
                             let due = state.lock().run_accepted();
                             run(due);
                         }

@@ -8,6 +8,7 @@
 
 pub mod home;
 pub mod pod;
+mod talk;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,7 +25,7 @@ use crate::generation::Generation;
 use crate::mount::{self, MountSettings};
 use crate::name::PodName;
 use crate::paths::Paths;
-use crate::pod_client::{PodClient, Timeouts};
+use crate::pod_client::Timeouts;
 
 /// How long pods get to stop after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -107,11 +108,10 @@ impl Pods {
             args.extend(child_args.iter().map(|s| s.to_string()));
             pods.children.push((child.clone(), spawn(args)?));
         }
-        let client = PodClient::new(&paths, Timeouts::default());
         let deadline = Instant::now() + Duration::from_secs(10);
         for name in std::iter::once(&parent.to_string()).chain(children) {
-            let socket = client.own_socket(&PodName::new(name)?);
-            while !client.is_live(&socket) {
+            let socket = paths.socket(&PodName::new(name)?);
+            while !talk::is_live(&socket) {
                 if Instant::now() > deadline {
                     return Err(Error::Timeout(format!("demo pod {name} did not start")));
                 }
@@ -216,7 +216,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
 
     let fs = Arc::new(crate::fs::build(
-        Paths::for_home(home.path(), gen),
+        Arc::new(crate::home::Home::for_home(home.path(), gen)?),
         Timeouts::default(),
         crate::watch::WatchConfig::default(),
         &crate::fs::Settings::default(),

@@ -21,11 +21,11 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
+use crate::demo::talk;
 use crate::error::{Error, Result};
 use crate::generation::Generation;
 use crate::name::PodName;
 use crate::paths::Paths;
-use crate::pod_client::{PodClient, SocketPath, Timeouts};
 use crate::protocol::wire;
 use crate::store::metadata::{self, Metadata, SpawnedChild};
 use crate::store::{alloc, mirror};
@@ -78,7 +78,6 @@ struct Pod {
     /// The parent's in-memory registry, loaded once at start like the runtime's.
     registry: Mutex<Vec<SpawnedChild>>,
     snapshots: AtomicU64,
-    client: PodClient,
     stopped: AtomicBool,
     /// Held for every write to the runtime dir: shutdown takes it for good, so a turn
     /// still finishing cannot recreate a file in the directory being removed.
@@ -170,7 +169,6 @@ fn start(
         turns: AtomicU64::new(0),
         clients: Mutex::new(Vec::new()),
         snapshots: AtomicU64::new(0),
-        client: PodClient::new(paths, Timeouts::default()),
         stopped: AtomicBool::new(false),
         files: Mutex::new(()),
     });
@@ -242,9 +240,9 @@ fn send_line(writer: &Client, event: &Value) -> std::io::Result<()> {
 }
 
 impl Pod {
-    fn socket(&self, name: &str) -> Option<SocketPath> {
+    fn socket(&self, name: &str) -> Option<PathBuf> {
         let name = PodName::new(name).ok()?;
-        Some(self.client.own_socket(&name))
+        Some(self.paths.socket(&name))
     }
 
     fn write_status(&self) {
@@ -499,12 +497,12 @@ impl Pod {
         if report {
             if let Some(cb) = self.callback() {
                 let method = wire::lifecycle_method(self.gen, "turn_ended", &self.name);
-                let _ = self.client.report(&cb, &method);
+                let _ = talk::report(&cb, &method);
             }
         }
     }
 
-    fn callback(&self) -> Option<SocketPath> {
+    fn callback(&self) -> Option<PathBuf> {
         let path = self.args.callback.as_ref()?;
         let parent = path.parent()?.file_name()?.to_str()?;
         self.socket(parent)
@@ -567,7 +565,7 @@ impl Pod {
         self.broadcast(json!({"event": "shutdown"}));
         if let Some(cb) = self.callback() {
             let method = wire::lifecycle_method(self.gen, "shut_down", &self.name);
-            if let Err(e) = self.client.report(&cb, &method) {
+            if let Err(e) = talk::report(&cb, &method) {
                 warn!(error = %e, "shut_down report failed");
             }
         }

@@ -417,7 +417,7 @@ impl Filesystem for Adapter {
         let _s = span("write", req, ino.0);
         let who = caller(req);
         guarded("write", || {
-            let first = self.fs.write(fh.0, data, false);
+            let first = self.fs.write(fh.0, data, &who, false);
             // Only a write that must wait keeps a copy of its data.
             let data = match &first {
                 Step::Wait(..) => data.to_vec(),
@@ -426,7 +426,7 @@ impl Filesystem for Adapter {
             self.fs.answer(
                 &who,
                 first,
-                move |fs| fs.write(fh.0, &data, true),
+                move |fs| fs.write(fh.0, &data, &who, true),
                 move |r| match r {
                     Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
                     Err(e) => reply.error(errno("write", &e)),

@@ -37,7 +37,6 @@ use crate::parents::{ParentCache, ParentView, RegistryChange};
 use crate::pod_client::PodClient;
 use crate::pool::Pool;
 use crate::process::Requester;
-use crate::reclaim::Removals;
 use crate::watch::live::{Notify, Waiter, Wake};
 use crate::watch::Watches;
 
@@ -104,7 +103,6 @@ pub struct PodFs {
     cursors: Arc<Cursors<CursorKey>>,
     /// What the control files reach.
     files: Context,
-    removals: Removals,
     inodes: Arc<Inodes>,
     handles: Mutex<HashMap<u64, Arc<dyn OpenFile>>>,
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
@@ -176,7 +174,6 @@ impl PodFs {
             watches,
             cursors,
             files,
-            removals: Removals::default(),
             inodes,
             handles: Mutex::default(),
             dirs: Mutex::default(),
@@ -221,6 +218,41 @@ impl PodFs {
             threads,
             "report"
         );
+    }
+
+    /// Say in the log where the children's recorded sockets are: how many lie in each of
+    /// the home's runtime dirs (and, once per directory, which lie in none, with what to
+    /// do about it). Reads the registries of the first few hundred parents.
+    pub fn survey(&self) {
+        let home = self.client.home();
+        let mut placed = vec![0usize; home.runtime_dirs().count()];
+        let mut outside = 0usize;
+        let Ok(pods) = self.parents.pods() else {
+            return;
+        };
+        for pod in pods.iter().take(256) {
+            let Ok(view) = self.parents.parent(pod) else {
+                continue;
+            };
+            for i in 0..view.len() {
+                let (_, record) = view.child_at(i);
+                match self.client.place(&record.socket_path) {
+                    Ok(socket) => placed[socket.runtime()] += 1,
+                    Err(_) => outside += 1,
+                }
+            }
+        }
+        for ((dir, rule), n) in home.runtime_dirs().zip(&placed) {
+            tracing::info!(runtime = %dir.display(), chosen_by = %rule, recorded_sockets = n,
+                "children's sockets in this runtime dir");
+        }
+        if outside > 0 {
+            tracing::warn!(
+                recorded_sockets = outside,
+                "children record sockets outside every runtime dir of this home; their files \
+                 answer EACCES (see the warning naming the directory)"
+            );
+        }
     }
 
     /// Where invalidations go: the kernel, once the session is up.
@@ -451,9 +483,6 @@ impl PodFs {
             Step::Ready(Err(e)) => return Step::Ready(Err(e)),
             Step::Wait(w, b) => return Step::Wait(w, b),
         };
-        if let Some(w) = handle.watch() {
-            w.pin();
-        }
         self.handles.lock().insert(fh, handle);
         Step::Ready(Ok(fh))
     }
@@ -462,8 +491,8 @@ impl PodFs {
         self.handle(fh)?.read(&self.files, offset, size)
     }
 
-    pub fn write(&self, fh: u64, data: &[u8], now: bool) -> Step<usize> {
-        ready!(self.handle(fh)).write(&self.files, fh, data, now)
+    pub fn write(&self, fh: u64, data: &[u8], caller: &Caller, now: bool) -> Step<usize> {
+        ready!(self.handle(fh)).write(&self.files, fh, data, caller, now)
     }
 
     /// `close()` of one descriptor: a refused or cut value says so here; the value itself
@@ -480,7 +509,6 @@ impl PodFs {
         };
         if let Some(w) = handle.watch() {
             w.drop_poller(fh);
-            w.unpin();
         }
         handle.release(&self.files, fh);
     }
@@ -543,8 +571,8 @@ impl PodFs {
                 let view = self.parents.parent(&pod)?;
                 let socket = view
                     .child(&child)
-                    .and_then(|r| self.client.socket(&r.socket_path).ok());
-                self.removals.remove_child(
+                    .and_then(|r| self.client.place(&r.socket_path).ok());
+                crate::reclaim::remove_child(
                     &self.parents,
                     &self.client,
                     &pod,
@@ -589,14 +617,14 @@ impl PodFs {
 
 /// Builds the logic layer for a home: the parent cache, the pod client, the watches.
 pub fn build(
-    paths: crate::paths::Paths,
+    home: Arc<crate::home::Home>,
     timeouts: crate::pod_client::Timeouts,
     watch: crate::watch::WatchConfig,
     settings: &Settings,
     inotify: bool,
 ) -> Result<PodFs> {
-    let parents = ParentCache::new(paths.clone(), inotify);
-    let client = Arc::new(PodClient::new(&paths, timeouts));
+    let parents = ParentCache::new(home.clone(), inotify);
+    let client = Arc::new(PodClient::new(home, timeouts));
     let watches = Watches::start(client.clone(), watch)
         .map_err(|e| Error::io("start the watch reactor", e))?;
     Ok(PodFs::new(parents, client, watches, settings))

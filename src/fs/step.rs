@@ -2,19 +2,18 @@
 //! logic layer blocks a request thread; an operation that needs a child's state it does
 //! not have yet says what it waits for, and [`super::PodFs::answer`] parks the reply on it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::process::Requester;
-use crate::watch::Watch;
+use crate::watch::Lease;
 
 use super::files::CursorKey;
 
 /// What a parked operation waits for.
 pub enum Wait {
-    /// The child's state, from its watch.
-    Watch(Arc<Watch>),
+    /// The child's state, from its watch (leased until the operation runs again).
+    Watch(Lease),
     /// A cursor value closed but not yet applied (see [`super::gate`]).
     Cursor(CursorKey),
 }
@@ -34,7 +33,7 @@ impl<T> Step<T> {
         }
     }
 
-    pub(crate) fn watch(w: &Arc<Watch>, bound: Duration) -> Step<T> {
+    pub(crate) fn watch(w: &Lease, bound: Duration) -> Step<T> {
         Step::Wait(Wait::Watch(w.clone()), bound)
     }
 

@@ -17,6 +17,9 @@ pub const INPUT_LIMIT: usize = 64 * 1024;
 pub enum Refusal {
     TooBig,
     NotUtf8,
+    /// A NUL byte: no text a shell user means holds one (glibc's `posix_fallocate`
+    /// emulation writes them).
+    Nul,
     Empty,
     Busy,
     Unreachable,
@@ -39,6 +42,7 @@ impl Refusal {
                 limit: INPUT_LIMIT,
             },
             Refusal::NotUtf8 => Error::InvalidValue("input must be UTF-8 text".into()),
+            Refusal::Nul => Error::InvalidValue("input must not hold a NUL byte".into()),
             Refusal::Empty => Error::InvalidValue("the message is empty".into()),
             Refusal::Busy => Error::Busy("the child is running a turn".into()),
             Refusal::Unreachable => Error::Unreachable("the child is unreachable".into()),
@@ -89,6 +93,8 @@ pub struct Message {
     /// How far the bytes are known to be UTF-8 (a character split across writes waits).
     checked: usize,
     refused: Option<Refusal>,
+    /// The processes that wrote to it (thread group ids; 0 for one podfs cannot see).
+    writers: Vec<u32>,
 }
 
 impl Message {
@@ -112,10 +118,27 @@ impl Message {
         self.refused.is_some()
     }
 
+    /// Process `writer` wrote to this message (or tried to).
+    pub fn written_by(&mut self, writer: u32) {
+        if !self.writers.contains(&writer) {
+            self.writers.push(writer);
+        }
+    }
+
+    /// Whether process `who` is one of the writers: only the death of a writer, before its
+    /// writes were done, may poison a message, never that of a bystander that only
+    /// inherited the descriptor.
+    pub fn is_writer(&self, who: u32) -> bool {
+        self.writers.contains(&who)
+    }
+
     /// One `write()`; `child` is the child's state at this moment.
     pub fn write(&mut self, data: &[u8], child: Child) -> Result<usize> {
         if let Some(why) = self.refused {
             return Err(why.error());
+        }
+        if data.contains(&0) {
+            return Err(self.refuse(Refusal::Nul));
         }
         match child {
             Child::Takes => {}
@@ -381,6 +404,27 @@ mod tests {
         let mut c = CursorValue::default();
         c.write(b"999\n", None).unwrap();
         assert_eq!(c.at_close().unwrap(), Some(999));
+    }
+
+    #[test]
+    fn a_nul_byte_poisons_the_whole_message() {
+        let mut m = Message::default();
+        m.write(b"text", Child::Takes).unwrap();
+        assert_eq!(errno(m.write(b"\0", Child::Takes)), libc::EINVAL);
+        assert_eq!(errno(m.write(b"more", Child::Takes)), libc::EINVAL);
+        assert_eq!(m.finish(), Delivery::Dropped(Refusal::Nul));
+        let mut m = Message::default();
+        assert_eq!(errno(m.write(b"a\0b", Child::Takes)), libc::EINVAL);
+    }
+
+    #[test]
+    fn writers_are_known_by_process() {
+        let mut m = Message::default();
+        m.written_by(10);
+        m.written_by(10);
+        m.written_by(11);
+        assert!(m.is_writer(10) && m.is_writer(11));
+        assert!(!m.is_writer(12));
     }
 
     #[test]

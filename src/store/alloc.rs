@@ -7,8 +7,8 @@
 //! the lock for the read-modify-write only, which takes milliseconds.
 
 use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -476,7 +476,7 @@ fn same_rule(rule: &StoredRule, deny: &Value) -> bool {
             == rule.recursive
 }
 
-/// Read without locking, for display and for planning a change.
+/// Read without locking, for display and for planning a change (a home podfs made).
 pub fn read(path: &Path, gen: &'static Generation) -> Result<AllocTable> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
@@ -509,8 +509,25 @@ impl Locked {
     /// file is never observed empty by a reader that ignores the lock. A shorter table is
     /// padded with spaces to the old length first, so that a kill between the write and
     /// the cut leaves valid JSON followed by whitespace rather than the new table glued to
-    /// the old one's tail.
+    /// the old one's tail. A longer one first reserves its blocks (`fallocate`, keeping
+    /// the size), so that a full disk fails the rewrite before its first byte changes
+    /// instead of halfway through it.
     pub fn write(&mut self, new: &[u8]) -> Result<()> {
+        let ctx = |what: &str| format!("{what} {}", self.path.display());
+        if new.len() > self.bytes.len() {
+            let len = i64::try_from(new.len()).unwrap_or(i64::MAX);
+            match nix::fcntl::fallocate(
+                self.file.as_fd(),
+                nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                0,
+                len,
+            ) {
+                Ok(()) => {}
+                // A filesystem that cannot reserve: the write below is as safe as it gets.
+                Err(nix::errno::Errno::EOPNOTSUPP) | Err(nix::errno::Errno::ENOSYS) => {}
+                Err(e) => return Err(Error::io(ctx("reserve room to rewrite"), e.into())),
+            }
+        }
         let mut padded = new.to_vec();
         if padded.len() < self.bytes.len() {
             padded.resize(self.bytes.len(), b' ');
@@ -519,7 +536,7 @@ impl Locked {
             .write_all_at(&padded, 0)
             .and_then(|()| self.file.set_len(new.len() as u64))
             .and_then(|()| self.file.sync_data())
-            .map_err(|e| Error::io(format!("rewrite {}", self.path.display()), e))?;
+            .map_err(|e| Error::io(ctx("rewrite"), e))?;
         self.bytes = new.to_vec();
         Ok(())
     }
@@ -534,59 +551,81 @@ impl Drop for Locked {
     }
 }
 
-/// Lock the table `name` in the runtime dir `runtime` by the runtime's protocol (created
-/// with mode 0600, its directory with 0700, if missing), waiting at most `lock_wait`.
-/// Neither the directory's entries nor the table are reached through a symlink.
-/// `give_up` is asked while waiting; an error it returns ends the wait.
-pub fn lock(
-    runtime: &Path,
+/// Lock the table `name` in the runtime dir `dir` by the runtime's protocol (created with
+/// mode 0600 if missing, owned by the directory's owner), waiting at most `lock_wait`.
+/// Never reached through a symlink, never read past the directory's cap. `give_up` is
+/// asked while waiting; an error it returns ends the wait.
+///
+/// The lock is on the inode podfs opened, which the name may no longer lead to by the
+/// time the lock is granted (a runtime or another tool replaced the table meanwhile):
+/// editing that orphan would lose the edit. So once locked, the file must still be the
+/// one the directory names; otherwise the lock is let go and the table opened again.
+pub fn lock_in(
+    dir: &Dir,
     name: &str,
     lock_wait: Duration,
     give_up: &dyn Fn() -> Result<()>,
 ) -> Result<Locked> {
-    let path = runtime.join(name);
+    let path = dir.path().join(name);
     let ctx = |what: &str| format!("{what} {}", path.display());
-    let dir = Dir::beneath_or_create(runtime, Path::new(""), 0o700)
-        .map_err(|e| Error::io(ctx("open the directory of"), e))?;
-    let file = loop {
-        match dir.open(name, OFlag::O_RDWR, 0) {
-            Ok(f) => break f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(ctx("open"), e)),
-        }
-        match dir.open(name, OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL, 0o600) {
-            Ok(f) => {
-                if let Ok((uid, gid)) = dir.owner() {
-                    crate::confine::give_to(&f, uid, gid);
-                }
-                break f;
+    let deadline = Instant::now() + lock_wait;
+    loop {
+        let file = loop {
+            match dir.open(name, OFlag::O_RDWR, 0) {
+                Ok(f) => break f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(ctx("open"), e)),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io(ctx("create"), e)),
+            match dir.open(name, OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL, 0o600) {
+                Ok(f) => {
+                    if let Ok((uid, gid)) = dir.owner() {
+                        crate::confine::give_to(&f, uid, gid);
+                    }
+                    break f;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io(ctx("create"), e)),
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut locked = lock_exclusive(file, left, give_up).map_err(|e| match e {
+            LockError::TimedOut => Error::LockTimeout(path.clone()),
+            LockError::GaveUp(e) => e,
+            LockError::Os(errno) => Error::io(ctx("flock"), errno.into()),
+        })?;
+        let mine =
+            nix::sys::stat::fstat(locked.as_fd()).map_err(|e| Error::io(ctx("stat"), e.into()))?;
+        let named = dir.stat(name);
+        let same = named
+            .as_ref()
+            .is_ok_and(|n| n.dev == mine.st_dev && n.ino == mine.st_ino);
+        if !same || mine.st_nlink == 0 {
+            tracing::debug!(
+                "the table was replaced while podfs waited for its lock; locking the new one"
+            );
+            drop(locked);
+            if Instant::now() >= deadline {
+                return Err(Error::LockTimeout(path));
+            }
+            continue;
         }
-    };
-    let mut locked = lock_exclusive(file, lock_wait, give_up).map_err(|e| match e {
-        LockError::TimedOut => Error::LockTimeout(path.clone()),
-        LockError::GaveUp(e) => e,
-        LockError::Os(errno) => Error::io(ctx("flock"), errno.into()),
-    })?;
-    let locked_at = Instant::now();
-    let mut bytes = Vec::new();
-    locked
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(ctx("read"), e))?;
-    Ok(Locked {
-        file: locked,
-        path,
-        bytes,
-        locked_at,
-    })
+        let locked_at = Instant::now();
+        let bytes = crate::confine::read_open(&mut locked, dir.policy().read_cap)
+            .map_err(|e| Error::io(ctx("read"), e))?;
+        return Ok(Locked {
+            file: locked,
+            path,
+            bytes,
+            locked_at,
+        });
+    }
 }
 
 /// Run a read-modify-write of the table at `path` under the runtime's locking protocol,
-/// waiting at most `lock_wait` for the lock. `change` returns whether it modified the
-/// table; the file is rewritten only then. On a parse error nothing is written. `change`
-/// runs with the lock held: it must not do I/O of its own.
+/// waiting at most `lock_wait` for the lock, in a home podfs made itself (the demo's
+/// pods use this; the mount uses [`lock_in`] through the home's opened directories).
+/// `change` returns whether it modified the table; the file is rewritten only then. On a
+/// parse error nothing is written.
 pub fn update<T>(
     path: &Path,
     gen: &'static Generation,
@@ -594,7 +633,16 @@ pub fn update<T>(
     change: impl FnOnce(&mut AllocTable) -> (bool, T),
 ) -> Result<T> {
     let (runtime, name) = split(path)?;
-    let mut locked = lock(runtime, name, lock_wait, &|| Ok(()))?;
+    if !runtime.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(runtime)
+            .map_err(|e| Error::io(format!("create {}", runtime.display()), e))?;
+    }
+    let dir =
+        Dir::base(runtime).map_err(|e| Error::io(format!("open {}", runtime.display()), e))?;
+    let mut locked = lock_in(&dir, name, lock_wait, &|| Ok(()))?;
     let mut table = AllocTable::parse(locked.bytes(), gen).map_err(|e| Error::corrupt(path, e))?;
     let (changed, out) = change(&mut table);
     if changed {

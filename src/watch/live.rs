@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::Error;
 use crate::protocol::history::{Changes, History, Snapshot};
@@ -72,6 +72,9 @@ pub enum Failure {
     Local(i32),
     /// podfs failed (a contained panic) while handling what the child sent.
     Internal,
+    /// podfs may not connect to the child's socket (a symlink on the way, another user's
+    /// file or process, no `/proc`): `EACCES`, never a statement that the child is gone.
+    Refused(i32),
 }
 
 /// The error every file of a child podfs cannot follow answers with.
@@ -89,6 +92,10 @@ impl From<Failure> for Error {
             Failure::Internal => {
                 Error::Panicked("podfs failed while following the child; see the log".into())
             }
+            Failure::Refused(errno) => Error::io(
+                "podfs may not connect to the child's socket (see the log)",
+                std::io::Error::from_raw_os_error(errno),
+            ),
         }
     }
 }
@@ -114,6 +121,14 @@ struct Parked {
     then: Waiter,
 }
 
+/// An open `input` whose first write reserved the child for its message.
+#[derive(Debug, Clone, Copy)]
+struct Reservation {
+    fh: u64,
+    /// Its last write or close: a reservation that sees none for the hold bound lapses.
+    last: Instant,
+}
+
 pub struct LiveState {
     reach: Reach,
     /// The child's own word while live.
@@ -131,7 +146,7 @@ pub struct LiveState {
     /// the child is idle meanwhile.
     pending_runs: u32,
     /// The open `input` whose first write reserved the child for its message.
-    input_owner: Option<u64>,
+    reservation: Option<Reservation>,
     /// Open handles: a pinned watch is never ended for being idle or evicted.
     pins: u32,
     last_interest: Instant,
@@ -161,7 +176,7 @@ impl LiveState {
             text_changed: SystemTime::now(),
             status_changed: SystemTime::now(),
             pending_runs: 0,
-            input_owner: None,
+            reservation: None,
             pins: 0,
             last_interest: now,
             overdue: false,
@@ -259,7 +274,7 @@ impl LiveState {
 
     /// Whether a message of ours holds the child (reserved or on its way).
     fn ours_running(&self) -> bool {
-        self.input_owner.is_some() || self.pending_runs > 0
+        self.reservation.is_some() || self.pending_runs > 0
     }
 
     /// The word `status` shows: `running` whenever `input` would refuse with EBUSY.
@@ -513,45 +528,91 @@ impl LiveState {
     // -----------------------------------------------------------------------------------
     // Messages
 
-    /// The write of open file `fh` to `input`: the first accepted write reserves the child
-    /// for this message, so that no other writer's message (which the child would refuse
-    /// as busy once this one arrives) is accepted meanwhile, and `status` says `running`.
-    pub fn intake(&mut self, fh: u64) -> Intake {
+    /// The write (or close) of open file `fh` to `input` at `now`: the first accepted
+    /// write reserves the child for this message, so that no other writer's message (which
+    /// the child would refuse as busy once this one arrives) is accepted meanwhile, and
+    /// `status` says `running`. Also returns whether this call made the reservation (its
+    /// lapse is then to be checked, see [`LiveState::lapse`]).
+    ///
+    /// A reservation lapses once it has seen no write or close for `hold` (a descriptor
+    /// kept open and idle must not hold the child for as long as a shell lives): another
+    /// writer may then take the child, and the lapsed open's next write takes it back if
+    /// it is still free (its message stays whole) or is refused with `EBUSY` if not.
+    pub fn intake(&mut self, fh: u64, now: Instant, hold: Duration) -> (Intake, bool) {
         match self.reach {
             Reach::Live => {}
-            Reach::Failed(f) => return Intake::Failed(f),
-            _ => return Intake::Unreachable,
+            Reach::Failed(f) => return (Intake::Failed(f), false),
+            _ => return (Intake::Unreachable, false),
         }
-        if self.input_owner == Some(fh) {
-            // Ours already; still refused if another client started a turn meanwhile.
-            return if self.status.takes_runs() {
-                Intake::Takes
-            } else {
-                Intake::Busy
-            };
+        if let Some(r) = self.reservation.as_mut() {
+            if r.fh == fh {
+                // Ours already; still refused if another client started a turn meanwhile.
+                r.last = now;
+                let takes = if self.status.takes_runs() {
+                    Intake::Takes
+                } else {
+                    Intake::Busy
+                };
+                return (takes, false);
+            }
+            if now.duration_since(r.last) >= hold {
+                self.changing_status_word(|s| s.reservation = None);
+            }
         }
         if self.ours_running() || !self.status.takes_runs() {
-            return Intake::Busy;
+            return (Intake::Busy, false);
         }
-        self.changing_status_word(|s| s.input_owner = Some(fh));
-        Intake::Takes
+        self.changing_status_word(|s| s.reservation = Some(Reservation { fh, last: now }));
+        (Intake::Takes, true)
+    }
+
+    /// The close of `fh` at `now`, its message complete: whether the child is still
+    /// reserved for it (or free to be reserved again after a lapse). A turn of another
+    /// client does not refuse it here: the message then waits for the child's next idle
+    /// moment. Also returns whether this call made the reservation.
+    pub fn keep_reservation(&mut self, fh: u64, now: Instant) -> (bool, bool) {
+        match self.reservation.as_mut() {
+            Some(r) if r.fh == fh => {
+                r.last = now;
+                (true, false)
+            }
+            Some(_) => (false, false),
+            None if self.pending_runs > 0 => (false, false),
+            None => {
+                self.changing_status_word(|s| s.reservation = Some(Reservation { fh, last: now }));
+                (true, true)
+            }
+        }
+    }
+
+    /// The hold bound of `fh`'s reservation may have passed at `now`: lapse it if it saw no
+    /// write or close for `hold`, and say what became due; otherwise when to look again.
+    pub fn lapse(&mut self, fh: u64, now: Instant, hold: Duration) -> (Vec<Due>, Option<Instant>) {
+        match self.reservation {
+            Some(r) if r.fh == fh && now.duration_since(r.last) >= hold => {
+                let due = self.changing(|st| st.changing_status_word(|s| s.reservation = None));
+                (due, None)
+            }
+            Some(r) if r.fh == fh => (Vec::new(), Some(r.last + hold)),
+            _ => (Vec::new(), None),
+        }
     }
 
     /// The message of `fh` will not be sent (refused, empty, or its writer was killed):
     /// free the child for others.
     pub fn release_intake(&mut self, fh: u64) -> Vec<Due> {
-        if self.input_owner != Some(fh) {
+        if self.reservation.map(|r| r.fh) != Some(fh) {
             return Vec::new();
         }
-        self.changing(|st| st.changing_status_word(|s| s.input_owner = None))
+        self.changing(|st| st.changing_status_word(|s| s.reservation = None))
     }
 
     /// The message of `fh` is handed to the reactor for delivery: the reservation becomes
     /// a pending run, in one step, so the child never looks free in between.
     pub fn hand_over(&mut self, fh: u64) {
         self.changing_status_word(|s| {
-            if s.input_owner == Some(fh) {
-                s.input_owner = None;
+            if s.reservation.map(|r| r.fh) == Some(fh) {
+                s.reservation = None;
             }
             s.pending_runs += 1;
         });
@@ -607,6 +668,8 @@ mod tests {
             }),
         )
     }
+
+    const HOLD: Duration = Duration::from_secs(10);
 
     fn run(due: Vec<Due>) {
         for d in due {
@@ -702,7 +765,7 @@ mod tests {
         assert!(s.ready());
         assert_eq!(s.status_word(), PodStatus::Unreachable);
         assert_eq!(s.history().unwrap().text(), "kept");
-        assert_eq!(s.intake(1), Intake::Unreachable);
+        assert_eq!(s.intake(1, Instant::now(), HOLD).0, Intake::Unreachable);
         let mut t = LiveState::new(Instant::now());
         t.unreachable(Reach::Silent);
         assert_eq!(t.status_word(), PodStatus::Unreachable);
@@ -718,30 +781,70 @@ mod tests {
         let mut s = LiveState::new(Instant::now());
         s.snapshot(snap(&[], PodStatus::Idle));
         let v0 = s.version(Topic::Status);
-        assert_eq!(s.intake(1), Intake::Takes);
+        assert_eq!(s.intake(1, Instant::now(), HOLD).0, Intake::Takes);
         assert_eq!(
             s.status_word(),
             PodStatus::Running,
             "status agrees with input"
         );
         assert!(s.version(Topic::Status) > v0);
-        assert_eq!(s.intake(1), Intake::Takes, "the owner goes on writing");
-        assert_eq!(s.intake(2), Intake::Busy, "another writer is refused");
+        assert_eq!(
+            s.intake(1, Instant::now(), HOLD).0,
+            Intake::Takes,
+            "the owner goes on writing"
+        );
+        assert_eq!(
+            s.intake(2, Instant::now(), HOLD).0,
+            Intake::Busy,
+            "another writer is refused"
+        );
         s.hand_over(1);
-        assert_eq!(s.intake(2), Intake::Busy, "still busy while on its way");
+        assert_eq!(
+            s.intake(2, Instant::now(), HOLD).0,
+            Intake::Busy,
+            "still busy while on its way"
+        );
         run(s.run_accepted());
         assert_eq!(s.status_word(), PodStatus::Running);
         // A refused message frees the child at once.
         let mut t = LiveState::new(Instant::now());
         t.snapshot(snap(&[], PodStatus::Idle));
-        assert_eq!(t.intake(3), Intake::Takes);
+        assert_eq!(t.intake(3, Instant::now(), HOLD).0, Intake::Takes);
         run(t.release_intake(3));
         assert_eq!(t.status_word(), PodStatus::Idle);
-        assert_eq!(t.intake(4), Intake::Takes);
+        assert_eq!(t.intake(4, Instant::now(), HOLD).0, Intake::Takes);
         // A delivery that failed frees it too.
         t.hand_over(4);
         run(t.run_failed());
         assert_eq!(t.status_word(), PodStatus::Idle);
-        assert_eq!(t.intake(5), Intake::Takes);
+        assert_eq!(t.intake(5, Instant::now(), HOLD).0, Intake::Takes);
+    }
+
+    #[test]
+    fn an_idle_reservation_lapses_and_is_taken_back_only_if_still_free() {
+        let t0 = Instant::now();
+        let mut s = LiveState::new(t0);
+        s.snapshot(snap(&[], PodStatus::Idle));
+        assert_eq!(s.intake(1, t0, HOLD), (Intake::Takes, true));
+        // Within the bound another writer is refused; the lapse check says when to look.
+        assert_eq!(s.intake(2, t0 + HOLD / 2, HOLD).0, Intake::Busy);
+        let (due, again) = s.lapse(1, t0 + HOLD / 2, HOLD);
+        assert!(due.is_empty());
+        assert_eq!(again, Some(t0 + HOLD));
+        // A write keeps it: the bound runs from the last one.
+        assert_eq!(s.intake(1, t0 + HOLD / 2, HOLD), (Intake::Takes, false));
+        assert_eq!(s.lapse(1, t0 + HOLD, HOLD).1, Some(t0 + HOLD / 2 + HOLD));
+        // Idle for the whole bound: lapsed, status no longer running, others may take it.
+        let (_, again) = s.lapse(1, t0 + HOLD * 2, HOLD);
+        assert_eq!(again, None);
+        assert_eq!(s.status_word(), PodStatus::Idle);
+        assert_eq!(s.intake(2, t0 + HOLD * 2, HOLD), (Intake::Takes, true));
+        // The lapsed open's next write finds the child taken: refused.
+        assert_eq!(s.intake(1, t0 + HOLD * 2, HOLD).0, Intake::Busy);
+        // A reservation idle past the bound lapses for a newcomer even before its check.
+        let mut u = LiveState::new(t0);
+        u.snapshot(snap(&[], PodStatus::Idle));
+        assert_eq!(u.intake(7, t0, HOLD).0, Intake::Takes);
+        assert_eq!(u.intake(8, t0 + HOLD, HOLD).0, Intake::Takes);
     }
 }

@@ -26,11 +26,12 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use crate::error::Result;
-use crate::pod_client::{PodClient, SocketPath};
+use crate::home::Socket;
+use crate::pod_client::PodClient;
 use crate::process::Requester;
 use crate::sync::{Mutex, MutexGuard};
 use budget::Budget;
-use live::{LiveState, Notify, Topic, Waiter};
+use live::{Intake, LiveState, Notify, Topic, Waiter};
 use reactor::{Command, ReactorHandle};
 
 /// Called with the outcome of delivering a message.
@@ -47,6 +48,8 @@ pub struct WatchConfig {
     /// How long a message whose writer was told it was accepted waits for a child that is
     /// busy with another client's turn, before podfs gives up on it (and logs an error).
     pub delivery_wait: Duration,
+    /// How long an `input` reservation lasts without a write or close.
+    pub input_hold: Duration,
 }
 
 impl Default for WatchConfig {
@@ -56,6 +59,7 @@ impl Default for WatchConfig {
             budget: 256 << 20,
             max_backoff: Duration::from_secs(2),
             delivery_wait: Duration::from_secs(600),
+            input_hold: Duration::from_secs(10),
         }
     }
 }
@@ -74,14 +78,15 @@ pub struct Stats {
 
 /// One watched child.
 pub struct Watch {
-    socket: SocketPath,
+    socket: Socket,
     id: u64,
     state: Mutex<LiveState>,
     reactor: ReactorHandle,
+    input_hold: Duration,
 }
 
 impl Watch {
-    pub fn socket(&self) -> &SocketPath {
+    pub fn socket(&self) -> &Socket {
         &self.socket
     }
 
@@ -130,6 +135,46 @@ impl Watch {
         self.state.lock().drop_poller(fh);
     }
 
+    /// `input` handle `fh` writes (or closes) now: whether the child takes its message.
+    /// The first accepted write reserves the child ([`LiveState::intake`]); the
+    /// reservation's lapse is then checked on the reactor's thread.
+    pub fn intake(self: &Arc<Self>, fh: u64) -> Intake {
+        let now = Instant::now();
+        let (intake, reserved) = self.state.lock().intake(fh, now, self.input_hold);
+        if reserved {
+            self.check_lapse(fh, now + self.input_hold);
+        }
+        intake
+    }
+
+    /// The close of `input` handle `fh`: whether the child is still reserved for its
+    /// message ([`LiveState::keep_reservation`]).
+    pub fn keep_reservation(self: &Arc<Self>, fh: u64) -> bool {
+        let now = Instant::now();
+        let (kept, reserved) = self.state.lock().keep_reservation(fh, now);
+        if reserved {
+            self.check_lapse(fh, now + self.input_hold);
+        }
+        kept
+    }
+
+    fn check_lapse(self: &Arc<Self>, fh: u64, at: Instant) {
+        let watch = Arc::downgrade(self);
+        self.reactor.send(Command::Call {
+            at,
+            then: Box::new(move || {
+                let Some(w) = watch.upgrade() else { return };
+                let (due, again) = w.state.lock().lapse(fh, Instant::now(), w.input_hold);
+                for d in due {
+                    d.run();
+                }
+                if let Some(at) = again {
+                    w.check_lapse(fh, at);
+                }
+            }),
+        });
+    }
+
     /// Deliver the message of `input` handle `fh` as one `run`; `done` learns whether the
     /// child took it. The child counts as busy for new messages until then.
     pub fn send_run(self: &Arc<Self>, fh: u64, text: String, done: RunDone) {
@@ -140,24 +185,51 @@ impl Watch {
             done,
         });
     }
+}
 
-    /// An open handle keeps the watch from ending.
-    pub fn pin(&self) {
-        self.state.lock().pin(Instant::now());
+/// A watch in use: while a lease lives, its watch is neither ended for lack of interest
+/// nor evicted for memory.
+///
+/// **Invariant: a watch handed out is a watch that is followed.** A lease is taken under
+/// the lock of the map of watches, the lock that ending and eviction hold while they
+/// choose what to end, and it pins the watch before that lock is let go; so no operation
+/// can be handed a watch that is being ended, whatever other threads do meanwhile. An
+/// open file holds its lease until it is released; a parked operation holds one until it
+/// runs again.
+pub struct Lease(Arc<Watch>);
+
+impl Lease {
+    /// The watch itself, for what outlives the lease (a delivery callback).
+    pub fn watch(&self) -> &Arc<Watch> {
+        &self.0
     }
+}
 
-    pub fn unpin(&self) {
-        self.state.lock().unpin(Instant::now());
+impl Clone for Lease {
+    /// Another lease on the same watch (already pinned by this one, so it cannot be
+    /// evicted meanwhile).
+    fn clone(&self) -> Lease {
+        self.0.state.lock().pin(Instant::now());
+        Lease(self.0.clone())
     }
+}
 
-    /// Somebody looked: the watch will not end for lack of interest for a while.
-    pub fn touch(&self) {
-        self.state.lock().touch(Instant::now());
+impl std::ops::Deref for Lease {
+    type Target = Watch;
+    fn deref(&self) -> &Watch {
+        &self.0
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.state.lock().unpin(Instant::now());
     }
 }
 
 pub struct Watches {
-    map: Mutex<HashMap<SocketPath, Arc<Watch>>>,
+    /// Lock order: this map, then a watch's state (never the other way round).
+    map: Mutex<HashMap<Socket, Arc<Watch>>>,
     reactor: ReactorHandle,
     config: WatchConfig,
     stats: Arc<Stats>,
@@ -190,30 +262,32 @@ impl Watches {
         Ok(watches)
     }
 
-    /// The watch of the child behind `socket`, started if there is none. Counts as
-    /// interest: the watch will not end for lack of it for a while.
-    pub fn watch(&self, socket: &SocketPath) -> Arc<Watch> {
+    /// A lease on the watch of the child behind `socket`, started if there is none. Counts
+    /// as interest: the watch will not end for lack of it for a while after the lease.
+    pub fn lease(&self, socket: &Socket) -> Lease {
         let mut map = self.map.lock();
         if let Some(w) = map.get(socket) {
-            w.touch();
-            return w.clone();
+            w.state.lock().pin(Instant::now());
+            return Lease(w.clone());
         }
         let w = Arc::new(Watch {
             socket: socket.clone(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(LiveState::new(Instant::now())),
             reactor: self.reactor.clone(),
+            input_hold: self.config.input_hold,
         });
+        w.state.lock().pin(Instant::now());
         map.insert(socket.clone(), w.clone());
         drop(map);
         self.stats.started.fetch_add(1, Ordering::Relaxed);
         debug!(socket = %socket.path().display(), "watch started");
         self.reactor.send(Command::Start(w.clone()));
-        w
+        Lease(w)
     }
 
     /// End the watch of a child that is gone for good (after `rm -r`).
-    pub fn end(&self, socket: &SocketPath) {
+    pub fn end(&self, socket: &Socket) {
         let removed = self.map.lock().remove(socket);
         if let Some(w) = removed {
             self.reactor.send(Command::End(w));
@@ -285,7 +359,7 @@ impl Watches {
             return Vec::new();
         }
         let mut map = self.map.lock();
-        let mut candidates: Vec<(Instant, SocketPath)> = map
+        let mut candidates: Vec<(Instant, Socket)> = map
             .values()
             .filter(|w| Some(w.id) != except)
             .filter_map(|w| {
@@ -293,7 +367,7 @@ impl Watches {
                 (s.is_idle() && s.charged() > 0).then(|| (s.last_interest(), w.socket.clone()))
             })
             .collect();
-        candidates.sort();
+        candidates.sort_by_key(|c| c.0);
         let mut ended = Vec::new();
         for (_, socket) in candidates {
             if fits(&self.budget) {

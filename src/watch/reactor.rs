@@ -29,7 +29,7 @@ use super::budget::Budget;
 use super::live::{Due, Failure, Reach, Wake};
 use super::{RunDone, Stats, Watch, WatchConfig, Watches};
 use crate::error::Error;
-use crate::pod_client::{proves_gone, PodClient};
+use crate::pod_client::{Dial, PodClient};
 use crate::process::Requester;
 use crate::protocol::history::{History, Tracker};
 use crate::protocol::lines::LineBuffer;
@@ -129,6 +129,7 @@ enum Phase {
 /// A message on its way to the child.
 struct Outgoing {
     text: String,
+    /// Its delivery bound: how long it may wait for the child to take runs.
     deadline: Instant,
     done: RunDone,
 }
@@ -136,6 +137,9 @@ struct Outgoing {
 /// A message written to the child, waiting for its echo.
 struct Ack {
     segments: Value,
+    /// When it was written: the echo is awaited for the I/O bound from then (longer while
+    /// the child runs a turn, which may be this very message's).
+    written: Instant,
     msg: Outgoing,
 }
 
@@ -166,11 +170,8 @@ struct Link {
     /// When the current round of connect attempts began (the connect bound runs from it).
     connecting_since: Option<Instant>,
     backoff: Duration,
-    /// Messages waiting for the connection to be live.
-    queued: Vec<Outgoing>,
-    /// Messages the child refused because another client's turn was running: sent again
-    /// when it takes runs, until their delivery bound.
-    held: VecDeque<Outgoing>,
+    /// Messages whose writers closed, in order, waiting for the child to take runs.
+    outbox: VecDeque<Outgoing>,
 }
 
 /// Why a connection ended.
@@ -362,8 +363,7 @@ impl Reactor {
                         generation: 0,
                         connecting_since: None,
                         backoff: FIRST_BACKOFF,
-                        queued: Vec::new(),
-                        held: VecDeque::new(),
+                        outbox: VecDeque::new(),
                     },
                 );
                 self.connect(id);
@@ -395,7 +395,7 @@ impl Reactor {
             return;
         };
         let mut due = Self::close_conn(&self.epoll, &mut link);
-        let failed: Vec<Outgoing> = link.queued.drain(..).chain(link.held.drain(..)).collect();
+        let failed: Vec<Outgoing> = link.outbox.drain(..).collect();
         for msg in failed {
             due.extend(link.watch.state().run_failed());
             fail(
@@ -413,7 +413,9 @@ impl Reactor {
         debug!(socket = %link.watch.socket().path().display(), "watch ended");
     }
 
-    /// Drop the connection, failing the messages that wait for their echo on it.
+    /// Drop the connection, failing the messages that wait for their echo on it: whether
+    /// the child read them cannot be told, so they are never written again (a message
+    /// must not run twice).
     fn close_conn(epoll: &Epoll, link: &mut Link) -> Vec<Due> {
         let mut due = Vec::new();
         if let Some(conn) = link.conn.take() {
@@ -422,7 +424,11 @@ impl Reactor {
                 due.extend(link.watch.state().run_failed());
                 fail(
                     ack.msg.done,
-                    Error::Unreachable("the connection closed before the child confirmed".into()),
+                    Error::NotConfirmed(
+                        "the connection closed before the child confirmed the message; it \
+                         may or may not have run, and is not sent again"
+                            .into(),
+                    ),
                 );
             }
         }
@@ -438,12 +444,12 @@ impl Reactor {
         let since = *link.connecting_since.get_or_insert(now);
         let socket = link.watch.socket().clone();
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
-        match self.client.stream(&socket) {
-            Ok(Some(stream)) => {
+        match self.client.dial(&socket, true) {
+            Dial::Connected(stream) => {
                 let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, id);
                 if let Err(e) = self.epoll.add(stream.as_fd(), event) {
                     warn!(error = %e, "cannot watch a connection");
-                    return self.local_failure(id, e.into());
+                    return self.local_failure(id, Failure::Local(e as i32));
                 }
                 let Some(link) = self.links.get_mut(&id) else {
                     return;
@@ -465,40 +471,43 @@ impl Reactor {
                     Timer::Prelude(id, generation),
                 );
             }
-            Ok(None) if now.duration_since(since) < self.client.timeouts().connect => {
+            Dial::Busy if now.duration_since(since) < self.client.timeouts().connect => {
                 let generation = link.generation;
                 self.schedule(now + BACKLOG_RETRY, Timer::Connect(id, generation));
             }
-            Ok(None) => {
+            Dial::Busy => {
                 debug!(socket = %socket.path().display(), "connect timed out");
                 self.failed(id);
             }
-            Err(e) if is_local_shortage(&e) => {
+            Dial::Shortage(e) => {
                 warn!(socket = %socket.path().display(), error = %e,
                       "cannot connect for lack of podfs's own resources; not a fact about the child");
-                self.local_failure(id, e);
+                self.local_failure(id, Failure::Local(e.raw_os_error().unwrap_or(libc::EIO)));
             }
-            Err(e) => {
-                if !proves_gone(&e) {
-                    debug!(socket = %socket.path().display(), error = %e, "cannot connect");
-                }
+            Dial::Refused(e) => {
+                warn!(socket = %socket.path().display(), error = %e,
+                      "podfs may not connect to this child's socket; its files answer EACCES");
+                self.local_failure(
+                    id,
+                    Failure::Refused(e.raw_os_error().unwrap_or(libc::EACCES)),
+                );
+            }
+            Dial::Absent(_) => self.failed(id),
+            Dial::Failed(e) => {
+                debug!(socket = %socket.path().display(), error = %e, "cannot connect");
                 self.failed(id);
             }
         }
     }
 
-    /// podfs itself ran short (descriptors, memory): its readers get that errno, never a
-    /// state of the child; try again shortly.
-    fn local_failure(&mut self, id: u64, e: std::io::Error) {
+    /// podfs itself ran short (descriptors, memory), or may not connect: its readers get
+    /// that errno, never a state of the child; try again shortly.
+    fn local_failure(&mut self, id: u64, failure: Failure) {
         let Some(link) = self.links.get_mut(&id) else {
             return;
         };
         link.connecting_since = None;
-        let errno = e.raw_os_error().unwrap_or(libc::EIO);
-        let due = link
-            .watch
-            .state()
-            .unreachable(Reach::Failed(Failure::Local(errno)));
+        let due = link.watch.state().unreachable(Reach::Failed(failure));
         let generation = link.generation;
         let at = Instant::now() + link.backoff;
         link.backoff = (link.backoff * 2).min(self.config.max_backoff);
@@ -513,7 +522,7 @@ impl Reactor {
         };
         link.connecting_since = None;
         let mut due = link.watch.state().unreachable(Reach::Gone);
-        for msg in link.queued.drain(..) {
+        for msg in link.outbox.drain(..) {
             due.extend(link.watch.state().run_failed());
             fail(
                 msg.done,
@@ -551,7 +560,7 @@ impl Reactor {
             return;
         };
         let mut due = Self::close_conn(&self.epoll, link);
-        for msg in link.queued.drain(..).chain(link.held.drain(..)) {
+        for msg in link.outbox.drain(..) {
             due.extend(link.watch.state().run_failed());
             fail(
                 msg.done,
@@ -569,9 +578,10 @@ impl Reactor {
         run(due);
     }
 
+    /// A message whose writer closed: into the outbox, written when the child takes runs.
     fn send(&mut self, watch: Arc<Watch>, text: String, done: RunDone) {
         let id = watch.id;
-        let deadline = Instant::now() + self.client.timeouts().io;
+        let deadline = Instant::now() + self.config.delivery_wait;
         let msg = Outgoing {
             text,
             deadline,
@@ -582,17 +592,6 @@ impl Reactor {
             run(due);
             return fail(msg.done, Error::Unreachable("the watch has ended".into()));
         };
-        let live = matches!(
-            link.conn,
-            Some(Conn {
-                phase: Phase::Live,
-                ..
-            })
-        );
-        if live {
-            self.write_run(id, msg);
-            return;
-        }
         let reach = link.watch.state().reach();
         if link.conn.is_none() && matches!(reach, Reach::Gone | Reach::Failed(_)) {
             let due = link.watch.state().run_failed();
@@ -602,26 +601,54 @@ impl Reactor {
                 Error::Unreachable("the child is unreachable".into()),
             );
         }
-        link.queued.push(msg);
+        link.outbox.push_back(msg);
         self.schedule(deadline, Timer::Acks(id));
+        self.pump(id);
     }
 
-    fn write_run(&mut self, id: u64, mut msg: Outgoing) {
+    /// Write the next message of the outbox once the child takes it: the connection is
+    /// live, no message of ours awaits its echo, and the child is idle or paused by its
+    /// own word. Called after every change of what the child said, so a message waits for
+    /// the child's state, never for one kind of event (a resync, a Snapshot and a
+    /// `status` event all free it alike).
+    ///
+    /// **Invariant: a message is written at most once.** The protocol has no request ids
+    /// and the runtime broadcasts every error, so a refusal cannot be told for ours: only
+    /// the echo of its own segments confirms a message, and an unconfirmed one is given
+    /// up on (and logged), never written again.
+    fn pump(&mut self, id: u64) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let Some(conn) = link.conn.as_ref() else {
+            return;
+        };
+        if !matches!(conn.phase, Phase::Live) || !conn.acks.is_empty() || link.outbox.is_empty() {
+            return;
+        }
+        if !link.watch.state().child_takes_runs() {
+            return;
+        }
+        if let Some(msg) = link.outbox.pop_front() {
+            self.write_run(id, msg);
+        }
+    }
+
+    fn write_run(&mut self, id: u64, msg: Outgoing) {
         let Some(conn) = self.links.get_mut(&id).and_then(|l| l.conn.as_mut()) else {
             return;
         };
         let mut line = wire::run_method(&msg.text).to_string().into_bytes();
         line.push(b'\n');
         conn.out.extend_from_slice(&line);
-        // The echo is awaited for the I/O bound from now (a held message waited before).
-        msg.deadline = msg.deadline.max(Instant::now() + self.client.timeouts().io);
-        let deadline = msg.deadline;
+        let written = Instant::now();
         conn.acks.push_back(Ack {
             segments: wire::run_segments(&msg.text),
+            written,
             msg,
         });
         debug!("run written");
-        self.schedule(deadline, Timer::Acks(id));
+        self.schedule(written + self.client.timeouts().io, Timer::Acks(id));
         self.flush(id);
     }
 
@@ -830,9 +857,8 @@ impl Reactor {
     fn event(&mut self, id: u64, event: &Event) -> Option<Ended> {
         let mut room_made = false;
         loop {
-            let mut release = Vec::new();
             let mut due = Vec::new();
-            let ended = self.apply(id, event, &mut release, &mut due);
+            let ended = self.apply(id, event, &mut due);
             // What the event made due runs now, before the next line can change the
             // state again: a reader woken by a Snapshot is answered from that Snapshot.
             run(due);
@@ -849,24 +875,14 @@ impl Reactor {
                 }
                 Some(why) => return Some(why),
                 None => {
-                    // Messages that waited for the connection go out once the Snapshot
-                    // is in.
-                    for msg in release {
-                        self.write_run(id, msg);
-                    }
+                    self.pump(id);
                     return None;
                 }
             }
         }
     }
 
-    fn apply(
-        &mut self,
-        id: u64,
-        event: &Event,
-        release: &mut Vec<Outgoing>,
-        due: &mut Vec<Due>,
-    ) -> Option<Ended> {
+    fn apply(&mut self, id: u64, event: &Event, due: &mut Vec<Due>) -> Option<Ended> {
         let link = self.links.get_mut(&id)?;
         // What this watch may hold as history: its room in the budget, less what it holds
         // besides (the line being handled among it).
@@ -894,7 +910,6 @@ impl Reactor {
                         conn.phase = Phase::Live;
                         link.backoff = FIRST_BACKOFF;
                         due.extend(link.watch.state().snapshot(snapshot));
-                        release.append(&mut link.queued);
                         None
                     }
                     Err(Error::OverBudget(what)) => {
@@ -915,48 +930,21 @@ impl Reactor {
                 _ => None,
             };
         }
-        // Our own messages are confirmed by the echo of exactly their segments (events
-        // carry no request ids; another client's run must not be taken for ours).
-        if let Some(ack) = conn.acks.front() {
-            let verdict = match &*event.name {
-                "user_message" if event.segments().as_ref() == Some(&ack.segments) => Some(Ok(())),
-                "error" => {
-                    let (code, message) = event.error().unwrap_or_default();
-                    Some(Err((code, message)))
-                }
-                _ => None,
-            };
-            if let Some(verdict) = verdict {
-                let ack = conn.acks.pop_front()?;
-                match verdict {
-                    Ok(()) => {
+        // Our own message is confirmed by the echo of exactly its segments on our
+        // connection, in order. An `error` proves nothing: errors are broadcast and carry
+        // no request id, so another client's refused run looks the same as ours.
+        if event.name == "user_message" {
+            if let Some(ack) = conn.acks.front() {
+                if event.segments().as_ref() == Some(&ack.segments) {
+                    if let Some(ack) = conn.acks.pop_front() {
                         due.extend(link.watch.state().run_accepted());
                         let done = ack.msg.done;
                         due.push(Due::Wake(Box::new(move |_| done(Ok(()))), Wake::Ready));
                     }
-                    // Another client's turn is running: hold the message for the child's
-                    // next idle moment. Its writer was told it was accepted.
-                    Err((code, _)) if code == "already_running" => {
-                        let mut msg = ack.msg;
-                        msg.deadline = Instant::now() + self.config.delivery_wait;
-                        let deadline = msg.deadline;
-                        debug!("the child is busy with another turn; the message waits");
-                        link.held.push_back(msg);
-                        self.seq += 1;
-                        self.timers.push(Reverse(Scheduled {
-                            at: deadline,
-                            seq: self.seq,
-                            timer: Timer::Acks(id),
-                        }));
-                    }
-                    Err((code, message)) => {
-                        due.extend(link.watch.state().run_failed());
-                        let done = ack.msg.done;
-                        let e = Error::Rejected(format!("{code}: {message}"));
-                        due.push(Due::Wake(Box::new(move |_| done(Err(e))), Wake::Ready));
-                    }
                 }
             }
+        } else if event.name == "error" && !conn.acks.is_empty() {
+            debug!(error = %event.raw_data(), "an error while a message of ours awaits its echo; not taken for ours");
         }
         let changes = {
             let mut state = link.watch.state();
@@ -964,13 +952,6 @@ impl Reactor {
             due.extend(state.changed(&changes));
             changes
         };
-        // A held message goes out the moment the child is free again.
-        if changes.status.is_some() && conn.acks.is_empty() && link.watch.state().child_takes_runs()
-        {
-            if let Some(msg) = link.held.pop_front() {
-                release.push(msg);
-            }
-        }
         if changes.resync {
             self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
             debug!(event = %event.name, "history changed shape; taking a fresh Snapshot");
@@ -1067,57 +1048,76 @@ impl Reactor {
         // Keep the connection: a slow child may still answer. Readers are told it did
         // not, now.
         debug!(socket = %link.watch.socket().path().display(), "no Snapshot in time");
-        let mut due = link.watch.state().unreachable(Reach::Silent);
-        for msg in link.queued.drain(..) {
-            due.extend(link.watch.state().run_failed());
-            fail(msg.done, Error::Timeout("the child did not answer".into()));
-        }
+        // Messages in the outbox keep waiting for the connection, up to their own
+        // delivery bound (a child slow to send a fresh Snapshot is not refusing them).
+        let due = link.watch.state().unreachable(Reach::Silent);
         run(due);
     }
 
+    /// Messages past their bounds: one in the outbox past its delivery bound (the child
+    /// never took runs in time), and one awaiting its echo for longer than the I/O bound
+    /// while the child is not running a turn (a turn may be this very message's, whose
+    /// echo can come late), or past its delivery bound.
     fn expire_acks(&mut self, id: u64, now: Instant) {
+        let io = self.client.timeouts().io;
         let Some(link) = self.links.get_mut(&id) else {
             return;
         };
-        let mut expired = Vec::new();
+        let running = !link.watch.state().child_takes_runs();
+        let mut late = Vec::new();
+        let mut unconfirmed = Vec::new();
+        let mut again = None;
         if let Some(conn) = link.conn.as_mut() {
-            while conn.acks.front().is_some_and(|a| a.msg.deadline <= now) {
-                if let Some(a) = conn.acks.pop_front() {
-                    expired.push(a.msg);
+            while let Some(a) = conn.acks.front() {
+                let waited = now.duration_since(a.written) >= io;
+                if a.msg.deadline <= now || (waited && !running) {
+                    if let Some(a) = conn.acks.pop_front() {
+                        unconfirmed.push(a.msg);
+                    }
+                } else {
+                    again = Some(if waited { now + io } else { a.written + io });
+                    break;
                 }
             }
         }
-        let (late, keep): (Vec<_>, Vec<_>) = link.queued.drain(..).partition(|m| m.deadline <= now);
-        link.queued = keep;
-        expired.extend(late);
-        while link.held.front().is_some_and(|m| m.deadline <= now) {
-            if let Some(m) = link.held.pop_front() {
-                expired.push(m);
+        while let Some(pos) = link.outbox.iter().position(|m| m.deadline <= now) {
+            if let Some(m) = link.outbox.remove(pos) {
+                late.push(m);
             }
         }
         let mut due = Vec::new();
-        for msg in expired {
+        for msg in unconfirmed {
             due.extend(link.watch.state().run_failed());
             fail(
                 msg.done,
-                Error::Timeout("the child did not take the message in time".into()),
+                Error::NotConfirmed(
+                    "the child did not confirm the message (another client may have started a \
+                     turn at the same moment); it is not sent again, so it cannot run twice"
+                        .into(),
+                ),
+            );
+        }
+        for msg in late {
+            due.extend(link.watch.state().run_failed());
+            fail(
+                msg.done,
+                Error::Timeout(format!(
+                    "the child did not take runs within the delivery bound ({:?})",
+                    self.config.delivery_wait
+                )),
             );
         }
         run(due);
+        if let Some(at) = again {
+            self.schedule(at, Timer::Acks(id));
+        }
+        self.pump(id);
     }
 }
 
 fn link_state_reconnecting(link: Option<&Link>) -> Vec<Due> {
     link.map(|l| l.watch.state().reconnecting())
         .unwrap_or_default()
-}
-
-/// Whether a failed connect is podfs's own shortage rather than anything about the child.
-fn is_local_shortage(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOMEM) | Some(libc::ENOBUFS)
-    )
 }
 
 fn fail(done: RunDone, e: Error) {

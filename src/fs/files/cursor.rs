@@ -18,7 +18,7 @@ use crate::fs::body;
 use crate::fs::step::ready;
 use crate::fs::writes::{CursorValue, Refusal};
 use crate::parents::ParentView;
-use crate::watch::Watch;
+use crate::watch::{Lease, Watch};
 
 use super::{Caller, ChildFile, Context, ControlFile, OpenFile, Opening, Step};
 
@@ -53,9 +53,10 @@ impl ControlFile for Cursor {
             bytes: Mutex::new(body::cursor(cx.cursor(&at.file, at.view)).into()),
             incarnation: at.view.incarnation(&at.file.child),
             value: Mutex::new(CursorValue::default()),
-            // A value is checked against the history's end: start watching now.
+            // A value is checked against the history's end: start watching now. A child
+            // podfs may not reach has no end podfs knows; any value is taken.
             watch: if at.write {
-                cx.watch_of(at.record)
+                cx.watch_of(at.record).ok()
             } else {
                 None
             },
@@ -72,7 +73,7 @@ struct Open {
     value: Mutex<CursorValue>,
     bytes: Mutex<Arc<[u8]>>,
     /// For a value's end check: the child's watch (writes only).
-    watch: Option<Arc<Watch>>,
+    watch: Option<Lease>,
     /// A complete value was closed by one descriptor: it is held in the gate until this
     /// handle's release applies it.
     gated: AtomicBool,
@@ -104,7 +105,14 @@ impl OpenFile for Open {
         Ok(body::slice(&self.bytes.lock(), offset, size))
     }
 
-    fn write(&self, cx: &Context, _fh: u64, data: &[u8], now: bool) -> Step<usize> {
+    fn write(
+        &self,
+        cx: &Context,
+        _fh: u64,
+        data: &[u8],
+        _caller: &Caller,
+        now: bool,
+    ) -> Step<usize> {
         // The child may have gone meanwhile; then so has its cursor.
         ready!(cx.parents.child_view(&self.file.pod, &self.file.child));
         // Only a value above 0 can be past the end: `echo 0 > cursor` never waits.
@@ -148,7 +156,7 @@ impl OpenFile for Open {
         }
     }
 
-    fn watch(&self) -> Option<&Arc<Watch>> {
-        self.watch.as_ref()
+    fn watch(&self) -> Option<&Watch> {
+        self.watch.as_deref()
     }
 }

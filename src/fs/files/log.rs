@@ -11,7 +11,7 @@ use crate::fs::body;
 use crate::fs::step::ready;
 use crate::parents::ParentView;
 use crate::watch::live::{Notify, Topic};
-use crate::watch::Watch;
+use crate::watch::{Lease, Watch};
 
 use super::{Caller, ChildFile, Context, ControlFile, OpenFile, Opening, Step};
 
@@ -34,9 +34,10 @@ impl ControlFile for Log {
         _caller: &Caller,
         now: bool,
     ) -> Step<(u64, SystemTime)> {
-        let Some(w) = view.child(&file.child).and_then(|r| cx.watch_of(r)) else {
-            return Step::Ready(Ok((0, view.mtime())));
+        let Some(record) = view.child(&file.child) else {
+            return Step::Ready(Err(crate::error::Error::NotFound(file.child.to_string())));
         };
+        let w = ready!(cx.watch_of(record));
         let Some(s) = w.state_if_ready(now) else {
             return Step::watch(&w, cx.bound(false));
         };
@@ -46,12 +47,7 @@ impl ControlFile for Log {
     }
 
     fn open(&self, cx: &Context, at: Opening<'_>) -> Step<Arc<dyn OpenFile>> {
-        let Some(w) = cx.watch_of(at.record) else {
-            return Step::Ready(Ok(Arc::new(Open {
-                watch: None,
-                seen: AtomicU64::new(0),
-            })));
-        };
+        let w = ready!(cx.watch_of(at.record));
         let seen = {
             let Some(s) = w.state_if_ready(at.now) else {
                 return Step::watch(&w, cx.bound(true));
@@ -62,24 +58,21 @@ impl ControlFile for Log {
             s.version(Topic::Text)
         };
         Step::Ready(Ok(Arc::new(Open {
-            watch: Some(w),
+            watch: w,
             seen: AtomicU64::new(seen),
         })))
     }
 }
 
-/// An open `log`: empty without a watch.
+/// An open `log`.
 struct Open {
-    watch: Option<Arc<Watch>>,
+    watch: Lease,
     seen: AtomicU64,
 }
 
 impl OpenFile for Open {
     fn read(&self, _cx: &Context, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let Some(w) = &self.watch else {
-            return Ok(Vec::new());
-        };
-        let s = w.state();
+        let s = self.watch.state();
         s.check()?;
         self.seen.store(s.version(Topic::Text), Ordering::Relaxed);
         Ok(s.history()
@@ -87,13 +80,12 @@ impl OpenFile for Open {
     }
 
     fn poll(&self, _cx: &Context, fh: u64, notify: Notify) -> Result<bool> {
-        Ok(match &self.watch {
-            Some(w) => w.set_poller(fh, Topic::Text, self.seen.load(Ordering::Relaxed), notify),
-            None => true,
-        })
+        Ok(self
+            .watch
+            .set_poller(fh, Topic::Text, self.seen.load(Ordering::Relaxed), notify))
     }
 
-    fn watch(&self) -> Option<&Arc<Watch>> {
-        self.watch.as_ref()
+    fn watch(&self) -> Option<&Watch> {
+        Some(&self.watch)
     }
 }

@@ -23,11 +23,11 @@ use crate::cursors::Cursors;
 use crate::error::{Error, Result};
 use crate::name::PodName;
 use crate::parents::{ParentCache, ParentView};
-use crate::pod_client::{PodClient, SocketPath};
+use crate::pod_client::PodClient;
 use crate::process::Requester;
 use crate::store::metadata::ChildRecord;
 use crate::watch::live::{Notify, Waiter};
-use crate::watch::{Watch, Watches};
+use crate::watch::{Lease, Watch, Watches};
 
 use super::gate::Gates;
 use super::inode::{Inodes, Node};
@@ -175,7 +175,15 @@ pub(crate) trait ControlFile: Sync {
 pub(crate) trait OpenFile: Send + Sync {
     fn read(&self, cx: &Context, offset: u64, size: u32) -> Result<Vec<u8>>;
 
-    fn write(&self, _cx: &Context, _fh: u64, _data: &[u8], _now: bool) -> Step<usize> {
+    /// One `write()` by `caller`.
+    fn write(
+        &self,
+        _cx: &Context,
+        _fh: u64,
+        _data: &[u8],
+        _caller: &Caller,
+        _now: bool,
+    ) -> Step<usize> {
         Step::Ready(Err(Error::ReadOnly))
     }
 
@@ -184,7 +192,8 @@ pub(crate) trait OpenFile: Send + Sync {
         Ok(())
     }
 
-    /// The last descriptor closed (after the watch's pin and poller are dropped).
+    /// The last descriptor closed (after the watch's poller is dropped; its lease goes
+    /// with the handle).
     fn release(&self, _cx: &Context, _fh: u64) {}
 
     /// Whether there is something new to read; `notify` runs on every later change.
@@ -192,8 +201,8 @@ pub(crate) trait OpenFile: Send + Sync {
         Ok(true)
     }
 
-    /// The child's watch this descriptor keeps pinned.
-    fn watch(&self) -> Option<&Arc<Watch>> {
+    /// The child's watch this descriptor holds a lease on.
+    fn watch(&self) -> Option<&Watch> {
         None
     }
 
@@ -247,7 +256,19 @@ impl Context {
     /// Park `then` until `wait` is ready, its `bound` passes, or `who` gets a signal.
     pub fn park(&self, wait: Wait, bound: Duration, who: Requester, then: Waiter) {
         match wait {
-            Wait::Watch(w) => w.when_ready(bound, who, then),
+            Wait::Watch(lease) => {
+                let watch = lease.watch().clone();
+                // The lease goes with the parked operation: the watch stays followed until
+                // it runs again.
+                watch.when_ready(
+                    bound,
+                    who,
+                    Box::new(move |why| {
+                        then(why);
+                        drop(lease);
+                    }),
+                )
+            }
             Wait::Cursor(key) => {
                 if let Some(expire) = self.gates.park(&key, then) {
                     self.watches.at(std::time::Instant::now() + bound, expire);
@@ -256,11 +277,11 @@ impl Context {
         }
     }
 
-    /// The watch of a child, counted as interest; `None` for a socket outside the runtime
-    /// dir, which podfs never connects to.
-    pub fn watch_of(&self, record: &ChildRecord) -> Option<Arc<Watch>> {
-        let socket: SocketPath = self.client.socket(&record.socket_path).ok()?;
-        Some(self.watches.watch(&socket))
+    /// A lease on the watch of a child; `EACCES` for a socket outside the home's runtime
+    /// dirs, which podfs never connects to.
+    pub fn watch_of(&self, record: &ChildRecord) -> Result<Lease> {
+        let socket = self.client.place(&record.socket_path)?;
+        Ok(self.watches.lease(&socket))
     }
 
     /// How long an operation waits for a child that has not answered: reads of the

@@ -21,7 +21,7 @@ use crate::fs::step::ready;
 use crate::parents::ParentView;
 use crate::sync::Mutex;
 use crate::watch::live::{Notify, Reach, Topic};
-use crate::watch::Watch;
+use crate::watch::{Lease, Watch};
 
 use take::{take, Take};
 
@@ -48,9 +48,10 @@ impl ControlFile for Output {
         caller: &Caller,
         now: bool,
     ) -> Step<(u64, SystemTime)> {
-        let Some(w) = view.child(&file.child).and_then(|r| cx.watch_of(r)) else {
-            return Step::Ready(Ok((0, view.mtime())));
+        let Some(record) = view.child(&file.child) else {
+            return Step::Ready(Err(Error::NotFound(file.child.to_string())));
         };
+        let w = ready!(cx.watch_of(record));
         // The cursor first: it is locked before the watch elsewhere.
         let cursor = cx.cursor(file, view);
         let Some(s) = w.state_if_ready(now) else {
@@ -87,15 +88,13 @@ impl ControlFile for Output {
 }
 
 /// The text an `output` open took, and the watch it came from.
-type Taken = (Arc<[u8]>, Option<Arc<Watch>>);
+type Taken = (Arc<[u8]>, Lease);
 
 /// An unreachable child gives nothing and leaves the cursor alone; a child that is gone
 /// gives nothing more. If the text does not fit the budget even after idle watches made
 /// room, the open fails with `EFBIG` and the cursor stays where it was.
 fn take_output(cx: &Context, at: &Opening<'_>, incarnation: u64) -> Step<Taken> {
-    let Some(w) = cx.watch_of(at.record) else {
-        return Step::Ready(Ok((Arc::from(&b""[..]), None)));
-    };
+    let w = ready!(cx.watch_of(at.record));
     {
         let Some(s) = w.state_if_ready(at.now) else {
             return Step::watch(&w, cx.bound(true));
@@ -105,7 +104,7 @@ fn take_output(cx: &Context, at: &Opening<'_>, incarnation: u64) -> Step<Taken> 
         }
         if s.reach() == Reach::Gone {
             drop(s);
-            return Step::Ready(Ok((Arc::from(&b""[..]), Some(w))));
+            return Step::Ready(Ok((Arc::from(&b""[..]), w)));
         }
     }
     let key = at.file.key();
@@ -133,14 +132,14 @@ fn take_output(cx: &Context, at: &Opening<'_>, incarnation: u64) -> Step<Taken> 
         }
     };
     cx.cursor_moved(&at.file, before, after);
-    Step::Ready(Ok((bytes.into(), Some(w))))
+    Step::Ready(Ok((bytes.into(), w)))
 }
 
 /// One open's snapshot, charged to the memory budget until released.
 struct Open {
     bytes: Arc<[u8]>,
     file: ChildFile,
-    watch: Option<Arc<Watch>>,
+    watch: Lease,
 }
 
 impl OpenFile for Open {
@@ -155,9 +154,7 @@ impl OpenFile for Open {
 
     /// Readable when a new open would return text.
     fn poll(&self, cx: &Context, fh: u64, notify: Notify) -> Result<bool> {
-        let Some(w) = &self.watch else {
-            return Ok(true);
-        };
+        let w = &self.watch;
         let view = cx.parents.child_view(&self.file.pod, &self.file.child)?;
         let cursor = cx.cursor(&self.file, &view);
         let (pending, version) = {
@@ -168,8 +165,8 @@ impl OpenFile for Open {
         Ok(w.set_poller(fh, Topic::Text, version, notify) || pending)
     }
 
-    fn watch(&self) -> Option<&Arc<Watch>> {
-        self.watch.as_ref()
+    fn watch(&self) -> Option<&Watch> {
+        Some(&self.watch)
     }
 
     fn own_size(&self) -> Option<u64> {
