@@ -20,13 +20,20 @@
 //! a file forgot to list. A test whose need is not met is *ignored*, with its reason:
 //! cargo's own `test result:` line counts it, and the closing lines say why. Under
 //! `CI=true` it is not ignored but fails, since CI is set up to run everything.
+//!
+//! Cargo runs the test binaries one after another as children of one process. Each binary
+//! adds its tests that did not run to a record kept for that parent, and prints, as its
+//! last line, how many did not run so far, with the reasons: the last binary's last line
+//! is the whole run's.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use libtest_mimic::{Arguments, Completion, Failed, FormatSetting, Trial};
 
@@ -256,8 +263,9 @@ impl Suite {
         }
         not_run.extend(found_at_run_time.lock().unwrap().drain(..));
         not_run.sort_by(|a, b| a.0.cmp(&b.0));
+        let so_far = record::add(&not_run);
         if args.format != Some(FormatSetting::Json) {
-            closing_lines(&not_run);
+            closing_lines(&not_run, &so_far);
         }
         conclusion.exit_code()
     }
@@ -326,13 +334,167 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(a panic without a message)")
 }
 
-/// This binary's tests that did not run, with their reasons.
-fn closing_lines(not_run: &[(String, NotRun)]) {
+/// This binary's tests that did not run, with their reasons, and the count so far.
+fn closing_lines(not_run: &[(String, NotRun)], so_far: &record::SoFar) {
     let mut out = std::io::stdout().lock();
     if !not_run.is_empty() {
         let _ = writeln!(out, "not run here: {}", not_run.len());
         for (name, reason) in not_run {
             let _ = writeln!(out, "    {name}: {reason}");
+        }
+    }
+    let _ = writeln!(out, "{so_far}");
+}
+
+/// The record of the tests that did not run in one `cargo test`, in
+/// `$CARGO_TARGET_TMPDIR/not-run/`, one file per run of cargo: named after cargo's pid and
+/// its start time (so that a pid used again by a later run starts a file of its own).
+mod record {
+    use super::*;
+
+    /// The count so far: the tests that did not run, by reason.
+    pub struct SoFar {
+        /// In the whole cargo run (false: only this binary, as when run by hand).
+        pub in_cargo: bool,
+        pub by_why: BTreeMap<String, usize>,
+        /// Why the record could not be kept, if it could not.
+        pub unrecorded: Option<String>,
+    }
+
+    impl fmt::Display for SoFar {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let total: usize = self.by_why.values().sum();
+            if self.in_cargo {
+                write!(f, "not run so far in this cargo test: {total}")?;
+            } else {
+                write!(f, "not run in this test binary: {total}")?;
+            }
+            let mut groups: Vec<_> = self.by_why.iter().collect();
+            // The commonest reason first.
+            groups.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let groups: Vec<String> = groups.iter().map(|(w, n)| format!("{w}: {n}")).collect();
+            if !groups.is_empty() {
+                write!(f, " ({})", groups.join("; "))?;
+            }
+            if let Some(why) = &self.unrecorded {
+                write!(f, " [this binary only: {why}]")?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Add `not_run` to this run's record and return the count so far.
+    pub fn add(not_run: &[(String, NotRun)]) -> SoFar {
+        let mine = || {
+            let mut by_why = BTreeMap::new();
+            for (_, reason) in not_run {
+                *by_why.entry(reason.why.clone()).or_insert(0) += 1;
+            }
+            by_why
+        };
+        let Some(run) = cargo_run() else {
+            return SoFar {
+                in_cargo: false,
+                by_why: mine(),
+                unrecorded: None,
+            };
+        };
+        match append_and_count(&run, not_run) {
+            Ok(by_why) => SoFar {
+                in_cargo: true,
+                by_why,
+                unrecorded: None,
+            },
+            Err(e) => SoFar {
+                in_cargo: true,
+                by_why: mine(),
+                unrecorded: Some(format!(
+                    "the record {} could not be kept: {e}",
+                    run.display()
+                )),
+            },
+        }
+    }
+
+    /// The record file of the cargo process that started this binary, or None when the
+    /// parent is not cargo (a binary run by hand counts for itself).
+    fn cargo_run() -> Option<PathBuf> {
+        let parent = std::os::unix::process::parent_id();
+        let comm = std::fs::read_to_string(format!("/proc/{parent}/comm")).ok()?;
+        if !comm.trim().starts_with("cargo") {
+            return None;
+        }
+        let started = start_time(parent)?;
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("not-run");
+        Some(dir.join(format!("{parent}-{started}.tsv")))
+    }
+
+    /// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks after boot.
+    fn start_time(pid: u32) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // pid (comm) state ...: the command name may hold spaces and parentheses, and the
+        // state is field 3.
+        let (_, after) = stat.rsplit_once(')')?;
+        after
+            .split_whitespace()
+            .nth(22 - 3)
+            .and_then(|f| f.parse().ok())
+    }
+
+    fn append_and_count(
+        run: &Path,
+        not_run: &[(String, NotRun)],
+    ) -> std::io::Result<BTreeMap<String, usize>> {
+        let dir = run.parent().unwrap();
+        std::fs::create_dir_all(dir)?;
+        remove_stale(dir, run);
+        let clean = |s: &str| s.replace(['\t', '\n'], " ");
+        let mut lines = String::new();
+        for (name, reason) in not_run {
+            lines.push_str(&format!(
+                "{}\t{}\t{}\t{}\n",
+                env!("CARGO_CRATE_NAME"),
+                clean(name),
+                clean(&reason.why),
+                clean(&reason.detail)
+            ));
+        }
+        if !lines.is_empty() {
+            // One write of whole lines; cargo runs the binaries one at a time anyway.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(run)?
+                .write_all(lines.as_bytes())?;
+        }
+        let recorded = match std::fs::read_to_string(run) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            read => read?,
+        };
+        let mut by_why = BTreeMap::new();
+        for line in recorded.lines() {
+            if let Some(why) = line.split('\t').nth(2) {
+                *by_why.entry(why.to_string()).or_insert(0) += 1;
+            }
+        }
+        Ok(by_why)
+    }
+
+    /// Records of earlier runs, untouched for a day, go.
+    fn remove_stale(dir: &Path, current: &Path) {
+        let day = Duration::from_secs(24 * 60 * 60);
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > day));
+            if old && path != current {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
