@@ -776,6 +776,7 @@ proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(24),
         max_shrink_iters: 200,
+        failure_persistence: common::regressions_beside_the_test(),
         .. ProptestConfig::default()
     })]
 
@@ -945,6 +946,7 @@ proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(6),
         max_shrink_iters: 20,
+        failure_persistence: common::regressions_beside_the_test(),
         .. ProptestConfig::default()
     })]
 

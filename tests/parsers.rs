@@ -132,6 +132,11 @@ fn assistant(text: &str) -> Value {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: common::regressions_beside_the_test(),
+        .. ProptestConfig::default()
+    })]
+
     fn cursor_writes_accept_exactly_the_grammar_however_chunked(
         data in prop::collection::vec(prop_oneof![Just(b'1'), Just(b'0'), Just(b'\n'), Just(b' '), any::<u8>()], 0..24),
         cuts in prop::collection::vec(any::<usize>(), 0..6),
@@ -446,6 +451,11 @@ fn edgy_text() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: common::regressions_beside_the_test(),
+        .. ProptestConfig::default()
+    })]
+
     fn store_parsers_meet_serde_edge_cases_with_errors_not_panics(text in edgy_text(), gen in generation()) {
         // Whatever parses is used; whatever does not is an error. Nothing panics.
         let lean = parse_registry(&text, gen);

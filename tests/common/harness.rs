@@ -240,6 +240,9 @@ impl Suite {
                 .ok()
                 .and_then(|n| n.parse().ok());
         }
+        if !args.nocapture {
+            held_panics::install();
+        }
         let in_ci = std::env::var("CI").as_deref() == Ok("true");
         let mut planned = self.planned;
         // The standard harness's order, so that runs and lists read the same as before.
@@ -315,15 +318,74 @@ impl Planned {
 }
 
 /// Run `body` on a thread named after the test, as the standard harness does, so that a
-/// panic message says which test panicked.
+/// panic message says which test panicked. Should the test fail, its failure also tells
+/// of the panics held back while it ran (see [`held_panics`]).
 fn run_body(name: &str, body: fn()) -> Result<(), Failed> {
+    let first_held = held_panics::count();
     let thread = std::thread::Builder::new()
         .name(name.to_string())
-        .spawn(body)
+        .spawn(move || {
+            held_panics::on_a_test_thread();
+            body()
+        })
         .map_err(|e| format!("the test's thread did not start: {e}"))?;
-    thread
-        .join()
-        .map_err(|payload| format!("test panicked: {}", panic_message(&*payload)).into())
+    thread.join().map_err(|payload| {
+        let mut msg = format!("test panicked: {}", panic_message(&*payload));
+        let held = held_panics::since(first_held);
+        if !held.is_empty() {
+            msg.push_str("\n\npanics on other threads while it ran:\n");
+            msg.push_str(&held.join("\n"));
+        }
+        msg.into()
+    })
+}
+
+/// Panics on threads a test started (a worker pool whose jobs fail on purpose, a server
+/// thread) are held back instead of printed: the standard harness captures them with the
+/// test's output and shows them only if the test fails; libtest-mimic captures nothing.
+/// A test thread's own panic, and the main thread's, print as usual. `--nocapture`
+/// prints everything.
+mod held_panics {
+    use std::cell::Cell;
+    use std::sync::Mutex;
+
+    static HELD: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    thread_local! {
+        static A_TEST_THREAD: Cell<bool> = const { Cell::new(false) };
+    }
+
+    pub fn install() {
+        let print = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            if A_TEST_THREAD.with(Cell::get) || thread.name() == Some("main") {
+                return print(info);
+            }
+            let location = info
+                .location()
+                .map_or(String::new(), |l| format!(" at {l}"));
+            let report = format!(
+                "thread '{}' panicked{location}:\n{}",
+                thread.name().unwrap_or("<unnamed>"),
+                super::panic_message(info.payload())
+            );
+            HELD.lock().unwrap_or_else(|e| e.into_inner()).push(report);
+        }));
+    }
+
+    pub fn on_a_test_thread() {
+        A_TEST_THREAD.with(|t| t.set(true));
+    }
+
+    pub fn count() -> usize {
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn since(first: usize) -> Vec<String> {
+        let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(first..).unwrap_or_default().to_vec()
+    }
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {

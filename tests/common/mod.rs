@@ -40,6 +40,16 @@ macro_rules! both {
     };
 }
 
+/// Where proptest keeps the failing cases it finds: beside the test file, as
+/// `tests/<file>.proptest-regressions`. Its default (`SourceParallel`) ends up there too,
+/// but only after looking for a lib.rs or main.rs above the test file, and it says on
+/// every run that it found none.
+pub fn regressions_beside_the_test() -> Option<Box<dyn proptest::test_runner::FailurePersistence>> {
+    Some(Box::new(
+        proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+    ))
+}
+
 /// The folder of the golden fixtures of `gen`.
 pub fn fixtures_root(gen: Gen) -> PathBuf {
     let dir = if gen.name_key == "worker_name" {
