@@ -8,7 +8,7 @@
 //! standard host; `.ci/run` does the same in containers where it is root's alone). `main`
 //! finds out by trying, before the tests are listed; where the user cannot, it checks that
 //! podfs says so with its mount-failure status, and the tests are reported as ignored
-//! (under `CI=true` they fail).
+//! (under `CI=true` they fail). A user this binary created is removed when its tests end.
 #[macro_use]
 mod common;
 
@@ -16,6 +16,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,7 @@ fn main() -> std::process::ExitCode {
                 the_user_unit_command_lines_work_as_an_ordinary_user,
             ],
         )
+        .finally(remove_the_user_if_created_here)
         .run()
 }
 
@@ -51,6 +53,9 @@ const USER: &str = "podfs-ci";
 
 /// The tests look for leftover processes of the user: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Whether this binary created the user (and so removes it at the end).
+static CREATED_HERE: AtomicBool = AtomicBool::new(false);
 
 /// An ordinary user, a private workspace it owns, and a copy of podfs it can run.
 struct Ordinary {
@@ -67,6 +72,26 @@ fn an_ordinary_user_can_mount() -> Need {
         Ok(o) => o.can_mount(),
         Err(not_run) => Need::Unmet(not_run),
     }
+}
+
+/// Remove `podfs-ci` once the tests are done, if this binary created it: the suite leaves
+/// the host as it found it.
+fn remove_the_user_if_created_here() -> Result<(), String> {
+    if !CREATED_HERE.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let out = Command::new("userdel")
+        .arg(USER)
+        .output()
+        .map_err(|e| format!("userdel {USER}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "userdel {USER}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 impl Ordinary {
@@ -86,6 +111,9 @@ impl Ordinary {
                         .arg(USER)
                         .status()
                         .is_ok_and(|s| s.success());
+                    if made {
+                        CREATED_HERE.store(true, Ordering::SeqCst);
+                    }
                     match nix::unistd::User::from_name(USER).ok().flatten() {
                         Some(u) if made => (u.uid.as_raw(), u.gid.as_raw()),
                         _ => {

@@ -192,6 +192,7 @@ pub fn only_listing() -> bool {
 #[derive(Default)]
 pub struct Suite {
     planned: Vec<Planned>,
+    finally: Option<Box<dyn FnOnce() -> Result<(), String>>>,
 }
 
 struct Planned {
@@ -217,6 +218,13 @@ impl Suite {
     /// `--ignored`, as `#[ignore]` does.
     pub fn add_long(mut self, what: &'static str, need: &Need, tests: Vec<Test>) -> Suite {
         self.plan(need, Some(what), tests);
+        self
+    }
+
+    /// `cleanup` runs once every trial has finished (to remove what the binary created
+    /// for its tests); if it fails, so does the binary.
+    pub fn finally(mut self, cleanup: impl FnOnce() -> Result<(), String> + 'static) -> Suite {
+        self.finally = Some(Box::new(cleanup));
         self
     }
 
@@ -261,8 +269,13 @@ impl Suite {
             trials.push(trial);
         }
         let conclusion = libtest_mimic::run(&args, trials);
+        let mut code = conclusion.exit_code();
+        if let Some(Err(e)) = self.finally.map(|cleanup| cleanup()) {
+            eprintln!("the cleanup after the tests did not work: {e}");
+            code = ExitCode::FAILURE;
+        }
         if args.list || args.bench {
-            return conclusion.exit_code();
+            return code;
         }
         not_run.extend(found_at_run_time.lock().unwrap().drain(..));
         not_run.sort_by(|a, b| a.0.cmp(&b.0));
@@ -270,7 +283,7 @@ impl Suite {
         if args.format != Some(FormatSetting::Json) {
             closing_lines(&not_run, &so_far);
         }
-        conclusion.exit_code()
+        code
     }
 }
 
