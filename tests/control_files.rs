@@ -12,6 +12,55 @@ use std::time::Duration;
 
 use common::*;
 
+fn main() -> std::process::ExitCode {
+    let fuse = Need::fuse();
+    Suite::new()
+        .add(
+            &fuse,
+            both_tests![
+                input_from_a_subshell_of_two_cats,
+                input_from_a_brace_group,
+                input_from_exec_3,
+                input_from_a_forked_child,
+                input_from_xargs,
+                input_through_a_pipe_in_chunks,
+                input_from_dd_bs_1,
+                input_from_dd_bs_4096,
+                input_from_buffered_python_writes,
+                input_with_a_character_split_across_writes,
+                a_message_over_the_limit_is_refused_whole_through_cat,
+                a_message_over_the_limit_is_refused_whole_through_dd,
+                printf_of_invalid_utf8_exits_non_zero,
+                echo_of_an_empty_line_exits_non_zero,
+                a_bad_write_midway_poisons_the_whole_message,
+                a_message_cut_mid_character_is_refused_at_close,
+                a_turn_started_midway_refuses_the_rest_and_sends_nothing,
+                cursor_takes_one_value_per_open,
+                stat_of_cursor_follows_its_value,
+                a_child_removed_and_listed_again_starts_at_cursor_0,
+                concurrent_output_readers_never_share_text,
+                cp_r_of_a_child,
+                tar_of_a_child,
+                rsync_a_of_a_child,
+                grep_r_of_a_parent,
+                find_exec_cat_of_a_parent,
+                python_os_walk_reads_every_file,
+            ],
+        )
+        .add(
+            &fuse,
+            tests![
+                a_silent_child_fails_with_etimedout_not_an_empty_success,
+                ordinary_programs_fill_no_log,
+                rm_r_of_a_parent_removes_its_children_and_fails_on_the_parent,
+                rm_r_of_a_silent_child_is_ebusy_within_the_stop_timeout,
+                a_read_only_mount_changes_nothing,
+                unsupported_operations_get_pseudo_filesystem_errnos,
+            ],
+        )
+        .run()
+}
+
 /// A live demo parent with one live child, mounted, its first task done.
 struct Live {
     m: Mount,
@@ -450,9 +499,7 @@ both!(
     concurrent_readers
 );
 
-#[test]
 fn a_silent_child_fails_with_etimedout_not_an_empty_success() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let sock = home.path().join("run/silent/sock");
     std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
@@ -580,9 +627,7 @@ both!(python_os_walk_reads_every_file, os_walk);
 // ---------------------------------------------------------------------------------------
 // Quiet about what ordinary programs do.
 
-#[test]
 fn ordinary_programs_fill_no_log() {
-    need_fuse!();
     let live = Live::new(&INSOMNIA);
     let c = live.c();
     ok(&format!(
@@ -612,9 +657,7 @@ os.isatty(s.fileno())
 // ---------------------------------------------------------------------------------------
 // Removal.
 
-#[test]
 fn rm_r_of_a_parent_removes_its_children_and_fails_on_the_parent() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::quick(&home, &[]);
     let status = fails(&format!("rm -r {}/parent", m.s()));
@@ -628,9 +671,7 @@ fn rm_r_of_a_parent_removes_its_children_and_fails_on_the_parent() {
     );
 }
 
-#[test]
 fn rm_r_of_a_silent_child_is_ebusy_within_the_stop_timeout() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let sock = home.path().join("run/silent/sock");
     std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
@@ -652,9 +693,7 @@ fn rm_r_of_a_silent_child_is_ebusy_within_the_stop_timeout() {
 
 /// `-o ro` is the look-only mount the documentation offers next to the `rm -r` warning:
 /// everything reads, nothing changes.
-#[test]
 fn a_read_only_mount_changes_nothing() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let before = home.read(&home.meta("parent"));
     let m = Mount::quick(&home, &["-o", "ro"]);
@@ -675,9 +714,7 @@ fn a_read_only_mount_changes_nothing() {
 }
 
 /// What podfs does not support fails the way a Linux pseudo-filesystem does.
-#[test]
 fn unsupported_operations_get_pseudo_filesystem_errnos() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::quick(&home, &[]);
     let c = format!("{}/parent/child1", m.s());

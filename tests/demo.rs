@@ -12,6 +12,31 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
+fn main() -> std::process::ExitCode {
+    let fuse = Need::fuse();
+    Suite::new()
+        .add(
+            &Need::Met,
+            tests![
+                the_event_sequence_of_insomnia,
+                the_event_sequence_of_yoi_workers,
+                a_busy_pod_answers_already_running,
+                shutdown_reaches_an_insomnia_parent,
+                shutdown_reaches_a_yoi_parent,
+            ],
+        )
+        .add(
+            &fuse,
+            tests![
+                podfs_demo_mounts_and_cleans_up,
+                podfs_demo_without_a_mount_point_uses_a_temporary_one,
+                the_demo_ends_with_a_stopped_child_and_reaps_removed_ones,
+                a_second_interrupt_skips_the_wait,
+            ],
+        )
+        .run()
+}
+
 fn events_until_idle(reader: &mut BufReader<UnixStream>) -> Vec<Value> {
     let mut out = Vec::new();
     loop {
@@ -80,17 +105,14 @@ fn a_run_produces_the_runtime_event_sequence(gen: Gen) {
     );
 }
 
-#[test]
 fn the_event_sequence_of_insomnia() {
     a_run_produces_the_runtime_event_sequence(&INSOMNIA);
 }
 
-#[test]
 fn the_event_sequence_of_yoi_workers() {
     a_run_produces_the_runtime_event_sequence(&YOI);
 }
 
-#[test]
 fn a_busy_pod_answers_already_running() {
     let home = Home::demo(&INSOMNIA, &["child1"]);
     let _pod = PodProcess::start(&home, "child1", &["--turn-ms", "2000"]);
@@ -138,12 +160,10 @@ fn shutdown_reports_to_the_parent_which_reclaims(gen: Gen) {
     drop(pods);
 }
 
-#[test]
 fn shutdown_reaches_an_insomnia_parent() {
     shutdown_reports_to_the_parent_which_reclaims(&INSOMNIA);
 }
 
-#[test]
 fn shutdown_reaches_a_yoi_parent() {
     shutdown_reports_to_the_parent_which_reclaims(&YOI);
 }
@@ -236,9 +256,7 @@ fn children_of(pid: u32) -> Vec<(u32, String)> {
         .collect()
 }
 
-#[test]
 fn podfs_demo_mounts_and_cleans_up() {
-    need_fuse!();
     let parent = tempdir();
     let mnt = parent.path().join("pods");
     let mut demo = Demo::start(&[mnt.to_str().unwrap(), "--children", "2"]);
@@ -259,9 +277,7 @@ fn podfs_demo_mounts_and_cleans_up() {
     assert!(!demo.home.exists(), "demo home left behind");
 }
 
-#[test]
 fn podfs_demo_without_a_mount_point_uses_a_temporary_one() {
-    need_fuse!();
     let mut demo = Demo::start(&["--children", "1", "--generation", "yoi-worker-485918eb"]);
     let m = demo.m();
     assert!(is_mounted(&demo.mnt));
@@ -272,9 +288,7 @@ fn podfs_demo_without_a_mount_point_uses_a_temporary_one() {
     assert!(!demo.mnt.exists() && !demo.home.exists());
 }
 
-#[test]
 fn the_demo_ends_with_a_stopped_child_and_reaps_removed_ones() {
-    need_fuse!();
     let mut demo = Demo::start(&["--children", "3"]);
     let m = demo.m();
     let pods = children_of(demo.pid());
@@ -306,9 +320,7 @@ fn the_demo_ends_with_a_stopped_child_and_reaps_removed_ones() {
     assert!(!demo.home.exists());
 }
 
-#[test]
 fn a_second_interrupt_skips_the_wait() {
-    need_fuse!();
     let mut demo = Demo::start(&["--children", "1"]);
     let stopped = children_of(demo.pid())
         .into_iter()

@@ -7,6 +7,9 @@
 //! played out on the socket before the next operation, and the test waits until podfs's
 //! watch has caught up with the child (bounded) before comparing.
 
+#[macro_use]
+mod common;
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
@@ -28,6 +31,21 @@ use podfs::pod_client::Timeouts;
 use podfs::process::Requester;
 use podfs::protocol::history::History;
 use podfs::watch::WatchConfig;
+
+use common::harness::{Need, Suite};
+
+fn main() -> std::process::ExitCode {
+    Suite::new()
+        .add(
+            &Need::Met,
+            tests![
+                the_logic_layer_agrees_with_the_model,
+                a_fixed_sequence_covers_every_operation,
+                concurrent_callers_keep_the_invariants,
+            ],
+        )
+        .run()
+}
 
 const CHILDREN: [&str; 2] = ["a", "b"];
 
@@ -760,16 +778,15 @@ proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(24),
         max_shrink_iters: 200,
+        failure_persistence: common::regressions_beside_the_test(),
         .. ProptestConfig::default()
     })]
 
-    #[test]
     fn the_logic_layer_agrees_with_the_model(ops in prop::collection::vec(op(), 1..30)) {
         run(ops)?;
     }
 }
 
-#[test]
 fn a_fixed_sequence_covers_every_operation() {
     use Op::*;
     let ops = vec![
@@ -931,10 +948,10 @@ proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(6),
         max_shrink_iters: 20,
+        failure_persistence: common::regressions_beside_the_test(),
         .. ProptestConfig::default()
     })]
 
-    #[test]
     fn concurrent_callers_keep_the_invariants(seed in any::<u64>()) {
         concurrent(seed)?;
     }

@@ -10,6 +10,25 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+fn main() -> std::process::ExitCode {
+    let fuse = Need::fuse();
+    Suite::new()
+        .add(
+            &fuse,
+            both_tests![
+                output_moves_the_cursor,
+                output_starts_over,
+                input_is_one_run,
+                input_refusals,
+                unreachable_children,
+                status_follows_the_child,
+                log_follows,
+            ],
+        )
+        .add(&fuse, tests![a_hung_child_does_not_slow_anything_else,])
+        .run()
+}
+
 /// A live demo parent with one live child, `child1`, mounted, its first task finished.
 /// Fields drop in order: unmount, stop the pods, then remove the home.
 struct Live {
@@ -248,9 +267,7 @@ pub fn hung_child(home: &Home) -> (UnixListener, std::thread::JoinHandle<()>) {
     (listener, holder)
 }
 
-#[test]
 fn a_hung_child_does_not_slow_anything_else() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let (_listener, _holder) = hung_child(&home);
     // Generous per-step bounds, so the hung conversations outlast the checks below.

@@ -6,9 +6,30 @@ use std::time::Duration;
 
 use common::*;
 
-#[test]
+fn main() -> std::process::ExitCode {
+    let fuse = Need::fuse();
+    Suite::new()
+        .add(
+            &fuse,
+            tests![
+                root_lists_parents_and_parent_lists_every_child,
+                value_files_hold_the_registry,
+                stat_sizes_match_what_cat_returns,
+                standard_tools_see_whole_files,
+                cursor_writes_are_strict,
+                read_only_files_and_refused_operations,
+                inode_numbers_are_stable,
+                runtime_changes_appear_within_a_second,
+                corrupt_metadata_gives_eio_for_that_parent_only,
+                invalid_names_are_refused,
+                sigterm_unmounts_cleanly,
+                sigint_unmounts_cleanly,
+            ],
+        )
+        .run()
+}
+
 fn root_lists_parents_and_parent_lists_every_child() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     // child1 has its own metadata.json but never had a child: listed under its parent
@@ -30,9 +51,7 @@ fn root_lists_parents_and_parent_lists_every_child() {
     assert_eq!(ok(&format!("ls {}/parent", m.s())), "child2\nchild3\n");
 }
 
-#[test]
 fn value_files_hold_the_registry() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     let c1 = format!("{}/parent/child1", m.s());
@@ -60,9 +79,7 @@ fn value_files_hold_the_registry() {
     assert_eq!(ok(&format!("cat {c1}/cursor")), "0\n");
 }
 
-#[test]
 fn stat_sizes_match_what_cat_returns() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     for file in [
@@ -82,9 +99,7 @@ fn stat_sizes_match_what_cat_returns() {
     assert!(modes.contains("socket -r--r--r--"), "{modes}");
 }
 
-#[test]
 fn standard_tools_see_whole_files() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     let h = home.s();
@@ -121,9 +136,7 @@ fn standard_tools_see_whole_files() {
     assert_eq!(tree.trim(), "29");
 }
 
-#[test]
 fn cursor_writes_are_strict() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     let cursor = format!("{}/parent/child2/cursor", m.s());
@@ -158,9 +171,7 @@ fn cursor_writes_are_strict() {
     assert_eq!(ok(&format!("cat {}/parent/child1/cursor", m.s())), "0\n");
 }
 
-#[test]
 fn read_only_files_and_refused_operations() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     let c = format!("{}/parent/child1", m.s());
@@ -193,9 +204,7 @@ fn read_only_files_and_refused_operations() {
     assert_eq!(ok(&format!("test -w {c}/cursor && echo rw")), "rw\n");
 }
 
-#[test]
 fn inode_numbers_are_stable() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     let cmd = format!(
@@ -209,9 +218,7 @@ fn inode_numbers_are_stable() {
     assert_eq!(inos.len(), 4, "inode numbers must be distinct: {first}");
 }
 
-#[test]
 fn runtime_changes_appear_within_a_second() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     assert_eq!(
@@ -239,9 +246,7 @@ fn runtime_changes_appear_within_a_second() {
     });
 }
 
-#[test]
 fn corrupt_metadata_gives_eio_for_that_parent_only() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     std::fs::write(
         home.path().join("pods/child1/metadata.json"),
@@ -260,9 +265,7 @@ fn corrupt_metadata_gives_eio_for_that_parent_only() {
     );
 }
 
-#[test]
 fn invalid_names_are_refused() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     // A registry entry with a name the runtime would refuse never appears.
     let path = home.path().join("pods/parent/metadata.json");
@@ -288,9 +291,7 @@ fn invalid_names_are_refused() {
     );
 }
 
-#[test]
 fn sigterm_unmounts_cleanly() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let mut m = Mount::new(&home);
     assert!(m.is_mounted());
@@ -300,9 +301,7 @@ fn sigterm_unmounts_cleanly() {
     assert_eq!(ok(&format!("ls -A {}", m.s())), "");
 }
 
-#[test]
 fn sigint_unmounts_cleanly() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::new(&home);
     signal(m.pid(), nix::sys::signal::Signal::SIGINT);

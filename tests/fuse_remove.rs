@@ -7,6 +7,40 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+fn main() -> std::process::ExitCode {
+    let fuse = Need::fuse();
+    Suite::new()
+        .add(
+            &fuse,
+            both_tests![
+                rm_r_offline,
+                rm_rf_offline,
+                rmdir_offline,
+                find_delete_offline,
+                shutil_rmtree_offline,
+                unlink_changes_nothing,
+                restored_parent,
+                table_in_place,
+                parent_left_the_table,
+                live_parent,
+                live_parent_gets_the_event,
+                stubborn_child,
+                unconfirmed_reclaim,
+                grandchildren_first,
+                repeated_removal,
+            ],
+        )
+        .add(
+            &fuse,
+            tests![
+                rust_remove_dir_all,
+                missing_children,
+                concurrent_removals_reclaim_once,
+            ],
+        )
+        .run()
+}
+
 /// The offline reclaim of child1 must leave exactly the files the runtime itself left.
 fn assert_matches_runtime_after_stop(home: &Home) {
     let (h, g) = (home.s(), home.gen);
@@ -61,9 +95,7 @@ fn python_shutil_rmtree(gen: Gen) {
 }
 both!(shutil_rmtree_offline, python_shutil_rmtree);
 
-#[test]
 fn rust_remove_dir_all() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::quick(&home, &[]);
     std::fs::remove_dir_all(m.p("parent/child1")).unwrap();
@@ -90,9 +122,7 @@ both!(
     unlinking_a_control_file_changes_nothing
 );
 
-#[test]
 fn missing_children() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::quick(&home, &[]);
     assert_eq!(
@@ -308,9 +338,7 @@ fn a_repeated_removal_reclaims_once(gen: Gen) {
 }
 both!(repeated_removal, a_repeated_removal_reclaims_once);
 
-#[test]
 fn concurrent_removals_reclaim_once() {
-    need_fuse!();
     for _ in 0..5 {
         let home = Home::fixture(&INSOMNIA, "live");
         let m = Mount::quick(&home, &[]);

@@ -14,6 +14,24 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
+fn main() -> std::process::ExitCode {
+    let fuse = Need::fuse();
+    Suite::new()
+        .add(
+            &fuse,
+            tests![
+                text_announced_without_end_stops_at_the_budget,
+                one_endless_event_line_stops_at_the_budget,
+                histories_that_grow_forever_under_a_pinned_watch_stop_at_the_budget,
+                many_large_children_together_stay_within_the_budget,
+                garbage_stalls_and_lines_cut_by_a_disconnect_get_clear_answers,
+                three_thousand_live_children_are_all_idle,
+                podfs_running_out_of_descriptors_never_calls_a_child_unreachable,
+            ],
+        )
+        .run()
+}
+
 /// The budget these tests run with, and what podfs may hold above it.
 const BUDGET_MIB: u64 = 32;
 const SLACK_MIB: u64 = 64;
@@ -96,9 +114,7 @@ impl Stage {
     }
 }
 
-#[test]
 fn text_announced_without_end_stops_at_the_budget() {
-    need_fuse!();
     // `text_done` after `text_done`, never an `llm_call_end` to log them as a message.
     let chunk = "x".repeat(64 << 10);
     let st = stage("flood", move |s| {
@@ -127,9 +143,7 @@ fn text_announced_without_end_stops_at_the_budget() {
     st.check_bounds("text_done without llm_call_end");
 }
 
-#[test]
 fn one_endless_event_line_stops_at_the_budget() {
-    need_fuse!();
     // A 200 MB line and more: a Snapshot whose one assistant text never ends.
     let st = stage("endless", |s| {
         let head = br#"{"event":"snapshot","data":{"entries":[{"kind":"assistant_item","ts":1,"item":{"kind":"message","role":"assistant","content":[{"kind":"text","text":""#;
@@ -141,9 +155,7 @@ fn one_endless_event_line_stops_at_the_budget() {
     st.check_bounds("a 200 MB line");
 }
 
-#[test]
 fn histories_that_grow_forever_under_a_pinned_watch_stop_at_the_budget() {
-    need_fuse!();
     // Whole messages this time, each logged: the history itself grows.
     let text = "z".repeat(256 << 10);
     let st = stage("grower", move |s| {
@@ -175,9 +187,7 @@ fn histories_that_grow_forever_under_a_pinned_watch_stop_at_the_budget() {
     st.check_bounds("a history that grows forever");
 }
 
-#[test]
 fn many_large_children_together_stay_within_the_budget() {
-    need_fuse!();
     // Twenty children of 4 MB each: more than the budget together; each alone fits.
     let home = Home::demo(&INSOMNIA, &["child1"]);
     let pods = demo_pods(&home, &["child1"]);
@@ -211,9 +221,7 @@ fn many_large_children_together_stay_within_the_budget() {
     drop(pods);
 }
 
-#[test]
 fn garbage_stalls_and_lines_cut_by_a_disconnect_get_clear_answers() {
-    need_fuse!();
     let home = Home::demo(&INSOMNIA, &["child1"]);
     let _pods = demo_pods(&home, &["child1"]);
     let _garbage = FakeChild::serve(&home, "garbage", |mut s| {
@@ -315,9 +323,7 @@ fn parent_of(home: &Home, names: &[String]) {
     );
 }
 
-#[test]
 fn three_thousand_live_children_are_all_idle() {
-    need_fuse!();
     raise_own_descriptor_limit();
     let home = Home::demo(&INSOMNIA, &[]);
     let names: Vec<String> = (0..3000).map(|i| format!("c{i}")).collect();
@@ -342,9 +348,7 @@ fn three_thousand_live_children_are_all_idle() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-#[test]
 fn podfs_running_out_of_descriptors_never_calls_a_child_unreachable() {
-    need_fuse!();
     let home = Home::demo(&INSOMNIA, &[]);
     let names: Vec<String> = (0..150).map(|i| format!("c{i}")).collect();
     parent_of(&home, &names);

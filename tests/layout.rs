@@ -1,9 +1,29 @@
 //! The layout docs/architecture.md describes, checked where a test can check it: owners
 //! expose operations, not fields; only the adapter knows `fuser`; the modules named there
-//! do not import each other in circles.
+//! do not import each other in circles. And the test files' own layout: each runs under
+//! the suite's harness.
+
+#[macro_use]
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+use common::harness::{Need, Suite};
+
+fn main() -> std::process::ExitCode {
+    Suite::new()
+        .add(
+            &Need::Met,
+            tests![
+                owners_expose_operations_not_fields,
+                only_the_adapter_knows_fuser,
+                no_module_imports_one_that_imports_it,
+                every_test_file_runs_under_the_suites_harness,
+            ],
+        )
+        .run()
+}
 
 fn sources() -> Vec<(PathBuf, String)> {
     fn walk(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
@@ -83,7 +103,6 @@ const OWNERS: &[&str] = &[
     "StopSignals",
 ];
 
-#[test]
 fn owners_expose_operations_not_fields() {
     let sources = sources();
     let mut found = BTreeSet::new();
@@ -107,7 +126,6 @@ fn owners_expose_operations_not_fields() {
     assert!(missing.is_empty(), "owner types not found: {missing:?}");
 }
 
-#[test]
 fn only_the_adapter_knows_fuser() {
     for (path, text) in sources() {
         if path.ends_with("fs/adapter.rs") {
@@ -154,7 +172,6 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
     graph
 }
 
-#[test]
 fn no_module_imports_one_that_imports_it() {
     let graph = imports();
     assert!(graph.get("fs").is_some_and(|u| u.contains("watch")));
@@ -168,4 +185,40 @@ fn no_module_imports_one_that_imports_it() {
     }
     // Known and accepted: none.
     assert!(circles.is_empty(), "import circles: {circles:?}");
+}
+
+/// Every test file has a `[[test]]` entry with `harness = false` in Cargo.toml and lists its
+/// tests in its `main` (tests/common/harness.rs), where the compiler names any function it
+/// forgot. A `#[test]` function in such a file would be left out without a word: only the
+/// standard harness collects those.
+fn every_test_file_runs_under_the_suites_harness() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root.join("tests")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy();
+        assert!(
+            manifest.contains(&format!("[[test]]\nname = \"{name}\"\nharness = false\n")),
+            "Cargo.toml has no `[[test]] name = \"{name}\" harness = false` entry"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("fn main() -> std::process::ExitCode {"),
+            "tests/{name}.rs has no main listing its tests"
+        );
+        for (i, line) in text.lines().enumerate() {
+            assert!(
+                !line.trim_start().starts_with("#[test]"),
+                "tests/{name}.rs:{}: a #[test] function, which this harness never runs; \
+                 list it in main instead",
+                i + 1
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 10, "only {checked} test files found");
 }

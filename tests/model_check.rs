@@ -12,8 +12,13 @@
 //! * The cursor gate ([`fs::gate`]): a reader parked behind a closed value is answered
 //!   exactly once, by the release or by its expiry.
 //! * The pool ([`pool`]): every job runs exactly once, on no more threads than its bound.
+//!
+//! The included modules' own unit tests are not run here: only the standard harness
+//! collects `#[test]` functions, and this binary has its own. They run in the library's
+//! unit tests.
 
-#![allow(dead_code)]
+#[macro_use]
+mod common;
 
 /// The locks and threads the included modules use, backed by shuttle so it can interleave
 /// them.
@@ -59,28 +64,41 @@ mod sync {
     }
 }
 
-// podfs's own modules, unchanged, resolved against the module tree of this crate.
+// podfs's own modules, unchanged, resolved against the module tree of this crate. What
+// of them the properties below do not use is dead code here, and so is the rest of their
+// unit-test modules once the `#[test]` functions are left out: both are allowed to be.
 #[path = "../src/cursors.rs"]
+#[allow(dead_code, unused_imports)]
 mod cursors;
 #[path = "../src/error.rs"]
+#[allow(dead_code, unused_imports)]
 mod error;
 #[path = "../src/fs/body.rs"]
+#[allow(dead_code, unused_imports)]
 pub mod fs_body;
 #[path = "../src/fs/gate.rs"]
+#[allow(dead_code, unused_imports)]
 pub mod fs_gate;
 #[path = "../src/fs/files/output/take.rs"]
+#[allow(dead_code, unused_imports)]
 pub mod fs_output_take;
 #[path = "../src/generation.rs"]
+#[allow(dead_code, unused_imports)]
 mod generation;
 #[path = "../src/pool.rs"]
+#[allow(dead_code, unused_imports)]
 mod pool;
 #[path = "../src/protocol/history.rs"]
+#[allow(dead_code, unused_imports)]
 pub mod protocol_history;
 #[path = "../src/protocol/wire.rs"]
+#[allow(dead_code, unused_imports)]
 pub mod protocol_wire;
 #[path = "../src/watch/budget.rs"]
+#[allow(dead_code, unused_imports)]
 pub mod watch_budget;
 #[path = "../src/watch/live.rs"]
+#[allow(dead_code, unused_imports)]
 pub mod watch_live;
 mod protocol {
     pub use super::protocol_history as history;
@@ -96,6 +114,7 @@ mod fs {
     pub use super::fs_output_take as take;
 }
 /// The fixtures the included modules' own unit tests read.
+#[allow(dead_code)]
 mod test_fixtures {
     use std::path::{Path, PathBuf};
     pub fn root() -> PathBuf {
@@ -115,6 +134,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use common::harness::{Need, Suite};
 use cursors::Cursors;
 use fs::gate::Gates;
 use fs::take::{take, Take};
@@ -124,6 +144,25 @@ use shuttle::thread;
 use sync::Mutex;
 use watch::budget::Budget;
 use watch::live::{Due, Intake, LiveState, Notify, Topic, Waiter, Wake};
+
+fn main() -> std::process::ExitCode {
+    Suite::new()
+        .add(
+            &Need::Met,
+            tests![
+                two_output_readers_never_take_the_same_text_and_the_budget_holds_what_they_took,
+                a_take_that_does_not_fit_leaves_the_cursor_and_the_budget_alone,
+                a_parked_operation_is_answered_exactly_once,
+                a_poller_is_never_missed_and_is_notified_on_every_later_change,
+                one_message_reserves_the_child_and_status_agrees_with_input,
+                a_reader_behind_a_closed_cursor_value_is_answered_once,
+                gate_waiters_run_at_the_last_release_or_at_their_expiry,
+                every_pool_job_runs_once_on_bounded_threads,
+                cursors_of_a_new_incarnation_start_at_zero_under_concurrency,
+            ],
+        )
+        .run()
+}
 
 /// Enough schedules to cover the small state spaces below many times over.
 const ITERATIONS: usize = 2000;
@@ -176,7 +215,6 @@ fn notifying(counter: &Arc<AtomicUsize>) -> Notify {
     })
 }
 
-#[test]
 fn two_output_readers_never_take_the_same_text_and_the_budget_holds_what_they_took() {
     check(|| {
         let cursors: Arc<Cursors<&'static str>> = Arc::new(Cursors::default());
@@ -242,7 +280,6 @@ fn two_output_readers_never_take_the_same_text_and_the_budget_holds_what_they_to
     });
 }
 
-#[test]
 fn a_take_that_does_not_fit_leaves_the_cursor_and_the_budget_alone() {
     check(|| {
         let cursors: Arc<Cursors<&'static str>> = Arc::new(Cursors::default());
@@ -267,7 +304,6 @@ fn a_take_that_does_not_fit_leaves_the_cursor_and_the_budget_alone() {
     });
 }
 
-#[test]
 fn a_parked_operation_is_answered_exactly_once() {
     check(|| {
         let state = Arc::new(Mutex::new(LiveState::new(Instant::now())));
@@ -330,7 +366,6 @@ fn a_parked_operation_is_answered_exactly_once() {
     });
 }
 
-#[test]
 fn a_poller_is_never_missed_and_is_notified_on_every_later_change() {
     check(|| {
         let state = Arc::new(Mutex::new(LiveState::new(Instant::now())));
@@ -391,7 +426,6 @@ fn a_poller_is_never_missed_and_is_notified_on_every_later_change() {
 /// A reservation's hold bound, longer than any schedule runs.
 const HOLD: std::time::Duration = std::time::Duration::from_secs(3600);
 
-#[test]
 fn one_message_reserves_the_child_and_status_agrees_with_input() {
     check(|| {
         let state = Arc::new(Mutex::new(LiveState::new(Instant::now())));
@@ -438,7 +472,6 @@ fn one_message_reserves_the_child_and_status_agrees_with_input() {
     });
 }
 
-#[test]
 fn a_reader_behind_a_closed_cursor_value_is_answered_once() {
     check(|| {
         let gates: Arc<Gates<&'static str>> = Arc::default();
@@ -476,7 +509,6 @@ fn a_reader_behind_a_closed_cursor_value_is_answered_once() {
     });
 }
 
-#[test]
 fn gate_waiters_run_at_the_last_release_or_at_their_expiry() {
     sequence(|| {
         let gates: Arc<Gates<&str>> = Arc::default();
@@ -508,7 +540,6 @@ fn gate_waiters_run_at_the_last_release_or_at_their_expiry() {
     });
 }
 
-#[test]
 fn every_pool_job_runs_once_on_bounded_threads() {
     check(|| {
         let pool = pool::Pool::new(2);
@@ -539,7 +570,6 @@ fn every_pool_job_runs_once_on_bounded_threads() {
     });
 }
 
-#[test]
 fn cursors_of_a_new_incarnation_start_at_zero_under_concurrency() {
     check(|| {
         let cursors: Arc<Cursors<&'static str>> = Arc::new(Cursors::default());

@@ -9,6 +9,24 @@ use std::time::Duration;
 
 use common::*;
 
+fn main() -> std::process::ExitCode {
+    let fuse = Need::fuse();
+    Suite::new()
+        .add(
+            &fuse.and_then(Helper::can_install),
+            tests![mount_t_fuse_podfs_and_fstab_lines_work],
+        )
+        .add(&fuse, tests![daemon_returns_once_the_mount_is_ready])
+        .add(
+            &Need::Met,
+            tests![
+                install_script_stages_binary_helper_units_man_page_and_completions,
+                man_page_and_completions_come_from_the_cli_definition,
+            ],
+        )
+        .run()
+}
+
 const HELPER: &str = "/sbin/mount.fuse.podfs";
 
 /// Put mount-scripts/mount.fuse.podfs in place for mount(8), pointing at the binary under
@@ -16,18 +34,22 @@ const HELPER: &str = "/sbin/mount.fuse.podfs";
 struct Helper;
 
 impl Helper {
-    fn install() -> Option<Helper> {
-        if !running_as_root("installing the mount helper into /sbin") {
-            return None;
-        }
-        if Path::new(HELPER).exists() {
-            let msg = format!("{HELPER} already exists (a real installation?); not replacing it");
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{msg}");
+    /// Whether the helper can be put in place: only root may write /sbin, and a helper
+    /// already there (a real installation?) is not replaced.
+    fn can_install() -> Need {
+        Need::root("installing the mount helper into /sbin").and_then(|| {
+            if Path::new(HELPER).exists() {
+                Need::unmet(
+                    "a mount helper is installed already",
+                    format!("{HELPER} exists (a real installation?); not replacing it"),
+                )
+            } else {
+                Need::Met
             }
-            loud(&format!("SKIPPED: {msg}"));
-            return None;
-        }
+        })
+    }
+
+    fn install() -> Helper {
         let script = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-scripts/mount.fuse.podfs"),
         )
@@ -36,7 +58,7 @@ impl Helper {
         std::fs::write(HELPER, script).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(HELPER, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Some(Helper)
+        Helper
     }
 }
 
@@ -46,14 +68,8 @@ impl Drop for Helper {
     }
 }
 
-#[test]
 fn mount_t_fuse_podfs_and_fstab_lines_work() {
-    if !fuse_available() {
-        return;
-    }
-    let Some(_helper) = Helper::install() else {
-        return;
-    };
+    let _helper = Helper::install();
     let home = Home::fixture(&INSOMNIA, "live");
     let mnt = tempdir();
     let m = mnt.path().display().to_string();
@@ -87,11 +103,7 @@ fn mount_t_fuse_podfs_and_fstab_lines_work() {
     wait_for(Duration::from_secs(5), || !is_mounted(mnt.path()));
 }
 
-#[test]
 fn daemon_returns_once_the_mount_is_ready() {
-    if !fuse_available() {
-        return;
-    }
     let home = Home::fixture(&INSOMNIA, "live");
     let mnt = tempdir();
     let _guard = Unmount(mnt.path().to_path_buf());
@@ -156,7 +168,6 @@ fn install(args: &[&str], env: (&str, &Path)) {
     );
 }
 
-#[test]
 fn install_script_stages_binary_helper_units_man_page_and_completions() {
     let stage = tempdir();
     install(&[], ("DESTDIR", stage.path()));
@@ -194,7 +205,6 @@ fn install_script_stages_binary_helper_units_man_page_and_completions() {
     assert!(home.path().join(".local/share/man/man1/podfs.1").exists());
 }
 
-#[test]
 fn man_page_and_completions_come_from_the_cli_definition() {
     let man = ok(&format!("{BIN} man"));
     for word in ["podfs", "mount", "demo", "unmount", "completions"] {

@@ -4,9 +4,11 @@
 //!
 //! `cargo test --test parsers` runs 256 cases per property; `PROPTEST_CASES` raises it.
 
+#[macro_use]
 mod common;
 
 use common::cursor_grammar;
+use common::harness::{Need, Suite};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -18,6 +20,27 @@ use podfs::scope::{parse_scope_line, StoredRule};
 use podfs::store::alloc::AllocTable;
 use podfs::store::metadata::{parse_registry, Metadata, SpawnedChild};
 use podfs::store::mirror;
+
+fn main() -> std::process::ExitCode {
+    Suite::new()
+        .add(
+            &Need::Met,
+            tests![
+                cursor_writes_accept_exactly_the_grammar_however_chunked,
+                a_message_is_the_same_however_it_is_chunked_or_nothing,
+                a_busy_or_unreachable_child_refuses_the_whole_message,
+                event_lines_never_panic,
+                a_snapshot_and_generic_entries_give_the_same_history,
+                events_count_the_entries_the_runtime_logs,
+                metadata_survives_rewrites_and_reclaims,
+                the_allocation_table_survives_rewrites_and_reclaims,
+                mirrors_parse_or_fail_cleanly,
+                scope_lines_round_trip,
+                store_parsers_meet_serde_edge_cases_with_errors_not_panics,
+            ],
+        )
+        .run()
+}
 
 /// Any JSON value, a few levels deep, biased toward the keys the parsers look for.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -109,7 +132,11 @@ fn assistant(text: &str) -> Value {
 }
 
 proptest! {
-    #[test]
+    #![proptest_config(ProptestConfig {
+        failure_persistence: common::regressions_beside_the_test(),
+        .. ProptestConfig::default()
+    })]
+
     fn cursor_writes_accept_exactly_the_grammar_however_chunked(
         data in prop::collection::vec(prop_oneof![Just(b'1'), Just(b'0'), Just(b'\n'), Just(b' '), any::<u8>()], 0..24),
         cuts in prop::collection::vec(any::<usize>(), 0..6),
@@ -139,7 +166,6 @@ proptest! {
         }
     }
 
-    #[test]
     fn a_message_is_the_same_however_it_is_chunked_or_nothing(
         data in prop::collection::vec(prop_oneof![Just(b'a'), Just(b'\n'), Just(0xc3u8), Just(0xa9u8), any::<u8>()], 0..40),
         cuts in prop::collection::vec(any::<usize>(), 0..8),
@@ -181,7 +207,6 @@ proptest! {
         }
     }
 
-    #[test]
     fn a_busy_or_unreachable_child_refuses_the_whole_message(
         parts in prop::collection::vec("[a-z]{1,5}", 1..5),
         fail_at in any::<prop::sample::Index>(),
@@ -203,7 +228,6 @@ proptest! {
         prop_assert!(matches!(message.finish(), Delivery::Dropped(_)));
     }
 
-    #[test]
     fn event_lines_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64), value in json_value()) {
         let parsed = Event::parse(&bytes);
         prop_assert!(parsed.is_ok() || parsed.is_err());
@@ -215,7 +239,6 @@ proptest! {
         }
     }
 
-    #[test]
     fn a_snapshot_and_generic_entries_give_the_same_history(
         entries in prop::collection::vec(prop_oneof![
             json_value(),
@@ -237,7 +260,6 @@ proptest! {
 
     /// Runs shaped like the runtime logs them (section 9.1 of the reference): the events a
     /// run broadcasts, and the entries it commits. The tracker's count must be the runtime's.
-    #[test]
     fn events_count_the_entries_the_runtime_logs(
         runs in prop::collection::vec((
             any::<bool>(),                                   // a user message (else a notification)
@@ -318,7 +340,6 @@ proptest! {
         }
     }
 
-    #[test]
     fn metadata_survives_rewrites_and_reclaims(
         bytes in prop::collection::vec(any::<u8>(), 0..64),
         value in json_value(),
@@ -352,7 +373,6 @@ proptest! {
         }
     }
 
-    #[test]
     fn the_allocation_table_survives_rewrites_and_reclaims(
         value in json_value(),
         rules in prop::collection::vec(rule(), 0..4),
@@ -369,14 +389,12 @@ proptest! {
         }
     }
 
-    #[test]
     fn mirrors_parse_or_fail_cleanly(value in json_value(), gen in generation()) {
         if let Ok(records) = mirror::parse(&serde_json::to_vec(&value).unwrap(), gen) {
             prop_assert!(records.iter().all(|r| r.get(gen.name_key).is_some_and(Value::is_string)));
         }
     }
 
-    #[test]
     fn scope_lines_round_trip(line in ".{0,40}", rule in rule()) {
         if let Some(parsed) = parse_scope_line(&line) {
             prop_assert_eq!(parsed.to_string(), line);
@@ -433,7 +451,11 @@ fn edgy_text() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #[test]
+    #![proptest_config(ProptestConfig {
+        failure_persistence: common::regressions_beside_the_test(),
+        .. ProptestConfig::default()
+    })]
+
     fn store_parsers_meet_serde_edge_cases_with_errors_not_panics(text in edgy_text(), gen in generation()) {
         // Whatever parses is used; whatever does not is an error. Nothing panics.
         let lean = parse_registry(&text, gen);

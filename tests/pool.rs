@@ -1,6 +1,9 @@
 //! The worker pool with real threads: bounded, queueing, and proof against panicking jobs.
 //! (Its interleavings are explored in `tests/model_check.rs`.)
 
+#[macro_use]
+mod common;
+
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -11,7 +14,20 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-#[test]
+use common::harness::{Need, Suite};
+
+fn main() -> std::process::ExitCode {
+    Suite::new()
+        .add(
+            &Need::Met,
+            tests![
+                a_busy_pool_queues_instead_of_growing,
+                panicking_jobs_never_use_up_the_threads,
+            ],
+        )
+        .run()
+}
+
 fn a_busy_pool_queues_instead_of_growing() {
     let pool = Pool::new(2);
     let (release_tx, release_rx) = mpsc::channel::<()>();
@@ -38,7 +54,6 @@ fn a_busy_pool_queues_instead_of_growing() {
     pool.close();
 }
 
-#[test]
 fn panicking_jobs_never_use_up_the_threads() {
     let pool = Pool::new(2);
     let done = Arc::new(AtomicUsize::new(0));

@@ -18,6 +18,46 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
+fn main() -> std::process::ExitCode {
+    let fuse = Need::fuse();
+    let crash = fuse.and(Need::dead_connections_abortable(
+        "killing podfs in the middle of removals",
+    ));
+    Suite::new()
+        .add(
+            &fuse,
+            tests![
+                concurrent_load_with_a_runtime_writer,
+                hostile_children_get_bounded_clear_errors,
+                a_zombie_pid_is_no_proof_of_life,
+                random_writes_to_cursor_are_all_or_nothing,
+                corrupt_pods_json_fails_the_reclaim_and_changes_nothing,
+                sockets_outside_the_runtime_dir_are_never_connected_to,
+                files_podfs_creates_get_the_runtime_modes,
+                random_writes_to_input_are_one_run_or_nothing,
+            ],
+        )
+        .add(&crash, tests![crash_during_offline_reclaims])
+        .add_long(
+            "500 kills",
+            &crash,
+            tests![crash_during_offline_reclaims_500],
+        )
+        .add_long(
+            "60 s of load",
+            &fuse,
+            tests![concurrent_load_with_a_runtime_writer_60s],
+        )
+        .add(
+            &fuse.and(Need::root("acting as another user (nobody)")),
+            tests![
+                the_mount_is_private_by_default,
+                allow_other_applies_honest_modes,
+            ],
+        )
+        .run()
+}
+
 /// A small deterministic generator (no dependency, reproducible runs).
 struct Lcg(u64);
 
@@ -235,22 +275,11 @@ fn crash_rounds(rounds: usize) -> BTreeMap<State, usize> {
     seen
 }
 
-#[test]
 fn crash_during_offline_reclaims() {
-    need_fuse!();
-    if !dead_connections_can_be_aborted("killing podfs in the middle of removals") {
-        return;
-    }
     crash_rounds(12);
 }
 
-#[test]
-#[ignore = "long: 500 kills; run with --ignored"]
 fn crash_during_offline_reclaims_500() {
-    need_fuse!();
-    if !dead_connections_can_be_aborted("killing podfs in the middle of removals") {
-        return;
-    }
     let seen = crash_rounds(500);
     assert!(
         seen.get(&State::Pending).copied().unwrap_or(0) > 0,
@@ -400,17 +429,12 @@ fn load(seconds: f64) -> (usize, usize) {
     (total, reclaimed.len())
 }
 
-#[test]
 fn concurrent_load_with_a_runtime_writer() {
-    need_fuse!();
     let (ops, _) = load(4.0);
     assert!(ops > 100, "only {ops} operations ran");
 }
 
-#[test]
-#[ignore = "long: 60 s of load; run with --ignored"]
 fn concurrent_load_with_a_runtime_writer_60s() {
-    need_fuse!();
     load(60.0);
 }
 
@@ -442,9 +466,7 @@ fn time_it<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     (v, t.elapsed())
 }
 
-#[test]
 fn hostile_children_get_bounded_clear_errors() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     // 50 MB snapshot: 200,000 entries, the assistant text in the last one.
     let mut entries = Vec::with_capacity(200_001);
@@ -505,9 +527,7 @@ fn hostile_children_get_bounded_clear_errors() {
     );
 }
 
-#[test]
 fn a_zombie_pid_is_no_proof_of_life() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     // A process that has exited but was never reaped: kill(pid, 0) still succeeds.
     let zombie = Command::new("true").spawn().unwrap();
@@ -537,9 +557,7 @@ fn a_zombie_pid_is_no_proof_of_life() {
 // ---------------------------------------------------------------------------------------
 // Bad input through the mount.
 
-#[test]
 fn random_writes_to_cursor_are_all_or_nothing() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::quick(&home, &[]);
     let cursor = m.p("parent/child2/cursor");
@@ -593,9 +611,7 @@ fn write_and_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-#[test]
 fn corrupt_pods_json_fails_the_reclaim_and_changes_nothing() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     std::fs::write(home.path().join("run/pods.json"), b"{\"allocations\": [").unwrap();
     let before = home.read("pods/parent/metadata.json");
@@ -646,10 +662,7 @@ fn open_to_all(m: &Mount) {
     std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-#[test]
 fn the_mount_is_private_by_default() {
-    need_fuse!();
-    need_root!("acting as another user (nobody)");
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::quick(&home, &[]);
     open_to_all(&m);
@@ -662,10 +675,7 @@ fn the_mount_is_private_by_default() {
     assert_eq!(code, 0, "{err}");
 }
 
-#[test]
 fn allow_other_applies_honest_modes() {
-    need_fuse!();
-    need_root!("acting as another user (nobody)");
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::quick(&home, &["--allow-other"]);
     open_to_all(&m);
@@ -690,9 +700,7 @@ fn allow_other_applies_honest_modes() {
     );
 }
 
-#[test]
 fn sockets_outside_the_runtime_dir_are_never_connected_to() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let elsewhere = tempdir();
     let sock = elsewhere.path().join("sock");
@@ -736,9 +744,7 @@ fn sockets_outside_the_runtime_dir_are_never_connected_to() {
     );
 }
 
-#[test]
 fn files_podfs_creates_get_the_runtime_modes() {
-    need_fuse!();
     use std::os::unix::fs::PermissionsExt;
     let home = Home::fixture(&INSOMNIA, "live");
     // A runtime dir with no allocation table: podfs makes one the way the runtime does.
@@ -772,9 +778,7 @@ fn history_len(sock: &Path) -> usize {
     v["data"]["entries"].as_array().unwrap().len()
 }
 
-#[test]
 fn random_writes_to_input_are_one_run_or_nothing() {
-    need_fuse!();
     let home = Home::demo(&INSOMNIA, &["child1"]);
     let _child = PodProcess::start(&home, "child1", &["--turn-ms", "1"]);
     let m = Mount::quick(&home, &[]);

@@ -1,8 +1,21 @@
 //! docs/semantics.md stays honest: every test it names exists.
 
+#[macro_use]
+mod common;
+
 use std::path::Path;
 
-#[test]
+use common::harness::{Need, Suite};
+
+fn main() -> std::process::ExitCode {
+    Suite::new()
+        .add(
+            &Need::Met,
+            tests![every_test_named_in_the_semantics_document_exists,],
+        )
+        .run()
+}
+
 fn every_test_named_in_the_semantics_document_exists() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let doc = std::fs::read_to_string(root.join("docs/semantics.md")).unwrap();

@@ -5,9 +5,10 @@
 //! Run as root, the tests switch to an unprivileged user (`podfs-ci`, created if missing)
 //! for every command; run as an ordinary user, they run as that user. An ordinary user can
 //! only mount FUSE where /dev/fuse is open to everyone (mode 0666, as udev makes it on a
-//! standard host; `.ci/run` does the same in containers where it is root's alone). Where
-//! it is not, the tests check that podfs says so with its mount-failure status and then
-//! report loudly what they could not run; under `CI=true` that is a failure.
+//! standard host; `.ci/run` does the same in containers where it is root's alone). `main`
+//! finds out by trying, before the tests are listed; where the user cannot, it checks that
+//! podfs says so with its mount-failure status, and the tests are reported as ignored
+//! (under `CI=true` they fail). A user this binary created is removed when its tests end.
 #[macro_use]
 mod common;
 
@@ -15,15 +16,46 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
 
+fn main() -> std::process::ExitCode {
+    // Listing the tests needs no user and no mount.
+    let ordinary = if common::harness::only_listing() {
+        Need::Met
+    } else {
+        Need::fuse().and_then(|| {
+            Need::probe(
+                "an ordinary user can mount FUSE here",
+                an_ordinary_user_can_mount,
+            )
+        })
+    };
+    Suite::new()
+        .add(
+            &ordinary,
+            tests![
+                the_demo_runs_and_cleans_up_as_an_ordinary_user,
+                a_killed_mount_leaves_nothing_behind,
+                a_killed_demo_leaves_nothing_behind,
+                daemon_and_unmount_as_an_ordinary_user,
+                the_user_unit_command_lines_work_as_an_ordinary_user,
+            ],
+        )
+        .finally(remove_the_user_if_created_here)
+        .run()
+}
+
 const USER: &str = "podfs-ci";
 
 /// The tests look for leftover processes of the user: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Whether this binary created the user (and so removes it at the end).
+static CREATED_HERE: AtomicBool = AtomicBool::new(false);
 
 /// An ordinary user, a private workspace it owns, and a copy of podfs it can run.
 struct Ordinary {
@@ -33,18 +65,37 @@ struct Ordinary {
     bin: PathBuf,
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
+/// Whether an ordinary user can mount FUSE here, found by trying: as root, the user is
+/// `podfs-ci` (created if missing).
+fn an_ordinary_user_can_mount() -> Need {
+    match Ordinary::new() {
+        Ok(o) => o.can_mount(),
+        Err(not_run) => Need::Unmet(not_run),
+    }
 }
 
-/// Say loudly that something could not run; under CI that fails the test.
-fn cannot(what: &str) {
-    loud(&format!("NOT RUN: {what}"));
-    assert!(!in_ci(), "under CI=true this must run: {what}");
+/// Remove `podfs-ci` once the tests are done, if this binary created it: the suite leaves
+/// the host as it found it.
+fn remove_the_user_if_created_here() -> Result<(), String> {
+    if !CREATED_HERE.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let out = Command::new("userdel")
+        .arg(USER)
+        .output()
+        .map_err(|e| format!("userdel {USER}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "userdel {USER}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 impl Ordinary {
-    fn new() -> Option<Ordinary> {
+    fn new() -> Result<Ordinary, NotRun> {
         let root = nix::unistd::geteuid().is_root();
         let (uid, gid) = if root {
             match nix::unistd::User::from_name(USER).ok().flatten() {
@@ -60,11 +111,16 @@ impl Ordinary {
                         .arg(USER)
                         .status()
                         .is_ok_and(|s| s.success());
+                    if made {
+                        CREATED_HERE.store(true, Ordering::SeqCst);
+                    }
                     match nix::unistd::User::from_name(USER).ok().flatten() {
                         Some(u) if made => (u.uid.as_raw(), u.gid.as_raw()),
                         _ => {
-                            cannot(&format!("no unprivileged user {USER} and useradd failed"));
-                            return None;
+                            return Err(NotRun {
+                                why: "no ordinary user to run as".into(),
+                                detail: format!("no user {USER}, and useradd failed"),
+                            });
                         }
                     }
                 }
@@ -95,7 +151,7 @@ impl Ordinary {
             std::fs::create_dir(o.p(dir)).unwrap();
         }
         o.chown(o.ws.path());
-        Some(o)
+        Ok(o)
     }
 
     fn p(&self, rel: &str) -> PathBuf {
@@ -173,8 +229,8 @@ impl Ordinary {
     }
 
     /// Whether the user may mount at all; if not, check that podfs says so as a mount
-    /// failure (status 32) and leaves nothing behind, and report it.
-    fn can_mount(&self) -> bool {
+    /// failure (status 32) and leaves nothing behind, and say why the tests cannot run.
+    fn can_mount(&self) -> Need {
         let home = self.home_in("probe", &INSOMNIA, &["child1"]);
         let out = self
             .podfs()
@@ -185,16 +241,15 @@ impl Ordinary {
         if out.status.success() {
             let status = self.podfs().args(["unmount", "m"]).status().unwrap();
             assert!(status.success());
-            return true;
+            return Need::Met;
         }
         assert_eq!(out.status.code(), Some(32), "{out:?}");
         assert!(!is_mounted(&self.p("m")));
         let mode = std::fs::metadata("/dev/fuse").map_or(0, |m| m.mode() & 0o777);
-        cannot(&format!(
-            "an ordinary user cannot mount FUSE here (/dev/fuse mode {mode:o}); podfs refused \
-             with status 32 as it should, but the unprivileged tests did not run"
-        ));
-        false
+        Need::unmet(
+            "an ordinary user cannot mount FUSE",
+            format!("/dev/fuse mode {mode:o}; podfs refused with status 32, as it should"),
+        )
     }
 }
 
@@ -219,17 +274,13 @@ impl Drop for Reaper {
     }
 }
 
+/// The ordinary user, whom `main` found able to mount before the tests were listed.
 macro_rules! ordinary_user {
-    () => {{
-        need_fuse!();
-        match Ordinary::new() {
-            Some(o) if o.can_mount() => o,
-            _ => return,
-        }
-    }};
+    () => {
+        Ordinary::new().unwrap_or_else(|not_run| panic!("{not_run}"))
+    };
 }
 
-#[test]
 fn the_demo_runs_and_cleans_up_as_an_ordinary_user() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let o = ordinary_user!();
@@ -323,21 +374,18 @@ fn killed_mount(o: &Ordinary, program: &str) {
     assert!(std::fs::read_dir(&m).unwrap().next().is_none());
 }
 
-#[test]
 fn a_killed_mount_leaves_nothing_behind() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let o = ordinary_user!();
     killed_mount(&o, "mount");
 }
 
-#[test]
 fn a_killed_demo_leaves_nothing_behind() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let o = ordinary_user!();
     killed_mount(&o, "demo");
 }
 
-#[test]
 fn daemon_and_unmount_as_an_ordinary_user() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let o = ordinary_user!();
@@ -368,7 +416,6 @@ fn daemon_and_unmount_as_an_ordinary_user() {
 
 /// What systemd would run for `podfs.user.service`: the unit's own command lines, with
 /// `%h` the user's home, run as the user; stopped with the unit's KillSignal.
-#[test]
 fn the_user_unit_command_lines_work_as_an_ordinary_user() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let o = ordinary_user!();

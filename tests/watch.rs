@@ -14,6 +14,38 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+fn main() -> std::process::ExitCode {
+    let fuse = Need::fuse();
+    Suite::new()
+        .add(
+            &fuse,
+            both_tests![
+                one_snapshot_per_watch,
+                poll_wakes_on_a_status_change,
+                select_wakes_on_a_status_change,
+                epoll_wakes_on_new_log_text,
+                poll_wakes_when_output_has_text,
+                removed_children_vanish_at_once,
+                stat_fallback_without_inotify,
+            ],
+        )
+        .add(
+            &fuse,
+            tests![
+                a_watch_ends_after_the_idle_period_and_a_new_look_starts_another,
+                the_text_budget_drops_the_least_recently_used_watches,
+                three_hundred_watched_children_cost_no_thread_each,
+                a_child_larger_than_the_whole_budget_fails_alone_and_never_loops,
+            ],
+        )
+        // Only root can make the kernel drop its caches, and so forget what it looked up.
+        .add(
+            &fuse.and(Need::root("dropping the kernel's caches")),
+            tests![lookups_of_missing_names_leave_nothing_behind_and_forget_shrinks_the_table],
+        )
+        .run()
+}
+
 /// Reference pods for `names`, all served by one process that keeps `stats` up to date.
 /// Readiness is read from the stats file (written once every socket listens), not by
 /// connecting: every connection costs a pod one Snapshot, and those are what is counted.
@@ -231,9 +263,7 @@ both!(stat_fallback_without_inotify, changes_show_without_inotify);
 // ---------------------------------------------------------------------------------------
 // Memory: the inode table, watches that end, the text budget.
 
-#[test]
 fn lookups_of_missing_names_leave_nothing_behind_and_forget_shrinks_the_table() {
-    need_fuse!();
     let home = Home::fixture(&INSOMNIA, "live");
     let m = Mount::quick(&home, &[]);
     let base = m.report();
@@ -264,16 +294,6 @@ for i in range(20000):
         walked >= base["inodes"] + 4,
         "the walk should be remembered: {base:?} -> {walked}"
     );
-    if !nix::unistd::Uid::effective().is_root() {
-        loud(
-            "NOT RUN: not root, so the kernel's caches cannot be dropped; forget is not exercised",
-        );
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI runs this as root"
-        );
-        return;
-    }
     std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
     wait_for(Duration::from_secs(10), || {
         m.report()["inodes"] <= base["inodes"] + 1
@@ -283,9 +303,7 @@ for i in range(20000):
     assert_eq!(ok(&format!("cat {}/parent/child1/cursor", m.s())), "0\n");
 }
 
-#[test]
 fn a_watch_ends_after_the_idle_period_and_a_new_look_starts_another() {
-    need_fuse!();
     let home = Home::demo(&INSOMNIA, &["child1"]);
     let stats = home.path().join("stats.json");
     let _pods = pods_with_stats(&home, &["child1"], &stats, &[]);
@@ -302,9 +320,7 @@ fn a_watch_ends_after_the_idle_period_and_a_new_look_starts_another() {
     assert_eq!(m.report()["watches"], 1);
 }
 
-#[test]
 fn the_text_budget_drops_the_least_recently_used_watches() {
-    need_fuse!();
     let names = ["child1", "child2", "child3", "child4", "child5"];
     let home = Home::demo(&INSOMNIA, &names);
     let stats = home.path().join("stats.json");
@@ -330,9 +346,7 @@ fn the_text_budget_drops_the_least_recently_used_watches() {
 // ---------------------------------------------------------------------------------------
 // Threads: a handful, however many children are watched.
 
-#[test]
 fn three_hundred_watched_children_cost_no_thread_each() {
-    need_fuse!();
     let names: Vec<String> = (0..300).map(|i| format!("c{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let home = Home::demo(&INSOMNIA, &refs);
@@ -350,9 +364,7 @@ fn three_hundred_watched_children_cost_no_thread_each() {
     assert!(served.values().all(|n| *n == 1), "{served:?}");
 }
 
-#[test]
 fn a_child_larger_than_the_whole_budget_fails_alone_and_never_loops() {
-    need_fuse!();
     let home = Home::demo(&INSOMNIA, &["huge", "small"]);
     let stats = home.path().join("stats.json");
     let _huge = pods_with_stats(&home, &["huge"], &stats, &["--history-bytes", "1500000"]);

@@ -1,6 +1,7 @@
 //! Shared harness for the mount tests: staged homes of either runtime generation, a real
 //! `podfs mount` process that is always unmounted (even when an assertion fails), reference
-//! pods, and shell helpers that report exit statuses and errnos, never message text.
+//! pods, and shell helpers that report exit statuses and errnos, never message text; and
+//! the harness every test binary runs under ([`harness`]).
 #![allow(dead_code)]
 
 use std::os::unix::fs::MetadataExt;
@@ -9,6 +10,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[macro_use]
+pub mod harness;
+
+#[allow(unused_imports)]
+pub use harness::{Need, NotRun, Suite};
 #[allow(unused_imports)]
 pub use podfs::generation::{Generation, INSOMNIA_5472 as INSOMNIA, YOI_WORKER_485918EB as YOI};
 
@@ -16,104 +22,32 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_podfs");
 
 pub type Gen = &'static Generation;
 
-/// False (with a loud message) when FUSE is unavailable; under `CI=true` that is a failure.
-pub fn fuse_available() -> bool {
-    if Path::new("/dev/fuse").exists() {
-        return true;
-    }
-    let msg = "/dev/fuse is missing: this mount test CANNOT RUN here";
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg} (CI=true makes this a failure)");
-    }
-    loud(&format!("SKIPPED: {msg}"));
-    false
-}
-
-/// Whether this test may do what only root can (install into /sbin, act as another
-/// user). As an ordinary user it says loudly that it did not run; CI runs as root, so
-/// there a missing privilege is a failure.
-pub fn running_as_root(what: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    let msg = format!("NOT RUN as an ordinary user: {what} needs root");
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{msg} (CI=true makes this a failure)"
-    );
-    loud(&msg);
-    false
-}
-
-/// Whether a podfs killed while the kernel waits on it can be cleaned up here. A request
-/// podfs read but never answered can hold a directory lock that podfs's own invalidation
-/// thread waits for inside the kernel, so the killed podfs never finishes dying; only an
-/// abort of the FUSE connection ends that. As root the guard forces an unmount; an
-/// ordinary user needs the FUSE control filesystem (fusectl, mounted by systemd on most
-/// systems, often absent in containers). Without either, this says loudly what did not
-/// run; CI runs as root, so there it is a failure.
-pub fn dead_connections_can_be_aborted(what: &str) -> bool {
-    let fusectl = podfs::mountinfo::mount_type(Path::new("/sys/fs/fuse/connections"))
-        .is_some_and(|t| t == "fusectl");
-    if nix::unistd::geteuid().is_root() || fusectl {
-        return true;
-    }
-    let msg = format!(
-        "NOT RUN as an ordinary user without fusectl at /sys/fs/fuse/connections: {what} \
-         can leave a request the kernel waits on for good (docs/reliability.md)"
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{msg} (CI=true makes this a failure)"
-    );
-    loud(&msg);
-    false
-}
-
-#[macro_export]
-macro_rules! need_root {
-    ($what:expr) => {
-        if !running_as_root($what) {
-            return;
-        }
-    };
-}
-
-/// Print past the test harness's output capture, so a skip shows in `cargo test`'s output
-/// even when the test passes.
-pub fn loud(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\n!!!!! {msg} !!!!!\n");
-}
-
-#[macro_export]
-macro_rules! need_fuse {
-    () => {
-        if !fuse_available() {
-            return;
-        }
-    };
-}
-
 /// One test body run on both generations: `both!(name, body)` makes `name::insomnia` and
-/// `name::yoi`, each calling `body(gen)`.
+/// `name::yoi`, each calling `body(gen)`; `both_tests![name]` lists them for the harness.
+/// They mount, so they need a usable /dev/fuse.
 #[macro_export]
 macro_rules! both {
     ($name:ident, $body:path) => {
         mod $name {
             use super::*;
-            #[test]
-            fn insomnia() {
-                need_fuse!();
+            pub fn insomnia() {
                 $body(&INSOMNIA)
             }
-            #[test]
-            fn yoi() {
-                need_fuse!();
+            pub fn yoi() {
                 $body(&YOI)
             }
         }
     };
+}
+
+/// Where proptest keeps the failing cases it finds: beside the test file, as
+/// `tests/<file>.proptest-regressions`. Its default (`SourceParallel`) ends up there too,
+/// but only after looking for a lib.rs or main.rs above the test file, and it says on
+/// every run that it found none.
+pub fn regressions_beside_the_test() -> Option<Box<dyn proptest::test_runner::FailurePersistence>> {
+    Some(Box::new(
+        proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+    ))
 }
 
 /// The folder of the golden fixtures of `gen`.
