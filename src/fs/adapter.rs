@@ -73,8 +73,17 @@ impl Session {
         };
         let mut config = fuser::Config::default();
         config.n_threads = Some(threads.max(1));
+        // Invalidations go through a clone of the device where one can be made, so that a
+        // podfs killed while one is stuck in the kernel can still die (see fs::kernel).
+        let device = crate::fs::kernel::Device::clone_of(fd.as_fd());
         let session = fuser::Session::from_fd(Adapter::new(fs.clone()), fd, acl, config)?;
-        fs.connect_kernel(Arc::new(Notifier(session.notifier())));
+        match device {
+            Ok(device) => fs.connect_kernel(Arc::new(device)),
+            Err(e) => {
+                tracing::debug!(error = %e, "no clone of the FUSE device; invalidations go through the session's own");
+                fs.connect_kernel(Arc::new(Notifier(session.notifier())));
+            }
+        }
         let (ended, end) = UnixStream::pair()?;
         ended.set_nonblocking(true)?;
         std::thread::Builder::new()

@@ -12,10 +12,19 @@
 //!   meanwhile, and the `rm` would hang for good.
 //!
 //! The second rule cannot cover an invalidation already inside the kernel when a request
-//! takes the directory's lock; if podfs is killed in that moment, its cleanup guard sees
-//! it exiting and aborts the connection (see [`crate::guard`]).
+//! takes the directory's lock. If podfs is killed in that moment, the delivery thread is
+//! stuck in the kernel and cannot die, and a process that cannot finish dying keeps its
+//! `/dev/fuse` open, so the `rmdir` is never answered. Hence the delivery thread writes
+//! through a clone of the FUSE device ([`Device`]) held in a file table of its own, which
+//! holds nothing else of podfs: once the rest of podfs is gone, its file table is
+//! released, the kernel ends every request podfs had read and not answered, the `rmdir`
+//! returns, the invalidation goes through, and the thread dies too. No privilege is
+//! needed. Where no clone can be made (`/dev/fuse` is root's alone), the cleanup guard
+//! aborts the connection instead (see [`crate::guard`]).
 
 use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -23,10 +32,103 @@ use std::thread;
 use parking_lot::Mutex;
 use tracing::debug;
 
-/// What the adapter implements with fuser's notifier (and tests with a recorder).
+/// What the adapter implements with fuser's notifier, [`Device`] with a clone of the
+/// session's device, and tests with a recorder.
 pub trait Kernel: Send + Sync + 'static {
     fn inval_entry(&self, parent: u64, name: &str);
     fn inval_inode(&self, ino: u64);
+    /// The one descriptor this kernel writes through, when the delivery thread may keep it
+    /// alone in a file table of its own.
+    fn private_fd(&self) -> Option<i32> {
+        None
+    }
+}
+
+/// A clone of a FUSE session's device (`FUSE_DEV_IOC_CLONE`): another descriptor of the
+/// same connection, through which the kernel's caches are invalidated by writing the
+/// notifications of the FUSE protocol directly.
+pub struct Device {
+    fd: OwnedFd,
+}
+
+/// `_IOR(229, 0, uint32_t)`, from `<linux/fuse.h>`.
+const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500;
+/// Notification codes of `<linux/fuse.h>`.
+const FUSE_NOTIFY_INVAL_INODE: i32 = 2;
+const FUSE_NOTIFY_INVAL_ENTRY: i32 = 3;
+
+impl Device {
+    /// A clone of the session device `session`; fails where `/dev/fuse` may not be
+    /// opened by this user (it is root's alone in many containers).
+    pub fn clone_of(session: BorrowedFd<'_>) -> io::Result<Device> {
+        let fd = nix::fcntl::open(
+            "/dev/fuse",
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        let mut source = u32::try_from(session.as_raw_fd())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+        // SAFETY: the ioctl reads one u32 (the source descriptor) from the pointer.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), FUSE_DEV_IOC_CLONE as _, &mut source) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Device { fd })
+    }
+
+    fn notify(&self, code: i32, body: &[&[u8]]) -> io::Result<()> {
+        let len: usize = 16 + body.iter().map(|b| b.len()).sum::<usize>();
+        let mut header = Vec::with_capacity(16);
+        header.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_ne_bytes());
+        header.extend_from_slice(&code.to_ne_bytes());
+        header.extend_from_slice(&0u64.to_ne_bytes());
+        let mut iov = vec![io::IoSlice::new(&header)];
+        iov.extend(body.iter().map(|b| io::IoSlice::new(b)));
+        match nix::sys::uio::writev(&self.fd, &iov) {
+            Ok(_) => Ok(()),
+            // Nothing cached under that name or inode: nothing to drop.
+            Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Kernel for Device {
+    fn inval_entry(&self, parent: u64, name: &str) {
+        let mut out = Vec::with_capacity(16);
+        out.extend_from_slice(&parent.to_ne_bytes());
+        out.extend_from_slice(&u32::try_from(name.len()).unwrap_or(0).to_ne_bytes());
+        out.extend_from_slice(&0u32.to_ne_bytes());
+        let _ = self.notify(FUSE_NOTIFY_INVAL_ENTRY, &[&out, name.as_bytes(), b"\0"]);
+    }
+
+    fn inval_inode(&self, ino: u64) {
+        let mut out = Vec::with_capacity(24);
+        out.extend_from_slice(&ino.to_ne_bytes());
+        out.extend_from_slice(&0i64.to_ne_bytes());
+        out.extend_from_slice(&0i64.to_ne_bytes());
+        let _ = self.notify(FUSE_NOTIFY_INVAL_INODE, &[&out]);
+    }
+
+    fn private_fd(&self) -> Option<i32> {
+        Some(self.fd.as_fd().as_raw_fd())
+    }
+}
+
+/// Give the calling thread a file table of its own holding only `keep` (and the standard
+/// descriptors, for its log lines): nothing else of podfs, above all not the session's
+/// own device, stays open because of this thread.
+fn isolate(keep: i32) -> io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES)?;
+    let keep = u32::try_from(keep).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: closes descriptors of this thread's private table only.
+    unsafe {
+        if keep > 3 {
+            libc::close_range(3, keep - 1, 0);
+        }
+        libc::close_range(keep + 1, u32::MAX, 0);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +173,11 @@ impl KernelQueue {
         let spawned = thread::Builder::new()
             .name("podfs-inval".into())
             .spawn(move || {
+                if let Some(fd) = kernel.private_fd() {
+                    if let Err(e) = isolate(fd) {
+                        tracing::warn!(error = %e, "the invalidation thread shares podfs's descriptors");
+                    }
+                }
                 for (inval, unheld) in rx {
                     if let (Inval::Entry(dir, _), false) = (&inval, unheld) {
                         let mut h = held.lock();

@@ -151,14 +151,16 @@ impl Need {
 
     /// That a podfs killed while the kernel waits on it can be cleaned up here. A request
     /// podfs read but never answered can hold a directory lock that podfs's own
-    /// invalidation thread waits for inside the kernel, so the killed podfs never finishes
-    /// dying; only an abort of the FUSE connection ends that. As root the guard forces an
-    /// unmount; an ordinary user needs the FUSE control filesystem (fusectl, mounted by
-    /// systemd on most systems, often absent in containers).
+    /// invalidation thread waits for inside the kernel. podfs writes invalidations
+    /// through a clone of the FUSE device in a file table of their own, so the kernel
+    /// ends that request once the rest of podfs is gone; the clone needs `/dev/fuse` open
+    /// to this user. Without it, only an abort of the connection ends the wait: root's
+    /// forced unmount, or the FUSE control filesystem (fusectl).
     pub fn dead_connections_abortable(what: &str) -> Need {
         let fusectl = podfs::mountinfo::mount_type(Path::new("/sys/fs/fuse/connections"))
             .is_some_and(|t| t == "fusectl");
-        if nix::unistd::geteuid().is_root() || fusectl {
+        let clone = matches!(Need::fuse(), Need::Met);
+        if nix::unistd::geteuid().is_root() || fusectl || clone {
             return Need::Met;
         }
         Need::unmet(

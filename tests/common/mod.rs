@@ -371,6 +371,34 @@ impl Mount {
     pub fn is_mounted(&self) -> bool {
         is_mounted(self.path())
     }
+
+    /// The FUSE connection of this mount (its number under /sys/fs/fuse/connections).
+    pub fn connection(&self) -> u32 {
+        let (id, _) = podfs::mountinfo::top_mount(self.path()).expect("mounted");
+        podfs::mountinfo::fuse_connection(id).expect("a FUSE mount")
+    }
+}
+
+/// Abort FUSE connection `conn` through the control filesystem (mounted for the purpose
+/// when it is not, as root): what ends a deadlock a failing test would otherwise leave
+/// behind for good.
+pub fn abort_fuse_connection(conn: u32) {
+    let dir = Path::new("/sys/fs/fuse/connections");
+    let mounted = podfs::mountinfo::mount_type(dir).is_some_and(|t| t == "fusectl");
+    if !mounted {
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "none"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = std::fs::write(dir.join(conn.to_string()).join("abort"), b"1");
+    if !mounted {
+        let _ = Command::new("umount")
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 pub fn is_mounted(path: &Path) -> bool {
