@@ -198,6 +198,10 @@ pub struct WatchFlags {
     /// with another client's turn.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub delivery_timeout_secs: u64,
+    /// How long an open of `input` that wrote part of a message keeps the child reserved
+    /// without another write or a close; after that another writer may take the child.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub input_hold_secs: u64,
 }
 
 impl WatchFlags {
@@ -206,6 +210,7 @@ impl WatchFlags {
             idle: Duration::from_secs(self.watch_idle_secs),
             budget: self.memory_budget_mib << 20,
             delivery_wait: Duration::from_secs(self.delivery_timeout_secs),
+            input_hold: Duration::from_secs(self.input_hold_secs),
             ..WatchConfig::default()
         }
     }

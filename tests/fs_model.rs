@@ -382,7 +382,9 @@ impl World {
         let mut children = meta.children().unwrap();
         if listed {
             children.push(podfs::demo::home::spawned_child(
-                &self.home, &GEN, "parent", child,
+                &Paths::for_home(&self.home, &GEN),
+                "parent",
+                child,
             ));
             meta.set_children(&children);
         } else {

@@ -41,17 +41,11 @@ fn allocation(
 }
 
 /// The registry entry of `child` under `parent`, as the runtime writes it.
-pub fn spawned_child(
-    home: &Path,
-    gen: &'static Generation,
-    parent: &str,
-    child: &str,
-) -> SpawnedChild {
-    let paths = Paths::for_home(home, gen);
+pub fn spawned_child(paths: &Paths, parent: &str, child: &str) -> SpawnedChild {
     SpawnedChild {
         name: child.to_string(),
         socket_path: paths.runtime.join(child).join("sock").display().to_string(),
-        scope_delegated: child_rules(home, child),
+        scope_delegated: child_rules(&paths.data, child),
         callback_address: paths
             .runtime
             .join(parent)
@@ -65,14 +59,22 @@ fn name(s: &str) -> Result<PodName> {
     PodName::new(s)
 }
 
-/// Write the files of `parent` with `children` spawned, as the runtime leaves them.
+/// Write the files of `parent` with `children` spawned, as the runtime leaves them, in a
+/// home laid out like `INSOMNIA_HOME=home`.
 pub fn create(
     home: &Path,
     gen: &'static Generation,
     parent: &str,
     children: &[String],
 ) -> Result<()> {
-    let paths = Paths::for_home(home, gen);
+    create_in(&Paths::for_home(home, gen), parent, children)
+}
+
+/// [`create`] with the data and runtime dirs wherever `paths` puts them (a desktop's
+/// runtime dir is `$XDG_RUNTIME_DIR/insomnia`, apart from the data in `~/.insomnia`).
+pub fn create_in(paths: &Paths, parent: &str, children: &[String]) -> Result<()> {
+    let (home, gen) = (paths.data.as_path(), paths.generation);
+    let paths = paths.clone();
     let io = |what: &str, e| Error::io(what.to_string(), e);
     let work = home.join("work");
     std::fs::create_dir_all(&work).map_err(|e| io("create work dir", e))?;
@@ -96,7 +98,7 @@ pub fn create(
     for child in children {
         let child_name = name(child)?;
         std::fs::create_dir_all(work.join(child)).map_err(|e| io("create child work dir", e))?;
-        spawned.push(spawned_child(home, gen, parent, child));
+        spawned.push(spawned_child(&paths, parent, child));
         table.push(&allocation(
             &paths,
             &child_name,

@@ -35,6 +35,9 @@ pub struct PodArgs {
     /// The runtime home (INSOMNIA_HOME / YOI_HOME layout).
     #[arg(long)]
     pub home: PathBuf,
+    /// The runtime dir, when it is not `<home>/run` (a desktop's `$XDG_RUNTIME_DIR`).
+    #[arg(long)]
+    pub runtime_dir: Option<PathBuf>,
     /// The runtime generation to speak.
     #[arg(long, default_value = "insomnia-5472")]
     pub generation: String,
@@ -99,7 +102,10 @@ pub fn run(args: PodArgs) -> Result<()> {
             Generation::ids()
         ))
     })?;
-    let paths = Paths::for_home(&args.home, gen);
+    let mut paths = Paths::for_home(&args.home, gen);
+    if let Some(dir) = &args.runtime_dir {
+        paths.runtime = dir.clone();
+    }
     let mut pods = Vec::new();
     let mut listeners = Vec::new();
     for name in &args.names {
