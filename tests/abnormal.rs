@@ -52,7 +52,16 @@ fn main() -> std::process::ExitCode {
                 one_malformed_entry_hides_itself_not_its_siblings,
                 a_mount_point_lives_in_a_private_directory_of_its_own,
                 a_podfs_killed_with_an_invalidation_stuck_on_a_removal_dies_without_help,
+                a_registry_watcher_that_dies_falls_back_to_stat,
+                a_table_replaced_while_podfs_waits_for_its_lock_is_edited_not_the_orphan,
+                a_stop_or_a_restarting_signal_does_not_end_a_wait,
+                two_mounts_remove_a_child_of_a_live_parent_once,
+                two_opens_of_output_in_one_process_read_their_own_snapshots,
             ],
+        )
+        .add(
+            &fuse.and(Need::root("mounting a small tmpfs")),
+            tests![a_table_that_cannot_grow_on_a_full_disk_is_left_whole],
         )
         // Without the fusectl filesystem only root can abort a FUSE connection (a forced
         // unmount); an ordinary user's mount would stay wedged until root does.
@@ -981,4 +990,266 @@ fn a_mount_point_lives_in_a_private_directory_of_its_own() {
     assert_eq!(parent, m.base.path());
     let mode = std::fs::metadata(parent).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
+}
+
+// ---------------------------------------------------------------------------------------
+// The registry watcher, the allocation table's lock, job control, two mounts of a live
+// parent, and fstat of two opens in one process.
+
+/// A registry watcher that dies (its read fails) leaves podfs revalidating by `stat`: a
+/// change the runtime makes afterwards still reaches `ls`. (Before, the cache trusted
+/// "no event" forever and showed the removed child for good.)
+fn a_registry_watcher_that_dies_falls_back_to_stat() {
+    let home = Home::fixture(&INSOMNIA, "live");
+    let m = Mount::started(
+        &home,
+        Command::new(BIN),
+        &[],
+        &[(podfs::failpoint::VARIABLE, "inotify-read")],
+    );
+    let p = format!("{}/parent", m.s());
+    assert!(ok(&format!("ls {p}")).contains("child1"));
+    // The runtime's own in-place rewrite: the first event kills the watcher.
+    let after = fixture_text(&INSOMNIA, "after-stop/pods/parent/metadata.json", &home.s());
+    std::fs::write(home.path().join("pods/parent/metadata.json"), after).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || !ok(&format!("ls {p}"))
+            .contains("child1")),
+        "the removed child stayed listed after the watcher died"
+    );
+    assert!(m.log().contains("found by stat from now on"), "{}", m.log());
+}
+
+/// The allocation table replaced while podfs waits for its lock: podfs edits the table
+/// the runtime dir names once it holds the lock, not the orphan it first opened (which
+/// nobody would ever read again).
+fn a_table_replaced_while_podfs_waits_for_its_lock_is_edited_not_the_orphan() {
+    let home = Home::fixture(&INSOMNIA, "live");
+    let table = home.path().join("run/pods.json");
+    let ready = home.path().join("locked");
+    let release = home.path().join("release");
+    let mut holder = Command::new("python3")
+        .args([
+            "-c",
+            "import fcntl, os, sys, time\nf = open(sys.argv[1], 'r+')\nfcntl.flock(f, fcntl.LOCK_EX)\nopen(sys.argv[2], 'w').close()\nwhile not os.path.exists(sys.argv[3]):\n    time.sleep(0.01)\n",
+        ])
+        .arg(&table)
+        .arg(&ready)
+        .arg(&release)
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), || ready.exists());
+    let m = Mount::quick(&home, &["--lock-timeout-ms", "10000"]);
+    let c = format!("{}/parent/child1", m.s());
+    let mut rm = Command::new("rmdir").arg(&c).spawn().unwrap();
+    // podfs now waits for the lock on the old inode; the table is replaced meanwhile.
+    std::thread::sleep(Duration::from_millis(500));
+    let fresh = home.path().join("run/pods.json.new");
+    std::fs::copy(&table, &fresh).unwrap();
+    std::fs::rename(&fresh, &table).unwrap();
+    std::fs::write(&release, b"").unwrap();
+    holder.wait().unwrap();
+    assert!(rm.wait().unwrap().success());
+    let names = home.names(&home.json("run/pods.json")["allocations"]);
+    assert!(
+        !names.contains(&"child1".to_string()),
+        "the table the runtime dir names still holds child1: the orphan was edited"
+    );
+}
+
+/// A compact table that a reclaim would make longer, on a disk with no room for it:
+/// the rewrite fails before its first byte changes (`ENOSPC`), the table still parses
+/// and is unchanged, and `metadata.json` is untouched. (Before, the write stopped
+/// halfway and left the table unparsable for every runtime.)
+fn a_table_that_cannot_grow_on_a_full_disk_is_left_whole() {
+    let home = Home::fixture(&INSOMNIA, "live");
+    let run = home.path().join("run");
+    let saved = tempdir();
+    let keep = saved.path().join("run");
+    std::fs::rename(&run, &keep).unwrap();
+    std::fs::create_dir(&run).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
+        .arg(&run)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let _tmpfs = Unmount(run.clone());
+    // The runtime's table, compact, with allocations of grandchildren under child1:
+    // reclaiming child1 moves them up a level, and the rewritten ones take the runtime's
+    // pretty form, longer. A filler field puts the file just below a page, so the longer
+    // table needs a page the disk does not have.
+    let mut table: Value =
+        serde_json::from_str(&std::fs::read_to_string(keep.join("pods.json")).unwrap()).unwrap();
+    let child = table["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["pod_name"] == "child1")
+        .unwrap()
+        .clone();
+    for i in 0..8 {
+        let mut g = child.clone();
+        g["pod_name"] = format!("grandchild{i}").into();
+        g["delegated_from"] = "child1".into();
+        table["allocations"].as_array_mut().unwrap().push(g);
+    }
+    table["padding"] = "".into();
+    let len = serde_json::to_vec(&table).unwrap().len();
+    let pad = (4096 - len % 4096).saturating_sub(16);
+    table["padding"] = "x".repeat(pad).into();
+    let compact = serde_json::to_vec(&table).unwrap();
+    std::fs::write(run.join("pods.json"), &compact).unwrap();
+    // Fill the disk, leaving no block to spare.
+    let mut filler = std::fs::File::create(run.join("filler")).unwrap();
+    let chunk = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut filler, &chunk).is_ok() {}
+    drop(filler);
+    let meta = home.read("pods/parent/metadata.json");
+    let m = Mount::quick(&home, &[]);
+    assert_eq!(
+        py_errno(&format!("os.rmdir('{}/parent/child1')", m.s())),
+        "ENOSPC"
+    );
+    let after = std::fs::read(run.join("pods.json")).unwrap();
+    assert!(
+        after == compact,
+        "the table changed ({} bytes now)",
+        after.len()
+    );
+    assert_eq!(home.read("pods/parent/metadata.json"), meta);
+}
+
+/// A child that answers its Snapshot `delay` after each connection.
+fn slow_child(home: &Home, name: &str, delay: Duration) -> FakeChild {
+    FakeChild::serve(home, name, move |mut s| {
+        use std::io::{Read, Write};
+        std::thread::sleep(delay);
+        let _ = s.write_all(&snapshot_line(&["slow"]));
+        let mut sink = [0u8; 256];
+        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+    })
+}
+
+/// Job control and signals a program handles with `SA_RESTART` do not end a wait: a
+/// `cat output` stopped with SIGTSTP and resumed with SIGCONT, and a Python open that
+/// gets a SIGWINCH it handles, both wait on and read the text once the child answers.
+/// (Before, any pending signal ended the wait with EINTR.)
+fn a_stop_or_a_restarting_signal_does_not_end_a_wait() {
+    let home = Home::fixture(&INSOMNIA, "live");
+    let _slow = slow_child(&home, "slow", Duration::from_secs(3));
+    let m = Mount::with_args(
+        &home,
+        &["--io-timeout-ms", "20000", "--status-timeout-ms", "20000"],
+    );
+    let out = format!("{}/parent/slow/output", m.s());
+    let cat = like_a_foreground_job(Command::new("cat").arg(&out))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_in_syscall(cat.id(), &[libc::SYS_openat, libc::SYS_open]);
+    signal(cat.id(), nix::sys::signal::Signal::SIGTSTP);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(cat.id(), nix::sys::signal::Signal::SIGCONT);
+    let done = cat.wait_with_output().unwrap();
+    assert!(done.status.success(), "cat failed after Ctrl-Z and fg");
+    assert_eq!(String::from_utf8_lossy(&done.stdout), "slow\n");
+    // A fresh child for the second case: its watch has not answered yet either.
+    let _slow2 = slow_child(&home, "slow2", Duration::from_secs(3));
+    let script = format!(
+        "import os, signal\nsignal.signal(signal.SIGWINCH, lambda *a: None)\nsignal.siginterrupt(signal.SIGWINCH, False)\nfd = os.open('{}/parent/slow2/output', os.O_RDONLY)\nprint(os.read(fd, 100).decode(), end='')\n",
+        m.s()
+    );
+    let py = Command::new("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_in_syscall(py.id(), &[libc::SYS_openat, libc::SYS_open]);
+    signal(py.id(), nix::sys::signal::Signal::SIGWINCH);
+    let done = py.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "the open ended on a SIGWINCH it handles"
+    );
+    assert_eq!(String::from_utf8_lossy(&done.stdout), "slow\n");
+}
+
+/// How often the reference parent at `sock` was told `child` has stopped (each telling
+/// is a notice in its history, shown to its LLM).
+fn stop_notices(sock: &Path, child: &str) -> usize {
+    use std::io::BufRead;
+    let s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    let wanted = format!("Pod `{child}` has stopped.");
+    v["data"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["item"]["body"].as_str() == Some(wanted.as_str()))
+        .count()
+}
+
+/// Two mounts remove the same child of a live parent at the same moment: one succeeds,
+/// the other gets `ENOENT`, and the parent is told once. (The child here has no callback,
+/// as a restored child has none, so each removal would tell the parent itself; before,
+/// both did, and the parent ran its removal and told its LLM twice.)
+fn two_mounts_remove_a_child_of_a_live_parent_once() {
+    for round in 0..4 {
+        let home = Home::demo(&INSOMNIA, &["child1"]);
+        let _parent = PodProcess::start(&home, "parent", &[]);
+        let _child = PodProcess::start(&home, "child1", &[]);
+        let (a, b) = (Mount::quick(&home, &[]), Mount::quick(&home, &[]));
+        let spawn = |m: &Mount| {
+            let script = format!(
+                "import errno, os\ntry:\n    os.rmdir('{}/parent/child1'); print('OK')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n",
+                m.s()
+            );
+            Command::new("python3")
+                .args(["-c", &script])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (pa, pb) = (spawn(&a), spawn(&b));
+        let mut answers: Vec<String> = [pa, pb]
+            .into_iter()
+            .map(|p| String::from_utf8(p.wait_with_output().unwrap().stdout).unwrap())
+            .map(|s| s.trim().to_string())
+            .collect();
+        answers.sort();
+        assert_eq!(answers, ["ENOENT", "OK"], "round {round}");
+        let sock = home.path().join("run/parent/sock");
+        // The parent's notice turns take a moment; a second telling would come within it.
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(stop_notices(&sock, "child1"), 1, "round {round}");
+    }
+}
+
+/// Two opens of `output` in one process: each read returns that open's own snapshot,
+/// and `fstat` of either reports the newest open's size, because the kernel does not
+/// say which open file an `fstat` is about (it sends no handle with it); the newest is
+/// what `tar`, `rsync` and `cp` read, one file at a time.
+fn two_opens_of_output_in_one_process_read_their_own_snapshots() {
+    let home = Home::demo(&INSOMNIA, &["child1"]);
+    let _pods = demo_pods(&home, &["child1"]);
+    let m = Mount::quick(&home, &[]);
+    settle(&m, "child1");
+    let c = format!("{}/parent/child1", m.s());
+    let out = ok(&format!(
+        r#"python3 -c '
+import os, time
+older = os.open("{c}/output", os.O_RDONLY)
+taken = os.fstat(older).st_size
+with open("{c}/input", "w") as f: f.write("more\n")
+while open("{c}/status").read() != "idle\n" or "echo: more" not in open("{c}/log").read():
+    time.sleep(0.05)
+newer = os.open("{c}/output", os.O_RDONLY)
+a, b = os.read(older, 1 << 20), os.read(newer, 1 << 20)
+print(taken == len(a), len(a) != len(b), os.fstat(older).st_size == len(b), os.fstat(newer).st_size == len(b))
+'"#
+    ));
+    assert_eq!(out, "True True True True\n");
 }

@@ -97,6 +97,9 @@ pub mod protocol_wire;
 #[path = "../src/watch/budget.rs"]
 #[allow(dead_code, unused_imports)]
 pub mod watch_budget;
+#[path = "../src/watch/leases.rs"]
+#[allow(dead_code, unused_imports)]
+pub mod watch_leases;
 #[path = "../src/watch/live.rs"]
 #[allow(dead_code, unused_imports)]
 pub mod watch_live;
@@ -106,6 +109,7 @@ mod protocol {
 }
 mod watch {
     pub use super::watch_budget as budget;
+    pub use super::watch_leases as leases;
     pub use super::watch_live as live;
 }
 mod fs {
@@ -159,6 +163,7 @@ fn main() -> std::process::ExitCode {
                 gate_waiters_run_at_the_last_release_or_at_their_expiry,
                 every_pool_job_runs_once_on_bounded_threads,
                 cursors_of_a_new_incarnation_start_at_zero_under_concurrency,
+                a_leased_watch_is_never_ended_and_an_ended_one_is_never_leased,
             ],
         )
         .run()
@@ -588,5 +593,53 @@ fn cursors_of_a_new_incarnation_start_at_zero_under_concurrency() {
         // the new one replaced it first (then it starts over at 0 too).
         assert_eq!(seen_new, 0);
         assert!(seen_old == 9 || seen_old == 0);
+    });
+}
+
+/// A watch as the map of watches sees it.
+struct Entry {
+    state: Mutex<LiveState>,
+}
+
+impl watch::leases::Leasable for Entry {
+    fn live(&self) -> &Mutex<LiveState> {
+        &self.state
+    }
+}
+
+/// Eviction and the end of idle watches race a reader taking a lease (`watch::leases`):
+/// in every interleaving, a reader holding a lease holds a watch that is still in the
+/// map, and an ended watch was unused when it ended (a lease taken afterwards starts a
+/// new one).
+fn a_leased_watch_is_never_ended_and_an_ended_one_is_never_leased() {
+    use watch::leases::Leases;
+    check(|| {
+        let map: Arc<Leases<u32, Entry>> = Arc::new(Leases::default());
+        let fresh = || Entry {
+            state: Mutex::new(LiveState::new(Instant::now())),
+        };
+        // A watch someone looked at once: in the map, unused.
+        drop(map.lease(&1, fresh).0);
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let map = map.clone();
+                thread::spawn(move || {
+                    let (lease, _) = map.lease(&1, fresh);
+                    let in_map = map.entries().iter().any(|e| Arc::ptr_eq(e, lease.entry()));
+                    assert!(in_map, "a lease on a watch that was ended");
+                    assert!(!lease.state.lock().is_idle(), "a leased watch looks unused");
+                })
+            })
+            .collect();
+        let sweeper = {
+            let map = map.clone();
+            thread::spawn(move || map.end(|unused| unused.into_iter().map(|u| u.key).collect()))
+        };
+        for r in readers {
+            r.join().unwrap();
+        }
+        for ended in sweeper.join().unwrap() {
+            assert!(ended.state.lock().is_idle(), "a watch ended while in use");
+        }
     });
 }

@@ -14,10 +14,10 @@
 //! one thread and 1,000 file descriptors.
 
 pub mod budget;
+pub mod leases;
 pub mod live;
 mod reactor;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Weak};
 use std::thread::JoinHandle;
@@ -187,49 +187,18 @@ impl Watch {
     }
 }
 
-/// A watch in use: while a lease lives, its watch is neither ended for lack of interest
-/// nor evicted for memory.
-///
-/// **Invariant: a watch handed out is a watch that is followed.** A lease is taken under
-/// the lock of the map of watches, the lock that ending and eviction hold while they
-/// choose what to end, and it pins the watch before that lock is let go; so no operation
-/// can be handed a watch that is being ended, whatever other threads do meanwhile. An
-/// open file holds its lease until it is released; a parked operation holds one until it
-/// runs again.
-pub struct Lease(Arc<Watch>);
-
-impl Lease {
-    /// The watch itself, for what outlives the lease (a delivery callback).
-    pub fn watch(&self) -> &Arc<Watch> {
-        &self.0
+impl leases::Leasable for Watch {
+    fn live(&self) -> &Mutex<LiveState> {
+        &self.state
     }
 }
 
-impl Clone for Lease {
-    /// Another lease on the same watch (already pinned by this one, so it cannot be
-    /// evicted meanwhile).
-    fn clone(&self) -> Lease {
-        self.0.state.lock().pin(Instant::now());
-        Lease(self.0.clone())
-    }
-}
-
-impl std::ops::Deref for Lease {
-    type Target = Watch;
-    fn deref(&self) -> &Watch {
-        &self.0
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.0.state.lock().unpin(Instant::now());
-    }
-}
+/// A watch in use (see [`leases`]): an open file holds its lease until it is released, a
+/// parked operation until it runs again.
+pub type Lease = leases::Lease<Watch>;
 
 pub struct Watches {
-    /// Lock order: this map, then a watch's state (never the other way round).
-    map: Mutex<HashMap<Socket, Arc<Watch>>>,
+    map: leases::Leases<Socket, Watch>,
     reactor: ReactorHandle,
     config: WatchConfig,
     stats: Arc<Stats>,
@@ -246,7 +215,7 @@ impl Watches {
         let (reactor, handle) =
             reactor::Reactor::new(client, stats.clone(), budget.clone(), config.clone())?;
         let watches = Arc::new(Watches {
-            map: Mutex::new(HashMap::new()),
+            map: leases::Leases::default(),
             reactor: handle,
             config,
             stats,
@@ -265,41 +234,34 @@ impl Watches {
     /// A lease on the watch of the child behind `socket`, started if there is none. Counts
     /// as interest: the watch will not end for lack of it for a while after the lease.
     pub fn lease(&self, socket: &Socket) -> Lease {
-        let mut map = self.map.lock();
-        if let Some(w) = map.get(socket) {
-            w.state.lock().pin(Instant::now());
-            return Lease(w.clone());
-        }
-        let w = Arc::new(Watch {
+        let (lease, made) = self.map.lease(socket, || Watch {
             socket: socket.clone(),
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             state: Mutex::new(LiveState::new(Instant::now())),
             reactor: self.reactor.clone(),
             input_hold: self.config.input_hold,
         });
-        w.state.lock().pin(Instant::now());
-        map.insert(socket.clone(), w.clone());
-        drop(map);
-        self.stats.started.fetch_add(1, Ordering::Relaxed);
-        debug!(socket = %socket.path().display(), "watch started");
-        self.reactor.send(Command::Start(w.clone()));
-        Lease(w)
+        if made {
+            self.stats.started.fetch_add(1, Ordering::Relaxed);
+            debug!(socket = %socket.path().display(), "watch started");
+            self.reactor.send(Command::Start(lease.entry().clone()));
+        }
+        lease
     }
 
     /// End the watch of a child that is gone for good (after `rm -r`).
     pub fn end(&self, socket: &Socket) {
-        let removed = self.map.lock().remove(socket);
-        if let Some(w) = removed {
+        if let Some(w) = self.map.remove(socket) {
             self.reactor.send(Command::End(w));
         }
     }
 
     pub fn len(&self) -> usize {
-        self.map.lock().len()
+        self.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.map.is_empty()
     }
 
     pub fn stats(&self) -> &Stats {
@@ -312,14 +274,14 @@ impl Watches {
 
     /// Pollers registered with all watches (one per polled open file).
     pub fn pollers(&self) -> usize {
-        self.map.lock().values().map(|w| w.state().pollers()).sum()
+        self.map.entries().iter().map(|w| w.state().pollers()).sum()
     }
 
     /// Text held by all watches, in bytes.
     pub fn text_bytes(&self) -> usize {
         self.map
-            .lock()
-            .values()
+            .entries()
+            .iter()
             .map(|w| w.state().text_bytes())
             .sum()
     }
@@ -330,56 +292,52 @@ impl Watches {
     }
 
     /// Watches to end now: those without interest for the idle period, then, while more
-    /// than the budget is held, the least recently used idle ones. Removed from the map
-    /// under its lock, so nobody can be handed a watch that is ending.
+    /// than the budget is held, the least recently used unused ones.
     fn sweep(&self, now: Instant) -> Vec<Arc<Watch>> {
-        let mut map = self.map.lock();
-        let mut ending = Vec::new();
-        map.retain(|_, w| {
-            let s = w.state.lock();
-            let expired = s.is_idle() && now.duration_since(s.last_interest()) >= self.config.idle;
-            if expired {
-                ending.push(w.clone());
-            }
-            !expired
+        let idle = self.config.idle;
+        let mut ending = self.map.end(|unused| {
+            unused
+                .into_iter()
+                .filter(|u| now.duration_since(u.last_interest) >= idle)
+                .map(|u| u.key)
+                .collect()
         });
-        drop(map);
+        for w in &ending {
+            w.state.lock().discharge(&self.budget);
+        }
         if self.budget.used() > self.budget.limit() {
             ending.extend(self.evict(0, None));
         }
         ending
     }
 
-    /// Free room for `need` more bytes by ending idle watches (nobody has them open or
-    /// waits on them), least recently used first, never `except`. Their charges are
-    /// returned at once; the reactor closes their connections. Returns the watches ended.
-    fn evict(&self, need: usize, except: Option<u64>) -> Vec<Arc<Watch>> {
-        let fits = |b: &Budget| b.used().saturating_add(need) <= b.limit();
-        if fits(&self.budget) {
+    /// Free room for `need` more bytes by ending unused watches, least recently used
+    /// first, never `except`. Their charges are returned at once; the reactor closes
+    /// their connections. Returns the watches ended.
+    fn evict(&self, need: usize, except: Option<&Socket>) -> Vec<Arc<Watch>> {
+        let (used, limit) = (self.budget.used(), self.budget.limit());
+        if used.saturating_add(need) <= limit {
             return Vec::new();
         }
-        let mut map = self.map.lock();
-        let mut candidates: Vec<(Instant, Socket)> = map
-            .values()
-            .filter(|w| Some(w.id) != except)
-            .filter_map(|w| {
-                let s = w.state.lock();
-                (s.is_idle() && s.charged() > 0).then(|| (s.last_interest(), w.socket.clone()))
-            })
-            .collect();
-        candidates.sort_by_key(|c| c.0);
-        let mut ended = Vec::new();
-        for (_, socket) in candidates {
-            if fits(&self.budget) {
-                break;
+        let ended = self.map.end(|mut unused| {
+            unused.retain(|u| u.charged > 0 && Some(&u.key) != except);
+            unused.sort_by_key(|u| u.last_interest);
+            let mut held = used;
+            let mut chosen = Vec::new();
+            for u in unused {
+                if held.saturating_add(need) <= limit {
+                    break;
+                }
+                held = held.saturating_sub(u.charged);
+                chosen.push(u.key);
             }
-            if let Some(w) = map.remove(&socket) {
-                w.state.lock().discharge(&self.budget);
-                self.stats
-                    .evicted_for_memory
-                    .fetch_add(1, Ordering::Relaxed);
-                ended.push(w);
-            }
+            chosen
+        });
+        for w in &ended {
+            w.state.lock().discharge(&self.budget);
+            self.stats
+                .evicted_for_memory
+                .fetch_add(1, Ordering::Relaxed);
         }
         ended
     }

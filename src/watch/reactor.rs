@@ -704,7 +704,10 @@ impl Reactor {
         let Some(watches) = self.watches.upgrade() else {
             return false;
         };
-        let ended = watches.evict(need, Some(id));
+        let Some(own) = self.links.get(&id).map(|l| l.watch.socket().clone()) else {
+            return false;
+        };
+        let ended = watches.evict(need, Some(&own));
         let any = !ended.is_empty();
         for w in ended {
             self.end(w.id);

@@ -100,7 +100,7 @@ impl Open {
 
     /// Whether the child takes this open's message now, as a write or a close asks.
     fn child(&self, w: &Lease, fh: u64) -> Child {
-        match w.watch().intake(fh) {
+        match w.entry().intake(fh) {
             Intake::Takes => Child::Takes,
             Intake::Busy => Child::Busy,
             Intake::Unreachable => Child::Unreachable,
@@ -129,7 +129,7 @@ impl Open {
                     return;
                 };
                 let bytes = text.len();
-                w.watch().send_run(
+                w.entry().send_run(
                     fh,
                     text,
                     Box::new(move |outcome| match outcome {
@@ -198,7 +198,7 @@ impl OpenFile for Open {
             Reach::Gone | Reach::Silent => Some(Refusal::Unreachable),
             Reach::Failed(f) => Some(Refusal::Untracked(Error::from(f).errno())),
             // Its reservation lapsed and another writer's message holds the child now.
-            Reach::Pending | Reach::Live if !w.watch().keep_reservation(fh) => Some(Refusal::Busy),
+            Reach::Pending | Reach::Live if !w.entry().keep_reservation(fh) => Some(Refusal::Busy),
             Reach::Pending | Reach::Live => None,
         };
         if let Some(why) = refused {

@@ -257,7 +257,7 @@ impl Context {
     pub fn park(&self, wait: Wait, bound: Duration, who: Requester, then: Waiter) {
         match wait {
             Wait::Watch(lease) => {
-                let watch = lease.watch().clone();
+                let watch = lease.entry().clone();
                 // The lease goes with the parked operation: the watch stays followed until
                 // it runs again.
                 watch.when_ready(
