@@ -166,9 +166,23 @@ pub struct TimeoutFlags {
     /// rmdir: how long to wait for the allocation table's lock.
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     pub lock_timeout_ms: u64,
+    /// The kernel's FUSE request timeout, past which it aborts the whole mount (Linux 6.14
+    /// and later; 0 for none). Every wait in podfs ends safely before it. Default: read from
+    /// /proc/sys/fs/fuse (default_request_timeout, capped by max_request_timeout).
+    #[arg(long, value_name = "SECS")]
+    pub request_timeout_secs: Option<u64>,
 }
 
 impl TimeoutFlags {
+    /// The kernel's request timeout: as given, else as the kernel is configured.
+    pub fn kernel_request_timeout(&self) -> Option<Duration> {
+        match self.request_timeout_secs {
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None => crate::fs::kernel_request_timeout(),
+        }
+    }
+
     pub fn timeouts(&self) -> Timeouts {
         let ms = Duration::from_millis;
         Timeouts {
@@ -358,13 +372,26 @@ fn run_mount(args: MountArgs, logs_to_file: bool) -> Result<()> {
         return crate::daemon::start_in_background();
     }
     let generation = home.generation();
+    let kernel_timeout = args.timeouts.kernel_request_timeout();
+    let limit = kernel_timeout.map(crate::fs::request_limit);
     tracing::info!(
         generation = generation.id,
         versions = generation.versions,
         home = %home.data_path().display(),
         owner = home.owner(),
         found_by = %located.source,
-        "serving {}", generation.id
+        kernel_request_timeout_secs = kernel_timeout.map(|t| t.as_secs()),
+        every_wait_ends_within_ms = limit.map(|l| l.as_millis() as u64),
+        "serving {}{}", generation.id,
+        match limit {
+            Some(l) => format!(
+                "; the kernel aborts FUSE requests after {} s, so every wait ends within {} ms \
+                 (a reader waiting for a turn then gets EAGAIN)",
+                kernel_timeout.map_or(0, |t| t.as_secs()),
+                l.as_millis()
+            ),
+            None => String::new(),
+        }
     );
     for (dir, rule) in home.runtime_dirs() {
         tracing::info!(runtime = %dir.display(), chosen_by = %rule, "runtime dir");
@@ -379,10 +406,11 @@ fn run_mount(args: MountArgs, logs_to_file: bool) -> Result<()> {
     let fsname = format!("podfs:{}", home.data_path().display());
     let fs = Arc::new(crate::fs::build(
         home,
-        args.timeouts.timeouts(),
+        args.timeouts.timeouts().within(limit),
         watch,
         &crate::fs::Settings {
             pool_threads: args.mount.workers,
+            request_limit: limit,
             ..crate::fs::Settings::default()
         },
         !args.mount.no_inotify,

@@ -76,6 +76,13 @@ pub enum Error {
     /// A bounded wait ran out.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// Not now, and not an error of the child or of podfs: the caller may simply try again
+    /// (a turn that outlasts the longest a FUSE request may wait).
+    #[error("try again: {0}")]
+    TryAgain(String),
+    /// The mount is going away: what waited for a child is answered so, at once.
+    #[error("the mount is going away")]
+    Unmounting,
     /// The caller got a signal while podfs waited on its behalf.
     #[error("interrupted by a signal")]
     Interrupted,
@@ -152,6 +159,8 @@ impl Error {
             Error::Protocol(_) => libc::EPROTO,
             Error::Rejected(_) => libc::EIO,
             Error::Timeout(_) => libc::ETIMEDOUT,
+            Error::TryAgain(_) => libc::EAGAIN,
+            Error::Unmounting => libc::ENOTCONN,
             Error::Interrupted => libc::EINTR,
             Error::OverBudget(_) => libc::EFBIG,
             Error::Panicked(_) => libc::EIO,
@@ -188,6 +197,8 @@ impl Error {
             | Error::TooBig { .. }
             | Error::NotEmpty(_)
             | Error::Busy(_)
+            | Error::TryAgain(_)
+            | Error::Unmounting
             | Error::Interrupted
             | Error::Unreachable(_) => Level::DEBUG,
             Error::Usage(_) | Error::MountFailed(_) => Level::INFO,

@@ -52,6 +52,26 @@ pub struct Timeouts {
     pub max_line: usize,
 }
 
+impl Timeouts {
+    /// Every bound no longer than a third of `limit`, the longest a request may wait (a
+    /// removal runs a few of them in a row, and its caller's deadline ends the rest).
+    pub fn within(self, limit: Option<Duration>) -> Timeouts {
+        let Some(limit) = limit else {
+            return self;
+        };
+        let cap = |d: Duration| d.min(limit / 3);
+        Timeouts {
+            connect: cap(self.connect),
+            status_wait: cap(self.status_wait),
+            io: cap(self.io),
+            stop_wait: cap(self.stop_wait),
+            confirm_wait: cap(self.confirm_wait),
+            lock_wait: cap(self.lock_wait),
+            max_line: self.max_line,
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {

@@ -9,30 +9,56 @@
 //! the same to a filesystem whether the writer finished or was killed midway.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The thread a request is made for, so that a wait podfs owns on its behalf ends when it
 /// gets a signal (the kernel would have interrupted the system call if podfs could hear
-/// of it). Thread 0 (a caller outside podfs's pid namespace, or nobody) is never
-/// interrupted; its waits end at their bound.
+/// of it), and the latest its answer may come (before the kernel's own request timeout,
+/// where one is set). Thread 0 (a caller outside podfs's pid namespace, or nobody) is
+/// never interrupted; its waits end at their bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Requester(pub u32);
+pub struct Requester {
+    tid: u32,
+    deadline: Option<Instant>,
+}
 
 impl Requester {
     /// Nobody: a wait that only its bound ends.
-    pub const NOBODY: Requester = Requester(0);
+    pub const NOBODY: Requester = Requester {
+        tid: 0,
+        deadline: None,
+    };
 
-    pub fn interrupted(&self) -> bool {
-        signal_pending(self.0)
+    pub fn new(tid: u32) -> Requester {
+        Requester {
+            tid,
+            deadline: None,
+        }
     }
 
-    /// `Err(Interrupted)` once the requester has a signal waiting.
+    /// The same requester, whose waits end by `deadline` too.
+    pub fn until(self, deadline: Option<Instant>) -> Requester {
+        Requester { deadline, ..self }
+    }
+
+    pub fn interrupted(&self) -> bool {
+        signal_pending(self.tid)
+    }
+
+    /// `Err(Interrupted)` once the requester has a signal waiting, `Err(TryAgain)` once
+    /// its deadline passed: the checks every long wait makes as it goes.
     pub fn check(&self) -> crate::error::Result<()> {
         if self.interrupted() {
-            Err(crate::error::Error::Interrupted)
-        } else {
-            Ok(())
+            return Err(crate::error::Error::Interrupted);
         }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(crate::error::Error::TryAgain(
+                "the removal outlasted the longest a request may wait; nothing was edited \
+                 yet, try again"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -24,7 +24,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use podfs::error::Error;
-use podfs::fs::{inode, Caller, PodFs, Step};
+use podfs::fs::{inode, Caller, PodFs, Round, Step, Wait};
 use podfs::generation::INSOMNIA_5472 as GEN;
 use podfs::paths::Paths;
 use podfs::pod_client::Timeouts;
@@ -216,27 +216,37 @@ struct World {
     paths: Paths,
 }
 
-/// Run an operation that may ask to wait: park it as the adapter does, then ask again.
+/// Run an operation that may ask to wait: park it as the adapter does, then ask again in
+/// the round that follows (an `output` open after waiting for the child's state may wait
+/// once more, for a turn to end; a turn here is played out at once, so that wait is short).
 fn settle<T: Send + 'static>(
     fs: &PodFs,
     first: Step<T>,
-    again: impl FnOnce() -> Step<T>,
+    again: impl Fn(Round) -> Step<T>,
 ) -> Result<T, Error> {
-    match first {
-        Step::Ready(r) => r,
-        Step::Wait(w, bound) => {
-            let (tx, rx) = mpsc::channel();
-            fs.park(
-                w,
-                bound,
-                Requester::NOBODY,
-                Box::new(move |_| {
-                    let _ = tx.send(());
-                }),
-            );
-            rx.recv_timeout(bound + Duration::from_secs(5))
-                .expect("the wait never ended");
-            again().into_result()
+    let mut step = first;
+    loop {
+        match step {
+            Step::Ready(r) => return r,
+            Step::Wait(w, bound) => {
+                let round = w.next_round();
+                let bound = bound.min(Duration::from_secs(30));
+                let (tx, rx) = mpsc::channel();
+                fs.park(
+                    w,
+                    bound,
+                    Requester::NOBODY,
+                    Box::new(move |_| {
+                        let _ = tx.send(());
+                    }),
+                );
+                rx.recv_timeout(bound + Duration::from_secs(5))
+                    .expect("the wait never ended");
+                step = again(round);
+                if round == Round::Last || !matches!(step, Step::Wait(Wait::TurnOver(_), _)) {
+                    return step.into_result();
+                }
+            }
         }
     }
 }
@@ -303,8 +313,9 @@ impl World {
         let ino = self.ino(path)?;
         settle(
             &self.fs,
-            self.fs.open(ino, write, &Caller::INTERNAL, false),
-            || self.fs.open(ino, write, &Caller::INTERNAL, true),
+            self.fs
+                .open(ino, write, false, &Caller::INTERNAL, Round::First),
+            |round| self.fs.open(ino, write, false, &Caller::INTERNAL, round),
         )
         .map_err(|e| e.errno())
     }
@@ -334,7 +345,7 @@ impl World {
             let r = settle(
                 &self.fs,
                 self.fs.write(fh, chunk, &Caller::INTERNAL, false),
-                || self.fs.write(fh, chunk, &Caller::INTERNAL, true),
+                |_| self.fs.write(fh, chunk, &Caller::INTERNAL, true),
             );
             if let Err(e) = r {
                 result = Err(e.errno());
@@ -366,7 +377,7 @@ impl World {
     fn rmdir(&self, child: &str) -> Result<(), i32> {
         let parent = self.ino("parent").unwrap();
         self.fs
-            .rmdir(parent, OsStr::new(child), &Caller::INTERNAL)
+            .rmdir(parent, OsStr::new(child), &Caller::INTERNAL, None)
             .map_err(|e| e.errno())
     }
 

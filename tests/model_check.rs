@@ -330,7 +330,7 @@ fn a_parked_operation_is_answered_exactly_once() {
                         interrupted.fetch_add(1, Ordering::SeqCst);
                     }
                 });
-                let added = state.lock().add_waiter(waiter);
+                let added = state.lock().add_waiter(watch_live::Until::Ready, waiter);
                 match added {
                     Err(now) => now(Wake::Ready),
                     Ok(waiter) => *id.lock() = Some(waiter),

@@ -162,11 +162,12 @@ pub fn run(quick: bool, rows: &mut Vec<Row>) -> Figures {
     let n = if quick { 200 } else { 1000 };
     let names: Vec<String> = (0..n).map(child_name).collect();
     let mut all = names.clone();
-    all.extend(["big".to_string(), "lat".to_string()]);
+    all.extend(["big".to_string(), "lat".to_string(), "slow".to_string()]);
     let mut home = LiveHome::new(&all);
     let stats = home.path().join("stats.json");
     let big_stats = home.path().join("big-stats.json");
     let lat_stats = home.path().join("lat-stats.json");
+    let slow_stats = home.path().join("slow-stats.json");
     println!("live: starting {n} reference pods, one with a 10 MB history");
     home.serve(&names, &stats, &["--turn-ms", "20"]);
     home.serve(
@@ -175,6 +176,7 @@ pub fn run(quick: bool, rows: &mut Vec<Row>) -> Figures {
         &["--history-bytes", "10000000", "--turn-ms", "20"],
     );
     home.serve(&["lat".to_string()], &lat_stats, &["--turn-ms", "300"]);
+    home.serve(&["slow".to_string()], &slow_stats, &["--turn-ms", "6000"]);
 
     let (floor, _) = Server::floor(&[("live".to_string(), n)]);
     let log = home.path().join("podfs.log");
@@ -352,6 +354,61 @@ pub fn run(quick: bool, rows: &mut Vec<Row>) -> Figures {
         fmt(e),
         fmt(emax),
         met(emax <= Duration::from_millis(100))
+    ));
+
+    // Readers of `output` waiting for one long turn: what each costs podfs while it
+    // waits, and how soon all are answered once the turn is over.
+    let waiters = if quick { 200 } else { 1000 };
+    let slow = p.join("slow");
+    assert_eq!(read_text(&slow.join("status")), "idle\n");
+    let _ = read_text(&slow.join("output"));
+    let idle = report(&pod, &log);
+    let (rss_idle, _) = pod.rss_kib();
+    let mut input = std::fs::OpenOptions::new()
+        .write(true)
+        .open(slow.join("input"))
+        .unwrap();
+    writeln!(input, "a long question").unwrap();
+    drop(input);
+    while read_text(&slow.join("status")) != "running\n" {}
+    let started = Instant::now();
+    let readers: Vec<_> = (0..waiters)
+        .map(|_| {
+            let out = slow.join("output");
+            std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || {
+                    let text = read_text(&out);
+                    (Instant::now(), text.len())
+                })
+                .unwrap()
+        })
+        .collect();
+    // Every reader is inside podfs by the time the turn (6 s) ends; look while they wait.
+    std::thread::sleep(Duration::from_millis(2500));
+    let waiting = report(&pod, &log);
+    let (rss_waiting, _) = pod.rss_kib();
+    let answers: Vec<(Instant, usize)> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    let turn_over = answers.iter().map(|a| a.0).min().unwrap();
+    let last = answers.iter().map(|a| a.0).max().unwrap();
+    let with_text = answers.iter().filter(|a| a.1 > 0).count();
+    figures.add(format!(
+        "{waiters} readers of output waiting for one turn: podfs threads {} -> {}, connects {} \
+         -> {}, RSS {} -> {} KiB ({:.1} KiB per waiter); all answered {} after the first, {} \
+         after the turn began; {with_text} got the reply (target: one; no thread and no \
+         connection per waiter: {})",
+        idle.get("threads").copied().unwrap_or(0),
+        waiting.get("threads").copied().unwrap_or(0),
+        idle.get("connects").copied().unwrap_or(0),
+        waiting.get("connects").copied().unwrap_or(0),
+        rss_idle,
+        rss_waiting,
+        rss_waiting.saturating_sub(rss_idle) as f64 / waiters as f64,
+        fmt(last - turn_over),
+        fmt(last - started),
+        met(with_text == 1
+            && waiting.get("threads") == idle.get("threads")
+            && waiting.get("connects") == idle.get("connects")),
     ));
 
     // Snapshots per watch over everything above.

@@ -26,7 +26,7 @@ use tracing::{debug_span, event, Level};
 
 use crate::error::{Error, Result};
 use crate::fs::kernel::Kernel;
-use crate::fs::{Attr, Caller, PodFs, Step};
+use crate::fs::{Attr, Caller, PodFs, Round, Step};
 
 /// Attribute and entry TTL: short, so changes show within a second even where the
 /// registry's changes cannot be pushed (no inotify).
@@ -243,7 +243,7 @@ impl Filesystem for Adapter {
             self.fs.answer(
                 &who,
                 self.fs.getattr(ino.0, fh, &who, false),
-                move |fs| fs.getattr(ino.0, fh, &who, true),
+                move |fs, _| fs.getattr(ino.0, fh, &who, true),
                 self.reply_attr("getattr", reply),
             )
         });
@@ -279,7 +279,7 @@ impl Filesystem for Adapter {
             self.fs.answer(
                 &who,
                 step,
-                move |fs| fs.getattr(ino.0, None, &who, true),
+                move |fs, _| fs.getattr(ino.0, None, &who, true),
                 self.reply_attr("setattr", reply),
             )
         });
@@ -371,6 +371,7 @@ impl Filesystem for Adapter {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _s = span("open", req, ino.0);
         let write = access_mode(flags);
+        let nonblocking = flags.0 & libc::O_NONBLOCK != 0;
         let who = caller(req);
         // Direct I/O: every read reaches podfs, so values are never stale and readers see
         // the whole content whatever size `stat` reported. A read-only descriptor has
@@ -383,8 +384,8 @@ impl Filesystem for Adapter {
         guarded("open", || {
             self.fs.answer(
                 &who,
-                self.fs.open(ino.0, write, &who, false),
-                move |fs| fs.open(ino.0, write, &who, true),
+                self.fs.open(ino.0, write, nonblocking, &who, Round::First),
+                move |fs, round| fs.open(ino.0, write, nonblocking, &who, round),
                 move |r| match r {
                     Ok(fh) => reply.opened(FileHandle(fh), open_flags),
                     Err(e) => reply.error(errno("open", &e)),
@@ -435,7 +436,7 @@ impl Filesystem for Adapter {
             self.fs.answer(
                 &who,
                 first,
-                move |fs| fs.write(fh.0, &data, &who, true),
+                move |fs, _| fs.write(fh.0, &data, &who, true),
                 move |r| match r {
                     Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
                     Err(e) => reply.error(errno("write", &e)),

@@ -23,7 +23,7 @@ pub mod writes;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -45,7 +45,7 @@ use files::{ChildFile, Context, CursorKey, FileKind, OpenFile, Opening};
 use inode::{Inodes, Node};
 use kernel::{Inval, Kernel, KernelQueue};
 use step::ready;
-pub use step::{Caller, Step, Wait};
+pub use step::{Caller, Round, Step, Wait};
 
 /// Attributes in a form the adapter can translate.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +79,8 @@ pub struct Settings {
     /// The user the mount belongs to: the owner of every file (and so the one who may
     /// write `cursor`, and read `output`, which moves it).
     pub owner: u32,
+    /// The longest a request may wait in podfs (see [`request_limit`]).
+    pub request_limit: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -86,12 +88,16 @@ impl Default for Settings {
         Settings {
             pool_threads: 4,
             owner: nix::unistd::geteuid().as_raw(),
+            request_limit: None,
         }
     }
 }
 
 /// The failpoint that stages an invalidation racing an `rmdir` ([`crate::failpoint`]).
 pub const RACED_RMDIR: &str = "rmdir-races-an-invalidation";
+
+/// An operation run again after it waited, in the round that follows.
+type Again<T> = Arc<dyn Fn(&PodFs, Round) -> Step<T> + Send + Sync>;
 
 /// A registry view and its children's inode numbers, in listing order.
 type ChildInos = (Arc<ParentView>, Arc<Vec<u64>>);
@@ -110,6 +116,10 @@ pub struct PodFs {
     child_inos: Arc<Mutex<HashMap<PodName, ChildInos>>>,
     kernel: Arc<KernelQueue>,
     pool: Pool,
+    /// The longest a request may wait (see [`request_limit`]).
+    request_limit: Option<Duration>,
+    /// The mount is going away: parked operations are answered `ENOTCONN`.
+    stopping: AtomicBool,
     next_fh: AtomicU64,
     started: SystemTime,
 }
@@ -166,7 +176,10 @@ impl PodFs {
             cursors.clone(),
             kernel.clone(),
             inodes.clone(),
-            settings.owner,
+            files::Access {
+                owner: settings.owner,
+                limit: settings.request_limit,
+            },
         );
         PodFs {
             parents,
@@ -180,6 +193,8 @@ impl PodFs {
             child_inos,
             kernel,
             pool: Pool::new(settings.pool_threads),
+            request_limit: settings.request_limit,
+            stopping: AtomicBool::new(false),
             next_fh: AtomicU64::new(1),
             started: SystemTime::now(),
         }
@@ -266,36 +281,63 @@ impl PodFs {
     }
 
     /// Answer with `first`, or, if it must wait, with `again` once what it waits for is
-    /// ready (or `EINTR` if `who` gets a signal first). `again` runs with its panics
-    /// contained, in the span of the request that parked it.
+    /// ready (`EINTR` if `who` gets a signal first), in the round that follows that wait
+    /// ([`Round`]). A round after waiting for the child's state may still wait for a
+    /// running turn, and is parked again for that; a turn that outlasts its bound (the
+    /// kernel's own request timeout, where one is set) is answered `EAGAIN`, for the
+    /// caller to try again. `again` runs with its panics contained, in the span of the
+    /// request that parked it.
     pub fn answer<T: Send + 'static>(
         self: &Arc<Self>,
         who: &Caller,
         first: Step<T>,
-        again: impl FnOnce(&PodFs) -> Step<T> + Send + 'static,
+        again: impl Fn(&PodFs, Round) -> Step<T> + Send + Sync + 'static,
         reply: impl FnOnce(Result<T>) + Send + 'static,
     ) {
-        match first {
-            Step::Ready(r) => reply(r),
-            Step::Wait(wait, bound) => {
-                let fs = self.clone();
-                let span = Span::current();
-                self.park(
-                    wait,
-                    bound,
-                    who.requester(),
-                    Box::new(move |why| {
-                        let _entered = span.enter();
-                        match why {
-                            Wake::Interrupted => reply(Err(Error::Interrupted)),
-                            Wake::Ready | Wake::Expired => {
-                                reply(contain("a parked operation", || again(&fs).into_result()))
+        self.settle(*who, first, Arc::new(again), Box::new(reply));
+    }
+
+    fn settle<T: Send + 'static>(
+        self: &Arc<Self>,
+        who: Caller,
+        step: Step<T>,
+        again: Again<T>,
+        reply: Box<dyn FnOnce(Result<T>) + Send>,
+    ) {
+        let (wait, bound) = match step {
+            Step::Ready(r) => return reply(r),
+            Step::Wait(wait, bound) => (wait, bound),
+        };
+        let round = wait.next_round();
+        let fs = self.clone();
+        let span = Span::current();
+        self.park(
+            wait,
+            bound,
+            who.requester(),
+            Box::new(move |why| {
+                let _entered = span.enter();
+                match why {
+                    Wake::Interrupted => reply(Err(Error::Interrupted)),
+                    _ if fs.stopping.load(Ordering::SeqCst) => reply(Err(Error::Unmounting)),
+                    Wake::Expired if round == Round::Last => reply(Err(Error::TryAgain(
+                        "the child's turn outlasted the longest a request may wait; read again"
+                            .into(),
+                    ))),
+                    Wake::Ready | Wake::Expired => {
+                        match contain("a parked operation", || Ok(again(&fs, round))) {
+                            Ok(next @ Step::Wait(Wait::TurnOver(_), _))
+                                if round == Round::Again =>
+                            {
+                                fs.settle(who, next, again, reply)
                             }
+                            Ok(next) => reply(next.into_result()),
+                            Err(e) => reply(Err(e)),
                         }
-                    }),
-                );
-            }
-        }
+                    }
+                }
+            }),
+        );
     }
 
     // -----------------------------------------------------------------------------------
@@ -456,8 +498,16 @@ impl PodFs {
             .ok_or_else(|| Error::NotFound(format!("file handle {fh}")))
     }
 
-    /// Open a file; `write` when the caller asked for write access.
-    pub fn open(&self, ino: u64, write: bool, caller: &Caller, now: bool) -> Step<u64> {
+    /// Open a file; `write` when the caller asked for write access, `nonblocking` for
+    /// `O_NONBLOCK`, in `round`.
+    pub fn open(
+        &self,
+        ino: u64,
+        write: bool,
+        nonblocking: bool,
+        caller: &Caller,
+        round: Round,
+    ) -> Step<u64> {
         let Node::File(pod, child, kind) = ready!(self.node(ino)) else {
             return Step::Ready(Err(Error::IsDir));
         };
@@ -476,7 +526,8 @@ impl PodFs {
             fh,
             write,
             caller,
-            now,
+            round,
+            nonblocking,
         };
         let handle = match kind.control().open(&self.files, opening) {
             Step::Ready(Ok(h)) => h,
@@ -553,15 +604,26 @@ impl PodFs {
     ) {
         let held = self.kernel.hold(parent);
         let fs = self.clone();
+        let deadline = self
+            .request_limit
+            .map(|limit| std::time::Instant::now() + limit);
         self.pool.submit(move || {
-            reply(contain("rmdir", || fs.rmdir(parent, &name, &caller)));
+            reply(contain("rmdir", || {
+                fs.rmdir(parent, &name, &caller, deadline)
+            }));
             drop(held);
         });
     }
 
     /// `rmdir <parent>/<child>`: stop and reclaim, for `caller` (whose signal ends the
     /// waits before any file is touched). Blocking: [`PodFs::remove`] runs it on the pool.
-    pub fn rmdir(&self, parent: u64, name: &OsStr, caller: &Caller) -> Result<()> {
+    pub fn rmdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        caller: &Caller,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<()> {
         match self.node(parent)? {
             Node::Pod(pod) => {
                 let child = PodName::from_os(name)?;
@@ -577,7 +639,7 @@ impl PodFs {
                     &self.client,
                     &pod,
                     &child,
-                    caller.requester(),
+                    caller.requester().until(deadline),
                 )?;
                 self.cursors.forget(&(pod, child));
                 if let Some(socket) = socket {
@@ -609,10 +671,41 @@ impl PodFs {
     /// Release everything held (at unmount): every parked operation is answered now,
     /// whatever the children do, and nothing is waited for longer than a moment.
     pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         self.kernel.disconnect();
         self.watches.shutdown();
         self.pool.close();
     }
+}
+
+/// The longest a request may wait in podfs when the kernel aborts a FUSE connection whose
+/// request has waited `timeout` (Linux 6.14 on: `fs.fuse.default_request_timeout`, capped
+/// by `fs.fuse.max_request_timeout`): a tenth less, and at least half a second less, so
+/// every wait ends with an answer of its own first.
+pub fn request_limit(timeout: Duration) -> Duration {
+    let margin = (timeout / 10).max(Duration::from_millis(500));
+    timeout
+        .saturating_sub(margin)
+        .max(Duration::from_millis(100))
+}
+
+/// The kernel's FUSE request timeout for a connection that asks for none: the default,
+/// capped by the maximum (either 0 or missing: none).
+pub fn kernel_request_timeout() -> Option<Duration> {
+    let read = |name: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/sys/fs/fuse/{name}"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let (default, max) = (read("default_request_timeout"), read("max_request_timeout"));
+    let secs = match (default, max) {
+        (0, 0) => return None,
+        (d, 0) => d,
+        (0, m) => m,
+        (d, m) => d.min(m),
+    };
+    Some(Duration::from_secs(secs))
 }
 
 /// Builds the logic layer for a home: the parent cache, the pod client, the watches.

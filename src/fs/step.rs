@@ -14,8 +14,46 @@ use super::files::CursorKey;
 pub enum Wait {
     /// The child's state, from its watch (leased until the operation runs again).
     Watch(Lease),
+    /// The end of the turn the child runs (an `output` reader, like a pipe's, waits for
+    /// the writer to finish).
+    TurnOver(Lease),
     /// A cursor value closed but not yet applied (see [`super::gate`]).
     Cursor(CursorKey),
+}
+
+impl Wait {
+    /// Which round the operation runs in once this wait is over.
+    pub fn next_round(&self) -> Round {
+        match self {
+            Wait::TurnOver(_) => Round::Last,
+            Wait::Watch(_) | Wait::Cursor(_) => Round::Again,
+        }
+    }
+}
+
+/// Which round of an operation this is: what it may still wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// The first: it may wait for the child's state, a cursor value, or a turn.
+    First,
+    /// After waiting for the child's state or a cursor value: it may still wait for a
+    /// turn to end, nothing else.
+    Again,
+    /// After waiting for a turn to end: it answers with what there is.
+    Last,
+}
+
+impl Round {
+    /// Whether this round must answer without waiting for the child's state (`now` of
+    /// the kinds that wait for nothing else).
+    pub fn now(self) -> bool {
+        self != Round::First
+    }
+
+    /// Whether this round may still wait for a running turn to end.
+    pub fn may_wait_for_a_turn(self) -> bool {
+        self != Round::Last
+    }
 }
 
 /// An operation's answer.
@@ -35,6 +73,10 @@ impl<T> Step<T> {
 
     pub(crate) fn watch(w: &Lease, bound: Duration) -> Step<T> {
         Step::Wait(Wait::Watch(w.clone()), bound)
+    }
+
+    pub(crate) fn turn(w: &Lease, bound: Duration) -> Step<T> {
+        Step::Wait(Wait::TurnOver(w.clone()), bound)
     }
 
     /// The answer of a second round, which may not wait again.
@@ -77,6 +119,6 @@ impl Caller {
     pub const INTERNAL: Caller = Caller { uid: 0, pid: 0 };
 
     pub fn requester(&self) -> Requester {
-        Requester(self.pid)
+        Requester::new(self.pid)
     }
 }

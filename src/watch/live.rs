@@ -105,6 +105,8 @@ impl From<Failure> for Error {
 pub enum Topic {
     Status,
     Text,
+    /// Either: what `output` is readable by (text, once the turn is over).
+    Output,
 }
 
 /// Whether a message may be written to the child now, as `input` sees it.
@@ -116,8 +118,19 @@ pub enum Intake {
     Failed(Failure),
 }
 
+/// What a parked operation waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// The child's state is known ([`LiveState::ready`]).
+    Ready,
+    /// The turn the child runs is over ([`LiveState::turn_over`]): a reader of `output`
+    /// waits for it as a pipe's reader waits for a writer that has not closed yet.
+    TurnOver,
+}
+
 struct Parked {
     id: u64,
+    until: Until,
     then: Waiter,
 }
 
@@ -272,6 +285,23 @@ impl LiveState {
             }
     }
 
+    /// Whether the child is between turns, as far as a reader of `output` must wait for:
+    /// not running by the word `status` shows (so a message of ours reserved or on its
+    /// way counts as running), or gone, or podfs cannot follow it, or the watch ended. A
+    /// connection being re-made keeps the last word.
+    pub fn turn_over(&self) -> bool {
+        self.closed
+            || !matches!(self.reach, Reach::Live | Reach::Pending)
+            || self.status_word() != PodStatus::Running
+    }
+
+    fn holds(&self, until: Until) -> bool {
+        match until {
+            Until::Ready => self.ready(),
+            Until::TurnOver => self.turn_over(),
+        }
+    }
+
     /// Whether a message of ours holds the child (reserved or on its way).
     fn ours_running(&self) -> bool {
         self.reservation.is_some() || self.pending_runs > 0
@@ -295,6 +325,7 @@ impl LiveState {
         match topic {
             Topic::Status => self.status_version,
             Topic::Text => self.text_version,
+            Topic::Output => self.status_version + self.text_version,
         }
     }
 
@@ -360,15 +391,15 @@ impl LiveState {
     // -----------------------------------------------------------------------------------
     // Waiting
 
-    /// Run `then` once ready. Returns it back when ready already (the caller runs it), or
-    /// the waiter's id, for its deadline.
-    pub fn add_waiter(&mut self, then: Waiter) -> Result<u64, Waiter> {
-        if self.ready() {
+    /// Run `then` once `until` holds. Returns it back when it holds already (the caller
+    /// runs it), or the waiter's id, for its deadline.
+    pub fn add_waiter(&mut self, until: Until, then: Waiter) -> Result<u64, Waiter> {
+        if self.holds(until) {
             return Err(then);
         }
         self.next_waiter += 1;
         let id = self.next_waiter;
-        self.waiters.push(Parked { id, then });
+        self.waiters.push(Parked { id, until, then });
         Ok(id)
     }
 
@@ -380,7 +411,9 @@ impl LiveState {
     /// still waiting. A passed bound makes later waits pointless until the child answers.
     pub fn expire_waiter(&mut self, id: u64, why: Wake) -> Option<Due> {
         let i = self.waiters.iter().position(|w| w.id == id)?;
-        if why == Wake::Expired {
+        // A readiness bound that passed makes later waits pointless until the child
+        // answers; a turn that outlasts a bound says nothing of the kind.
+        if why == Wake::Expired && self.waiters[i].until == Until::Ready {
             self.overdue = true;
         }
         Some(Due::Wake(self.waiters.swap_remove(i).then, why))
@@ -428,16 +461,21 @@ impl LiveState {
     /// moved since the last call (pollers stay registered).
     fn due(&mut self, status_before: u64, text_before: u64) -> Vec<Due> {
         let mut out = Vec::new();
-        if self.ready() {
-            out.extend(
-                self.waiters
-                    .drain(..)
-                    .map(|w| Due::Wake(w.then, Wake::Ready)),
-            );
+        let mut i = 0;
+        while i < self.waiters.len() {
+            if self.holds(self.waiters[i].until) {
+                let w = self.waiters.swap_remove(i);
+                out.push(Due::Wake(w.then, Wake::Ready));
+            } else {
+                i += 1;
+            }
         }
         let moved = |topic: Topic| match topic {
             Topic::Status => self.status_version != status_before,
             Topic::Text => self.text_version != text_before,
+            Topic::Output => {
+                self.status_version != status_before || self.text_version != text_before
+            }
         };
         for (topic, notify) in self.pollers.values() {
             if moved(*topic) || self.closed {
@@ -689,7 +727,7 @@ mod tests {
         let (n, cb) = counter();
         let mut s = LiveState::new(Instant::now());
         assert!(!s.ready());
-        let Ok(id) = s.add_waiter(cb()) else {
+        let Ok(id) = s.add_waiter(Until::Ready, cb()) else {
             panic!("not ready yet")
         };
         let (status_polls, status_notify) = notifier();
@@ -704,7 +742,10 @@ mod tests {
             s.expire_waiter(id, Wake::Expired).is_none(),
             "already answered"
         );
-        assert!(s.add_waiter(cb()).is_err(), "ready: run it now");
+        assert!(
+            s.add_waiter(Until::Ready, cb()).is_err(),
+            "ready: run it now"
+        );
         // The same text again is no change; a status change is, and pollers stay
         // registered: every change notifies again (edge-triggered epoll needs that).
         run(s.snapshot(snap(&["a"], PodStatus::Running)));
@@ -733,10 +774,58 @@ mod tests {
     }
 
     #[test]
+    fn a_turn_waiter_runs_when_the_turn_is_over_and_only_then() {
+        let (n, cb) = counter();
+        let mut s = LiveState::new(Instant::now());
+        run(s.snapshot(snap(&["a"], PodStatus::Running)));
+        let Ok(id) = s.add_waiter(Until::TurnOver, cb()) else {
+            panic!("the child runs a turn")
+        };
+        // Text of the turn arrives: still running.
+        run(s.changed(&Changes {
+            text: true,
+            ..Changes::default()
+        }));
+        assert_eq!(n.load(Ordering::SeqCst), 0);
+        run(s.changed(&Changes {
+            status: Some(PodStatus::Idle),
+            ..Changes::default()
+        }));
+        assert_eq!(n.load(Ordering::SeqCst), 1, "the turn is over");
+        assert!(
+            s.expire_waiter(id, Wake::Expired).is_none(),
+            "answered once"
+        );
+        // Our own message reserved counts as a turn, until it is settled.
+        assert_eq!(s.intake(1, Instant::now(), HOLD).0, Intake::Takes);
+        assert!(s.add_waiter(Until::TurnOver, cb()).is_ok());
+        s.hand_over(1);
+        run(s.run_accepted());
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        run(s.changed(&Changes {
+            status: Some(PodStatus::Idle),
+            ..Changes::default()
+        }));
+        assert_eq!(n.load(Ordering::SeqCst), 2);
+        // A turn that outlasts a bound says nothing about the child.
+        let mut t = LiveState::new(Instant::now());
+        run(t.snapshot(snap(&[], PodStatus::Running)));
+        let Ok(id) = t.add_waiter(Until::TurnOver, cb()) else {
+            panic!("running")
+        };
+        assert!(t.expire_waiter(id, Wake::Expired).is_some());
+        assert!(t.ready());
+        // A child that goes away ends the wait.
+        assert!(t.add_waiter(Until::TurnOver, cb()).is_ok());
+        run(t.unreachable(Reach::Gone));
+        assert_eq!(n.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
     fn an_expired_bound_covers_later_operations() {
         let (_, cb) = counter();
         let mut s = LiveState::new(Instant::now());
-        let Ok(id) = s.add_waiter(cb()) else {
+        let Ok(id) = s.add_waiter(Until::Ready, cb()) else {
             panic!("not ready")
         };
         assert!(!s.ready());
@@ -748,7 +837,7 @@ mod tests {
         assert_eq!(s.status_word(), PodStatus::Unreachable);
         // An interrupted waiter says nothing about the child.
         let mut t = LiveState::new(Instant::now());
-        let Ok(id) = t.add_waiter(cb()) else {
+        let Ok(id) = t.add_waiter(Until::Ready, cb()) else {
             panic!("not ready")
         };
         assert!(t.expire_waiter(id, Wake::Interrupted).is_some());

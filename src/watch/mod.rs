@@ -31,7 +31,7 @@ use crate::pod_client::PodClient;
 use crate::process::Requester;
 use crate::sync::{Mutex, MutexGuard};
 use budget::Budget;
-use live::{Intake, LiveState, Notify, Topic, Waiter};
+use live::{Intake, LiveState, Notify, Topic, Until, Waiter};
 use reactor::{Command, ReactorHandle};
 
 /// Called with the outcome of delivering a message.
@@ -109,10 +109,10 @@ impl Watch {
         (s.ready() || now).then_some(s)
     }
 
-    /// Run `then` once the child's state is known, at the latest after `bound`, or as soon
-    /// as `who` gets a signal.
-    pub fn when_ready(self: &Arc<Self>, bound: Duration, who: Requester, then: Waiter) {
-        let added = self.state.lock().add_waiter(then);
+    /// Run `then` once `until` holds (the child's state is known, or its turn is over), at
+    /// the latest after `bound`, or as soon as `who` gets a signal.
+    pub fn when(self: &Arc<Self>, until: Until, bound: Duration, who: Requester, then: Waiter) {
+        let added = self.state.lock().add_waiter(until, then);
         match added {
             Err(now) => now(live::Wake::Ready),
             Ok(id) => self.reactor.send(Command::Deadline {

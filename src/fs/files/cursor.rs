@@ -46,7 +46,7 @@ impl ControlFile for Cursor {
     }
 
     fn open(&self, cx: &Context, at: Opening<'_>) -> Step<Arc<dyn OpenFile>> {
-        if let Some(wait) = cx.cursor_gate(&at.file, at.now) {
+        if let Some(wait) = cx.cursor_gate(&at.file, at.round.now()) {
             return wait;
         }
         Step::Ready(Ok(Arc::new(Open {

@@ -49,7 +49,7 @@ impl ControlFile for Log {
     fn open(&self, cx: &Context, at: Opening<'_>) -> Step<Arc<dyn OpenFile>> {
         let w = ready!(cx.watch_of(at.record));
         let seen = {
-            let Some(s) = w.state_if_ready(at.now) else {
+            let Some(s) = w.state_if_ready(at.round.now()) else {
                 return Step::watch(&w, cx.bound(true));
             };
             if let Some(e) = s.unreadable() {

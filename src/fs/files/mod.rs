@@ -26,13 +26,13 @@ use crate::parents::{ParentCache, ParentView};
 use crate::pod_client::PodClient;
 use crate::process::Requester;
 use crate::store::metadata::ChildRecord;
-use crate::watch::live::{Notify, Waiter};
+use crate::watch::live::{Notify, Until, Waiter};
 use crate::watch::{Lease, Watch, Watches};
 
 use super::gate::Gates;
 use super::inode::{Inodes, Node};
 use super::kernel::{Inval, KernelQueue};
-use super::step::{Caller, Step, Wait};
+use super::step::{Caller, Round, Step, Wait};
 
 /// One control file inside `<parent>/<child>/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -139,8 +139,10 @@ pub(crate) struct Opening<'a> {
     pub fh: u64,
     pub write: bool,
     pub caller: &'a Caller,
-    /// A second round: answer now, do not wait.
-    pub now: bool,
+    /// Which round of the open this is: what it may still wait for.
+    pub round: Round,
+    /// `O_NONBLOCK`: never wait for a turn.
+    pub nonblocking: bool,
 }
 
 /// What a kind of control file does before it is open.
@@ -215,6 +217,14 @@ pub(crate) trait OpenFile: Send + Sync {
 /// How long a reader of the cursor waits for a value closed but not yet applied.
 const CURSOR_GATE: Duration = Duration::from_millis(500);
 
+/// Who may do what in the mount, and for how long a request may wait.
+pub(crate) struct Access {
+    /// The user the mount belongs to.
+    pub owner: u32,
+    /// The longest a request may wait (see [`super::request_limit`]).
+    pub limit: Option<Duration>,
+}
+
 /// What a control file may reach of podfs.
 pub(crate) struct Context {
     parents: Arc<ParentCache>,
@@ -228,6 +238,9 @@ pub(crate) struct Context {
     outputs: output::OpenOutputs,
     /// The user the mount belongs to.
     owner: u32,
+    /// The longest a request may wait here: shorter than the kernel's own request
+    /// timeout, where one is set (past it the kernel aborts the whole connection).
+    limit: Option<Duration>,
 }
 
 impl Context {
@@ -238,7 +251,7 @@ impl Context {
         cursors: Arc<Cursors<CursorKey>>,
         kernel: Arc<KernelQueue>,
         inodes: Arc<Inodes>,
-        owner: u32,
+        access: Access,
     ) -> Context {
         Context {
             parents,
@@ -249,18 +262,25 @@ impl Context {
             kernel,
             inodes,
             outputs: output::OpenOutputs::default(),
-            owner,
+            owner: access.owner,
+            limit: access.limit,
         }
     }
 
     /// Park `then` until `wait` is ready, its `bound` passes, or `who` gets a signal.
     pub fn park(&self, wait: Wait, bound: Duration, who: Requester, then: Waiter) {
+        let wait_kind = wait.next_round();
         match wait {
-            Wait::Watch(lease) => {
+            Wait::Watch(lease) | Wait::TurnOver(lease) => {
+                let until = match &wait_kind {
+                    Round::Last => Until::TurnOver,
+                    _ => Until::Ready,
+                };
                 let watch = lease.entry().clone();
                 // The lease goes with the parked operation: the watch stays followed until
                 // it runs again.
-                watch.when_ready(
+                watch.when(
+                    until,
                     bound,
                     who,
                     Box::new(move |why| {
@@ -288,11 +308,14 @@ impl Context {
     /// history wait the I/O bound, the rest (`status`, any `stat`) the status bound.
     fn bound(&self, reading: bool) -> Duration {
         let t = self.client.timeouts();
-        if reading {
-            t.io
-        } else {
-            t.status_wait
-        }
+        let bound = if reading { t.io } else { t.status_wait };
+        self.limit.map_or(bound, |limit| bound.min(limit))
+    }
+
+    /// How long an `output` reader waits for a running turn to end: as long as it runs,
+    /// or, where the kernel has a request timeout, safely less than that.
+    fn turn_bound(&self) -> Duration {
+        self.limit.unwrap_or(Duration::from_secs(365 * 24 * 3600))
     }
 
     /// The cursor of `file`'s child as the registry `view` knows it.
@@ -304,7 +327,10 @@ impl Context {
     /// it: wait for it (briefly) unless this is the second round.
     fn cursor_gate(&self, file: &ChildFile, now: bool) -> Option<Step<Arc<dyn OpenFile>>> {
         let key = file.key();
-        (!now && self.gates.is_held(&key)).then(|| Step::Wait(Wait::Cursor(key), CURSOR_GATE))
+        let bound = self
+            .limit
+            .map_or(CURSOR_GATE, |limit| CURSOR_GATE.min(limit));
+        (!now && self.gates.is_held(&key)).then(|| Step::Wait(Wait::Cursor(key), bound))
     }
 
     /// The kernel may hold `cursor`'s attributes for the attribute TTL: drop them whenever

@@ -51,7 +51,7 @@ impl ControlFile for Status {
     fn open(&self, cx: &Context, at: Opening<'_>) -> Step<Arc<dyn OpenFile>> {
         let w = ready!(cx.watch_of(at.record));
         let (bytes, seen) = {
-            let Some(s) = w.state_if_ready(at.now) else {
+            let Some(s) = w.state_if_ready(at.round.now()) else {
                 return Step::watch(&w, cx.bound(false));
             };
             ready!(s.check());

@@ -5,9 +5,18 @@
 //! with the cursor unmoved. Reading `output` moves the cursor, so it takes the permission
 //! to write `cursor`.
 //!
-//! Each open holds its own snapshot until release; `fstat` of a descriptor shows its own
-//! snapshot's size, and `stat` by a process the size of the newest snapshot it has open
-//! (the kernel does not say which open file an `fstat` is about).
+//! Like a pipe whose writer has not closed yet, an open while the child runs a turn waits
+//! for the turn to end (a message of ours reserved or on its way counts), then takes its
+//! snapshot: `echo q > input; cat output` prints the reply. `O_NONBLOCK` takes what there
+//! is at once; a signal ends the wait with nothing taken; where the kernel aborts requests
+//! that wait too long, the wait ends before that with `EAGAIN`.
+//!
+//! Each open holds its own snapshot until release, and its reads return it. `stat` and
+//! `fstat` report the size of the newest snapshot the asking process holds, else the
+//! newest of all: the kernel sends no handle with a `stat` or an `fstat` (it asks for the
+//! attributes of the inode), so an `fstat` of an older open of the same process reports
+//! the newer one's size; tools that read what they `fstat` (`tar`, `rsync`, `cp`) open one
+//! file at a time.
 
 pub mod take;
 
@@ -69,7 +78,7 @@ impl ControlFile for Output {
         if !cx.may_move_cursor(at.caller) {
             return Step::Ready(Err(Error::ReadOnly));
         }
-        if let Some(wait) = cx.cursor_gate(&at.file, at.now) {
+        if let Some(wait) = cx.cursor_gate(&at.file, at.round.now()) {
             return wait;
         }
         let incarnation = at.view.incarnation(&at.file.child);
@@ -96,11 +105,15 @@ type Taken = (Arc<[u8]>, Lease);
 fn take_output(cx: &Context, at: &Opening<'_>, incarnation: u64) -> Step<Taken> {
     let w = ready!(cx.watch_of(at.record));
     {
-        let Some(s) = w.state_if_ready(at.now) else {
+        let Some(s) = w.state_if_ready(at.round.now()) else {
             return Step::watch(&w, cx.bound(true));
         };
         if let Some(e) = s.unreadable() {
             return Step::Ready(Err(e));
+        }
+        if !s.turn_over() && at.round.may_wait_for_a_turn() && !at.nonblocking {
+            drop(s);
+            return Step::turn(&w, cx.turn_bound());
         }
         if s.reach() == Reach::Gone {
             drop(s);
@@ -152,17 +165,20 @@ impl OpenFile for Open {
         cx.outputs.closed(&self.file.key(), fh);
     }
 
-    /// Readable when a new open would return text.
+    /// Readable when a new open would return text without waiting: the turn is over and
+    /// there is text the cursor has not passed.
     fn poll(&self, cx: &Context, fh: u64, notify: Notify) -> Result<bool> {
         let w = &self.watch;
         let view = cx.parents.child_view(&self.file.pod, &self.file.child)?;
         let cursor = cx.cursor(&self.file, &view);
         let (pending, version) = {
             let s = w.state();
-            let pending = s.history().is_some_and(|h| !h.unread(cursor).is_empty());
-            (pending, s.version(Topic::Text))
+            let pending =
+                s.turn_over() && s.history().is_some_and(|h| !h.unread(cursor).is_empty());
+            (pending, s.version(Topic::Output))
         };
-        Ok(w.set_poller(fh, Topic::Text, version, notify) || pending)
+        w.set_poller(fh, Topic::Output, version, notify);
+        Ok(pending)
     }
 
     fn watch(&self) -> Option<&Watch> {
