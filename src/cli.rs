@@ -24,6 +24,7 @@ use crate::watch::WatchConfig;
 #[command(
     name = "podfs",
     version,
+    override_usage = "podfs [--log-level LEVEL] [--log-file PATH] COMMAND",
     about = "Browse and steer an agent runtime's spawned child pods as files",
     long_about = "podfs mounts the registry of spawned child pods of the insomnia/yoi agent \
                   runtime as a filesystem: one directory per parent pod, one per child, with \
@@ -32,9 +33,9 @@ use crate::watch::WatchConfig;
 )]
 pub struct Cli {
     /// Log filter (error, warn, info, debug, trace, or a tracing directive); RUST_LOG wins.
-    #[arg(long, global = true, default_value = "info")]
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
-    /// Append logs to this file instead of standard error (useful with --daemon).
+    /// Append logs to this file instead of standard error.
     #[arg(long, global = true, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
     #[command(subcommand)]
@@ -66,17 +67,27 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount a runtime home; stays in the foreground until unmounted or interrupted.
+    #[command(
+        override_usage = "podfs mount MOUNTPOINT [--home DIR | --data-dir DIR --runtime-dir DIR] \
+                          [--generation NAME] [--daemon] [--allow-other] [-o OPTIONS] [OPTIONS]"
+    )]
     Mount(MountArgs),
     /// Start a throw-away home with live demo pods and mount it.
+    #[command(
+        override_usage = "podfs demo [MOUNTPOINT] [--children N] [--generation NAME]"
+    )]
     Demo(DemoArgs),
     /// Unmount a podfs mount point.
+    #[command(override_usage = "podfs unmount MOUNTPOINT")]
     Unmount {
         /// The mount point (relative paths and trailing slashes are fine).
         mountpoint: PathBuf,
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to standard output.
+    #[command(override_usage = "podfs completions SHELL")]
     Completions { shell: clap_complete::Shell },
     /// Write the manual pages: podfs(1) to standard output, or every page into DIR.
+    #[command(override_usage = "podfs man [--dir DIR]")]
     Man {
         /// Write every page (podfs.1, one per command, mount.fuse.podfs.8) into this
         /// directory.
@@ -110,7 +121,8 @@ pub struct MountArgs {
     /// The runtime generation to serve, instead of reading it off the home's layout.
     #[arg(long, value_name = "NAME", value_parser = Generation::value_parser())]
     pub generation: Option<&'static Generation>,
-    /// Return once the mount is ready and keep serving in the background.
+    /// Return once the mount is ready and keep serving in the background (logging to
+    /// --log-file, else to the system log).
     #[arg(long)]
     pub daemon: bool,
     #[command(flatten)]
@@ -127,8 +139,9 @@ pub struct MountFlags {
     /// the kernel then enforces the file modes (default_permissions).
     #[arg(long)]
     pub allow_other: bool,
-    /// Mount options, comma-separated (e.g. -o ro for a look-only mount).
-    #[arg(short = 'o', value_delimiter = ',')]
+    /// Mount options, comma-separated (e.g. -o ro for a look-only mount; log_file=PATH and
+    /// log_level=LEVEL set the log, as mount(8) and fstab pass them).
+    #[arg(short = 'o', value_delimiter = ',', value_name = "OPTIONS")]
     pub options: Vec<String>,
     /// FUSE request threads.
     #[arg(long, default_value_t = 2)]

@@ -161,9 +161,9 @@ impl Generation {
         ALL.into_iter().find(|g| g.id == id)
     }
 
-    /// The ids, for messages and `--help`.
+    /// The ids as alternatives, for messages: `a|b|c`.
     pub fn ids() -> String {
-        ALL.iter().map(|g| g.id).collect::<Vec<_>>().join(", ")
+        ALL.iter().map(|g| g.id).collect::<Vec<_>>().join("|")
     }
 
     /// `--generation NAME` on the command line: one of the ids, which shells complete.

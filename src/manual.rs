@@ -18,10 +18,10 @@ pub(crate) const FILES: &[(&str, &str)] = &[
     ("socket", "The child's Unix socket path, newline-terminated. Read-only (EACCES on write)."),
     ("scope", "The delegated scope, one rule per line: <read|write> <recursive|exact> <target>. Read-only."),
     ("cursor", "The mount's read position (an item index into the child's history). Write a decimal number: all writes of one open are one value, checked as they arrive (EINVAL at the write that makes it impossible, and the cursor stays unchanged); it takes effect at close."),
-    ("output", "New assistant text since the cursor; opening it moves the cursor past that text (a consuming file, like tracefs's trace_pipe). ETIMEDOUT when the child does not answer in the I/O bound; empty for an unreachable child."),
-    ("log", "All assistant text of the child's current history, growing live (tail -f works; poll wakes on change). Non-consuming. ETIMEDOUT for a child that does not answer; the last history seen for an unreachable one."),
+    ("output", "New assistant text since the cursor; opening it moves the cursor past that text (a consuming file, like tracefs's trace_pipe): one open takes all of it, so head -c 3 output consumes everything new. While the child runs a turn, an open waits for the turn to end, like a pipe's reader for its writer (O_NONBLOCK does not wait; a signal ends the wait with nothing taken; EAGAIN where the kernel's FUSE request timeout would come first). ETIMEDOUT when the child does not answer in the I/O bound; empty for an unreachable child."),
+    ("log", "All assistant text of the child's current history, growing live (tail -f works). Non-consuming, never waits. ETIMEDOUT for a child that does not answer; the last history seen for an unreachable one."),
     ("input", "Write a message: everything written through one open file description is one run, sent when the last descriptor is closed. EFBIG past 64 KiB, EINVAL for bytes that are not UTF-8 or an empty message, EBUSY while the child runs a turn, EHOSTDOWN when it is unreachable; once a write is refused nothing of the message is sent. Reads return nothing."),
-    ("status", "idle, running, paused or unreachable, kept current from the child's own events; poll wakes when it changes."),
+    ("status", "idle, running, paused or unreachable, kept current from the child's own events. poll, select and epoll wake on every change of status, log and output; inotify never fires on these files (nothing writes them: the content comes from the child)."),
     ("callback", "The callback address recorded for the child (may be empty). Read-only."),
 ];
 
@@ -88,10 +88,38 @@ fn exit_status(roff: &mut Roff) {
     );
 }
 
+/// One-liners in the spirit of sysfs's and tracefs's pages: ask, read, watch, remove.
+const MAIN_EXAMPLES: &[(&str, &str)] = &[
+    ("ls /mnt/pods/lead", "The children of the parent pod lead."),
+    ("cat /mnt/pods/lead/*/status", "What each child is doing."),
+    ("echo \"summarise docs/\" > /mnt/pods/lead/reviewer/input; cat /mnt/pods/lead/reviewer/output", "Ask a child something and read its reply (output waits for the turn to end)."),
+    ("tail -f /mnt/pods/lead/reviewer/log", "Follow a child's text as it writes it."),
+    ("grep -r --exclude output error /mnt/pods/lead", "Search every child's text without consuming output."),
+    ("rm -r /mnt/pods/lead/reviewer", "Stop a child and reclaim its delegated scope."),
+];
+
+const MOUNT_EXAMPLES: &[(&str, &str)] = &[
+    ("podfs mount ~/pods", "Mount the home the runtime uses, in the foreground; Ctrl-C unmounts."),
+    ("podfs mount ~/pods --home ~/.insomnia --daemon", "Name the home, and return once mounted."),
+    ("podfs mount ~/pods -o ro", "A look-only mount."),
+];
+
+const DEMO_EXAMPLES: &[(&str, &str)] = &[
+    ("podfs demo", "A live demo parent with three children, mounted in a temporary directory."),
+    ("podfs demo ~/pods --children 5", "Five children, mounted at ~/pods."),
+];
+
+fn examples(roff: &mut Roff, list: &[(&str, &str)]) {
+    roff.control("SH", ["EXAMPLES"]);
+    for (command, what) in list {
+        tagged(roff, command, what);
+    }
+}
+
 fn main_page(cli: &clap::Command) -> std::io::Result<Vec<u8>> {
     page(cli.clone(), |roff| {
         roff.control("SH", ["FILES"]);
-        paragraph(roff, [roman("The mount shows one directory per pod of the runtime's durable store, and in it one directory per child in that pod's registry, whether or not the child is reachable. Each child directory holds:")]);
+        paragraph(roff, [roman("The top of the mount lists the parents: every pod of the runtime's durable store that has children, or had some (any other pod is reachable by name, and empty). Each parent holds one directory per child in its registry, whether or not the child is reachable. Each child directory holds:")]);
         for (name, what) in FILES {
             tagged(roff, name, what);
         }
@@ -104,6 +132,7 @@ fn main_page(cli: &clap::Command) -> std::io::Result<Vec<u8>> {
             roman(" for a look-only mount. mkdir is EPERM; creating files is EACCES; ioctl is ENOTTY."),
         ]);
         exit_status(roff);
+        examples(roff, MAIN_EXAMPLES);
         roff.control("SH", ["ENVIRONMENT"]);
         paragraph(roff, [roman("The home is found as the runtime finds it: INSOMNIA_HOME, INSOMNIA_DATA_DIR, INSOMNIA_RUNTIME_DIR for insomnia; YOI_HOME, YOI_DATA_DIR, YOI_RUNTIME_DIR for yoi; then XDG_DATA_HOME, XDG_RUNTIME_DIR and HOME. RUST_LOG overrides --log-level.")]);
         roff.control("SH", ["SEE ALSO"]);
@@ -168,6 +197,16 @@ fn helper_page() -> Vec<u8> {
         "dev, suid, exec",
         "Ignored: podfs always mounts nodev, nosuid, noexec.",
     );
+    tagged(
+        &mut roff,
+        "log_file=PATH",
+        "Where the mount (which runs in the background) logs; without it, the system log.",
+    );
+    tagged(
+        &mut roff,
+        "log_level=LEVEL",
+        "The log filter (error, warn, info, debug, trace); info without it.",
+    );
     roff.control("SH", ["FILES"]);
     tagged(
         &mut roff,
@@ -175,6 +214,13 @@ fn helper_page() -> Vec<u8> {
         "For example: /home/ada/.insomnia /mnt/pods fuse.podfs noauto,user 0 0",
     );
     exit_status(&mut roff);
+    examples(
+        &mut roff,
+        &[
+            ("mount -t fuse.podfs /home/ada/.insomnia /mnt/pods -o allow_other", "Mount ada's home for everyone to look at."),
+            ("/home/ada/.insomnia /mnt/pods fuse.podfs defaults,allow_other,nofail,log_file=/var/log/podfs.log 0 0", "The same as an /etc/fstab line, logging to a file."),
+        ],
+    );
     roff.control("SH", ["SEE ALSO"]);
     paragraph(
         &mut roff,
@@ -188,7 +234,23 @@ pub fn pages(cli: &clap::Command) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     let mut pages = vec![("podfs.1".to_string(), main_page(cli)?)];
     for sub in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
         let name = sub.get_name();
-        pages.push((format!("podfs-{name}.1"), sub_page(cli, name, exit_status)?));
+        let list: &[(&str, &str)] = match name {
+            "mount" => MOUNT_EXAMPLES,
+            "demo" => DEMO_EXAMPLES,
+            "unmount" => &[("podfs unmount ~/pods", "Unmount a podfs mount.")],
+            "completions" => &[("podfs completions bash > ~/.local/share/bash-completion/completions/podfs", "Install bash completions for yourself.")],
+            "man" => &[("podfs man --dir /tmp/podfs-man && man -l /tmp/podfs-man/podfs.1", "Write every page and read one.")],
+            _ => &[],
+        };
+        pages.push((
+            format!("podfs-{name}.1"),
+            sub_page(cli, name, |roff| {
+                exit_status(roff);
+                if !list.is_empty() {
+                    examples(roff, list);
+                }
+            })?,
+        ));
     }
     pages.push(("mount.fuse.podfs.8".into(), helper_page()));
     Ok(pages)

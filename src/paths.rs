@@ -248,25 +248,22 @@ pub fn locate(o: &Overrides, lookup: Lookup) -> Result<Located> {
                     Generation::ids()
                 )));
             }
-            // One line per place looked at, with the generations that would use it.
-            let mut looked: Vec<(PathBuf, Vec<&str>, String)> = Vec::new();
+            // Each place looked at once, however many generations would use it.
+            let mut looked: Vec<String> = Vec::new();
             for c in &pool {
-                let store = c.0.store_dir();
-                match looked.iter_mut().find(|l| l.0 == store) {
-                    Some(l) => l.1.push(c.0.generation.id),
-                    None => looked.push((store, vec![c.0.generation.id], c.1.clone())),
+                let store = c.0.store_dir().display().to_string();
+                if !looked.contains(&store) {
+                    looked.push(store);
                 }
             }
-            let looked: Vec<String> = looked
-                .iter()
-                .map(|(store, gens, source)| {
-                    format!("{} ({}, from {source})", store.display(), gens.join(", "))
-                })
-                .collect();
+            let places = match looked.as_slice() {
+                [] => String::new(),
+                [one] => one.clone(),
+                [init @ .., last] => format!("{} or {last}", init.join(", ")),
+            };
             Err(Error::Usage(format!(
-                "no runtime home found: none of {} exists; pass --home DIR (a home has \
-                 {LAYOUTS}), or --generation {} for a home not used yet",
-                looked.join(", "),
+                "no runtime home found at {places}\nhint: name one with --home DIR; a home not \
+                 used yet also needs --generation {}",
                 Generation::ids()
             )))
         }

@@ -152,15 +152,34 @@ pub fn signal_pending(tid: u32) -> bool {
         .any(|sig| interrupts(sig, ignored, caught))
 }
 
+/// How long a close waits to learn whether its process was killed. A read of
+/// `/proc/<pid>/stat` blocks while that process is in `execve`, and an `execve` closes the
+/// process's close-on-exec descriptors (a FUSE flush each) with the lock that read waits
+/// for held: a flush that waited for the read would wait for itself.
+const STAT_WAIT: Duration = Duration::from_millis(100);
+
 /// Whether thread `tid` is exiting because a signal killed it (not by `exit()`): its
 /// descriptors are being closed by the kernel in the middle of whatever it was doing.
 /// `do_exit` records the exit code before it closes the files, so this is decided by the
-/// time the filesystem hears of the close. False when it cannot be told.
+/// time the filesystem hears of the close. False when it cannot be told, and when the
+/// answer does not come within [`STAT_WAIT`] (the process is in `execve`, which closes
+/// descriptors it is not killed by; the read is left to finish on its own thread once the
+/// close has been answered).
 pub fn killed_by_signal(tid: u32) -> bool {
     if tid == 0 {
         return false;
     }
-    let Some(fields) = stat_fields(tid) else {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let asked = std::thread::Builder::new()
+        .name("podfs-proc".into())
+        .stack_size(64 << 10)
+        .spawn(move || {
+            let _ = tx.send(stat_fields(tid));
+        });
+    if asked.is_err() {
+        return false;
+    }
+    let Ok(Some(fields)) = rx.recv_timeout(STAT_WAIT) else {
         return false;
     };
     let flags = field(&fields, 9).unwrap_or(0);
