@@ -1008,10 +1008,15 @@ wait %1
         home = home.s(),
         py = system_python(),
     );
-    // A pid namespace too: when the script ends, everything it started (the daemon
-    // included) is killed, and the private mount namespace goes with its mount.
-    let out = Command::new("unshare")
+    // A pid namespace too: when the script ends (or `timeout` ends it), everything it
+    // started (podfs included) is killed, and the private mount namespace goes with its
+    // mount.
+    let out = Command::new("timeout")
         .args([
+            "-s",
+            "KILL",
+            "120",
+            "unshare",
             "--mount",
             "--propagation",
             "private",
