@@ -73,9 +73,7 @@ pub enum Command {
     )]
     Mount(MountArgs),
     /// Start a throw-away home with live demo pods and mount it.
-    #[command(
-        override_usage = "podfs demo [MOUNTPOINT] [--children N] [--generation NAME]"
-    )]
+    #[command(override_usage = "podfs demo [MOUNTPOINT] [--children N] [--generation NAME]")]
     Demo(DemoArgs),
     /// Unmount a podfs mount point.
     #[command(override_usage = "podfs unmount MOUNTPOINT")]

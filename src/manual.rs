@@ -99,14 +99,26 @@ const MAIN_EXAMPLES: &[(&str, &str)] = &[
 ];
 
 const MOUNT_EXAMPLES: &[(&str, &str)] = &[
-    ("podfs mount ~/pods", "Mount the home the runtime uses, in the foreground; Ctrl-C unmounts."),
-    ("podfs mount ~/pods --home ~/.insomnia --daemon", "Name the home, and return once mounted."),
+    (
+        "podfs mount ~/pods",
+        "Mount the home the runtime uses, in the foreground; Ctrl-C unmounts.",
+    ),
+    (
+        "podfs mount ~/pods --home ~/.insomnia --daemon",
+        "Name the home, and return once mounted.",
+    ),
     ("podfs mount ~/pods -o ro", "A look-only mount."),
 ];
 
 const DEMO_EXAMPLES: &[(&str, &str)] = &[
-    ("podfs demo", "A live demo parent with three children, mounted in a temporary directory."),
-    ("podfs demo ~/pods --children 5", "Five children, mounted at ~/pods."),
+    (
+        "podfs demo",
+        "A live demo parent with three children, mounted in a temporary directory.",
+    ),
+    (
+        "podfs demo ~/pods --children 5",
+        "Five children, mounted at ~/pods.",
+    ),
 ];
 
 fn examples(roff: &mut Roff, list: &[(&str, &str)]) {
@@ -238,8 +250,14 @@ pub fn pages(cli: &clap::Command) -> std::io::Result<Vec<(String, Vec<u8>)>> {
             "mount" => MOUNT_EXAMPLES,
             "demo" => DEMO_EXAMPLES,
             "unmount" => &[("podfs unmount ~/pods", "Unmount a podfs mount.")],
-            "completions" => &[("podfs completions bash > ~/.local/share/bash-completion/completions/podfs", "Install bash completions for yourself.")],
-            "man" => &[("podfs man --dir /tmp/podfs-man && man -l /tmp/podfs-man/podfs.1", "Write every page and read one.")],
+            "completions" => &[(
+                "podfs completions bash > ~/.local/share/bash-completion/completions/podfs",
+                "Install bash completions for yourself.",
+            )],
+            "man" => &[(
+                "podfs man --dir /tmp/podfs-man && man -l /tmp/podfs-man/podfs.1",
+                "Write every page and read one.",
+            )],
             _ => &[],
         };
         pages.push((
