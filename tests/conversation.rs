@@ -48,17 +48,75 @@ fn child(gen: Gen, turn_ms: u64) -> (Home, PodProcess) {
     (home, pod)
 }
 
-/// The README's first example, verbatim: the reply is what `cat output` prints.
+/// The README's first example, verbatim: its commands, up to the `cat output` that waits
+/// for the reply, run against a demo home with a child whose turn takes a while, print
+/// exactly what the README shows. The README is read at build time, so editing its example
+/// without keeping it true fails here.
 fn reply_of_one_question(gen: Gen) {
-    let (home, _pod) = child(gen, 300);
+    let home = Home::demo(gen, &["child1", "child2", "child3"]);
+    let _pod = PodProcess::start(
+        &home,
+        "child1",
+        &["--turn-ms", "300", "--task", podfs::demo::CHILD_TASK],
+    );
     let m = Mount::quick(&home, &[]);
-    let c = format!("{}/parent/child1", m.s());
-    // Whatever an earlier turn left (the demo child's own first task) is read first.
-    let _ = ok(&format!("cat {c}/output"));
-    let out = ok(&format!(
-        "echo \"summarise docs/\" > {c}/input\ncat {c}/output"
-    ));
-    assert_eq!(out, "echo: summarise docs/\n");
+    // As in the demo, the child has run its first task by the time anyone looks.
+    settle(&m, "child1");
+    let steps = readme_example();
+    assert!(
+        steps.iter().any(|(cmd, _)| cmd.contains("/input")),
+        "the README's example asks nothing: {steps:?}"
+    );
+    for (cmd, shown) in steps {
+        let cmd = cmd.replace("/mnt/pods", &m.s());
+        let mut got = ok(&cmd);
+        if cmd.starts_with("ls ") {
+            // `ls` prints columns to a terminal and lines to a pipe: compare the names.
+            got = got.split_whitespace().collect::<Vec<_>>().join("  ") + "\n";
+        }
+        assert_eq!(got, shown, "`{cmd}` does not print what the README shows");
+    }
+}
+
+/// The README's first code block as (command, what it prints), through the first command
+/// that waits for the reply. Comments after a command are dropped.
+fn readme_example() -> Vec<(String, String)> {
+    let readme = include_str!("../README.md");
+    let block = readme
+        .split("```\n")
+        .nth(1)
+        .expect("the README has a code block");
+    let mut steps: Vec<(String, String)> = Vec::new();
+    for line in block.lines() {
+        if let Some(cmd) = line.strip_prefix("$ ") {
+            if steps
+                .last()
+                .is_some_and(|(c, _)| c.contains("waits for the reply"))
+            {
+                break;
+            }
+            steps.push((cmd.to_string(), String::new()));
+        } else if let Some((_, out)) = steps.last_mut() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(
+        steps
+            .last()
+            .is_some_and(|(c, _)| c.contains("waits for the reply")),
+        "the README's example no longer reads the reply"
+    );
+    steps
+        .into_iter()
+        .map(|(cmd, out)| {
+            let cmd = match cmd.find("  #") {
+                Some(at) => cmd[..at].trim_end().to_string(),
+                None => cmd,
+            };
+            (cmd, out)
+        })
+        .collect()
 }
 both!(echo_then_cat_prints_the_reply, reply_of_one_question);
 

@@ -27,6 +27,10 @@ use crate::name::PodName;
 use crate::paths::Paths;
 use crate::pod_client::Timeouts;
 
+/// The first task each demo child runs at start, as a spawned child does (`{name}` is its
+/// name): its reply is what the first `cat output` of the README's example shows.
+pub const CHILD_TASK: &str = "{name} task: describe your work directory";
+
 /// How long pods get to stop after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -103,7 +107,7 @@ impl Pods {
                 "--callback".into(),
                 paths.socket(&parent_name).display().to_string(),
                 "--task".into(),
-                "{name} task: describe your work directory".into(),
+                CHILD_TASK.into(),
             ];
             args.extend(child_args.iter().map(|s| s.to_string()));
             pods.children.push((child.clone(), spawn(args)?));
@@ -240,7 +244,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
          cat {m}/parent/{first}/scope {m}/parent/{first}/status\n  \
          cat {m}/parent/{first}/output      # new assistant text; reading it moves the cursor\n  \
          cat {m}/parent/{first}/cursor\n  \
-         echo 'hello' > {m}/parent/{first}/input; sleep 1; cat {m}/parent/{first}/output\n  \
+         echo 'hello' > {m}/parent/{first}/input; cat {m}/parent/{first}/output  # waits for the reply\n  \
          tail -f {m}/parent/{first}/log     # follow the child live; never consumed\n  \
          rm -r {m}/parent/{first}           # stop it and reclaim its scope\n\n\
          Mind: reading output consumes it (give log to grep -r, cp -r, tar); rm of a file\n\
