@@ -228,8 +228,8 @@ pub fn locate(o: &Overrides, lookup: Lookup) -> Result<Located> {
             runtime_source: runtime_source_of(one.0.generation, o, lookup),
         }),
         [] => {
-            const LAYOUTS: &str = "pods/<name>/metadata.json for insomnia and yoi pods, \
-                                   workers/<name>/metadata.json for yoi workers";
+            const LAYOUTS: &str = "pods/<name>/metadata.json (insomnia, yoi pods) or \
+                                   workers/<name>/metadata.json (yoi workers)";
             if let Some(dir) = o.data_dir.as_ref().or(o.home.as_ref()) {
                 let flag = if o.data_dir.is_some() {
                     "--data-dir"
@@ -242,8 +242,8 @@ pub fn locate(o: &Overrides, lookup: Lookup) -> Result<Located> {
                     "does not exist"
                 };
                 return Err(Error::Usage(format!(
-                    "{flag} {}: {what} (a home has {LAYOUTS}); for a home not used yet, \
-                     add --generation {}",
+                    "{flag} {}: {what}\nhint: a home has {LAYOUTS}\nhint: a home not used \
+                     yet also needs --generation {}",
                     dir.display(),
                     Generation::ids()
                 )));
