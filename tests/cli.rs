@@ -17,6 +17,7 @@ fn main() -> std::process::ExitCode {
                 a_missing_or_empty_home_is_a_usage_error,
                 bad_arguments_are_usage_errors_and_version_and_help_succeed,
                 runtime_failures_exit_2,
+                a_test_that_cannot_run_is_counted_as_not_run_and_fails_under_ci,
             ],
         )
         .add(
@@ -288,4 +289,33 @@ fn a_background_mount_logs_where_its_options_say() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("serving insomnia-5472"), "{text}");
     assert!(text.contains("DEBUG"), "log_level=debug was not applied");
+}
+
+/// The harness's own promise, through this very binary: a test whose need is unmet is
+/// reported as ignored and counted in the closing line, never as passed; under `CI=true`
+/// it fails. (The machine output of the test harness is checked, not a message of podfs.)
+fn a_test_that_cannot_run_is_counted_as_not_run_and_fails_under_ci() {
+    let me = std::env::current_exe().unwrap();
+    let run = |ci: bool| {
+        let mut cmd = Command::new(&me);
+        cmd.args(["a_missing_mount_point_is_a_usage_error", "--exact"])
+            .env(PRETEND_NO_FUSE, "1")
+            .env_remove("CI");
+        if ci {
+            cmd.env("CI", "true");
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap())
+    };
+    let (code, out) = run(false);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("0 passed; 0 failed; 1 ignored"), "{out}");
+    let closing = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(
+        closing.starts_with("not run in this test binary: 1 (no usable /dev/fuse: 1)"),
+        "{closing}"
+    );
+    let (code, out) = run(true);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("0 passed; 1 failed; 0 ignored"), "{out}");
 }

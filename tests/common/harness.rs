@@ -95,6 +95,9 @@ pub enum Need {
     Broken(String),
 }
 
+/// The variable that makes [`Need::fuse`] unmet.
+pub const PRETEND_NO_FUSE: &str = "PODFS_TEST_PRETEND_NO_FUSE";
+
 impl Need {
     pub fn unmet(why: &str, detail: impl Into<String>) -> Need {
         Need::Unmet(NotRun {
@@ -119,9 +122,15 @@ impl Need {
 
     /// A `/dev/fuse` this user can open, as every mount needs (an ordinary user's
     /// `fusermount3` opens it with the user's own permissions).
+    ///
+    /// `PODFS_TEST_PRETEND_NO_FUSE=1` makes it unmet, so that the harness's own report of a
+    /// test that cannot run can itself be tested (`tests/cli.rs`).
     pub fn fuse() -> Need {
         use std::io::ErrorKind;
         use std::os::unix::fs::MetadataExt;
+        if std::env::var_os(PRETEND_NO_FUSE).is_some() {
+            return Need::unmet("no usable /dev/fuse", format!("{PRETEND_NO_FUSE} is set"));
+        }
         let Err(e) = std::fs::File::options()
             .read(true)
             .write(true)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 pub mod harness;
 
 #[allow(unused_imports)]
-pub use harness::{Need, NotRun, Suite};
+pub use harness::{Need, NotRun, Suite, PRETEND_NO_FUSE};
 #[allow(unused_imports)]
 pub use podfs::generation::{Generation, INSOMNIA_5472 as INSOMNIA, YOI_WORKER_485918EB as YOI};
 
