@@ -26,6 +26,8 @@ mod memory;
 mod reclaim;
 #[path = "podfs_bench/startup.rs"]
 mod startup;
+#[path = "podfs_bench/text.rs"]
+mod text;
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -44,7 +46,7 @@ fn main() {
     let quick = std::env::var_os("PODFS_BENCH_QUICK").is_some();
     let (rounds, iters) = if quick { (3, 500) } else { (11, 3000) };
     let mut rows = Vec::new();
-    // PODFS_BENCH_ONLY=files|reclaim|startup|live|memory|hostile runs one section.
+    // PODFS_BENCH_ONLY=files|reclaim|startup|text|live|memory|hostile runs one section.
     let only = std::env::var("PODFS_BENCH_ONLY").ok();
     let want = |section: &str| only.as_deref().is_none_or(|o| o == section);
     if want("files") {
@@ -55,6 +57,9 @@ fn main() {
     }
     if want("startup") {
         startup::run(quick, &mut rows);
+    }
+    if want("text") {
+        text::run(quick, &mut rows);
     }
     let live_figures = if want("live") {
         live::run(quick, &mut rows).lines

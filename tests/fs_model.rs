@@ -317,6 +317,17 @@ impl World {
                 .open(ino, write, false, &Caller::INTERNAL, Round::First),
             |round| self.fs.open(ino, write, false, &Caller::INTERNAL, round),
         )
+        .map(|o| {
+            // Only `log` goes through the page cache; every other file, `output` (one
+            // open's snapshot) above all, is read in direct I/O.
+            assert_eq!(
+                o.pages != podfs::fs::Pages::Direct,
+                path.ends_with("/log"),
+                "{path}: {:?}",
+                o.pages
+            );
+            o.fh
+        })
         .map_err(|e| e.errno())
     }
 
@@ -324,9 +335,9 @@ impl World {
         let fh = self.open(path, false)?;
         let mut out = Vec::new();
         loop {
-            let chunk = self
-                .fs
-                .read(fh, out.len() as u64, 7)
+            let mut chunk = Vec::new();
+            self.fs
+                .read(fh, out.len() as u64, 7, &mut chunk)
                 .map_err(|e| e.errno())?;
             if chunk.is_empty() {
                 break;

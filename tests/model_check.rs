@@ -103,6 +103,9 @@ pub mod watch_leases;
 #[path = "../src/watch/live.rs"]
 #[allow(dead_code, unused_imports)]
 pub mod watch_live;
+#[path = "../src/watch/pages.rs"]
+#[allow(dead_code, unused_imports)]
+pub mod watch_pages;
 mod protocol {
     pub use super::protocol_history as history;
     pub use super::protocol_wire as wire;
@@ -111,6 +114,7 @@ mod watch {
     pub use super::watch_budget as budget;
     pub use super::watch_leases as leases;
     pub use super::watch_live as live;
+    pub use super::watch_pages as pages;
 }
 mod fs {
     pub use super::fs_body as body;

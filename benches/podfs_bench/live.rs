@@ -14,13 +14,13 @@ use podfs::protocol::wire::{Event, PodStatus};
 use crate::harness::{child_name, fmt, read_file, Row, Server, GEN, PODFS};
 
 /// A home whose parent `live` has `names` as children, with reference pods serving them.
-struct LiveHome {
+pub struct LiveHome {
     dir: tempfile::TempDir,
     pods: Vec<Child>,
 }
 
 impl LiveHome {
-    fn new(names: &[String]) -> LiveHome {
+    pub fn new(names: &[String]) -> LiveHome {
         let dir = tempfile::Builder::new()
             .prefix("podfs-bench-live-")
             .tempdir()
@@ -32,14 +32,14 @@ impl LiveHome {
         }
     }
 
-    fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         self.dir.path()
     }
 
     /// One reference-pod process serving `names`, counting Snapshots into `stats`.
     /// Ready once the stats file lists every pod: connecting to check would cost each a
     /// Snapshot, and those are what is counted.
-    fn serve(&mut self, names: &[String], stats: &Path, extra: &[&str]) {
+    pub fn serve(&mut self, names: &[String], stats: &Path, extra: &[&str]) {
         let mut cmd = Command::new(PODFS);
         cmd.args([
             "--log-level",

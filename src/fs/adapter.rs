@@ -26,7 +26,7 @@ use tracing::{debug_span, event, Level};
 
 use crate::error::{Error, Result};
 use crate::fs::kernel::Kernel;
-use crate::fs::{Attr, Caller, PodFs, Round, Step};
+use crate::fs::{Attr, Caller, Pages, PodFs, Round, Step};
 
 /// Attribute and entry TTL: short, so changes show within a second even where the
 /// registry's changes cannot be pushed (no inotify).
@@ -170,6 +170,23 @@ impl Adapter {
     }
 }
 
+/// The open flags for a file served as `pages` says. A read-only descriptor has nothing
+/// to flush: `FOPEN_NOFLUSH` skips that round trip on close.
+fn open_flags(pages: Pages, write: bool) -> FopenFlags {
+    let flags = match pages {
+        // Every read reaches podfs, so values are never stale and readers see the whole
+        // content whatever size `stat` reported.
+        Pages::Direct => FopenFlags::FOPEN_DIRECT_IO,
+        Pages::Keep => FopenFlags::FOPEN_KEEP_CACHE,
+        Pages::Drop => FopenFlags::empty(),
+    };
+    if write {
+        flags
+    } else {
+        flags | FopenFlags::FOPEN_NOFLUSH
+    }
+}
+
 /// How long the kernel may cache attributes: not at all for content that changes by
 /// itself, so `stat` (and `tar`, `rsync`, `cp`) always see the size a read returns.
 fn attr_ttl(a: &Attr) -> Duration {
@@ -196,6 +213,14 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         pid: req.pid(),
     }
+}
+
+thread_local! {
+    /// Each FUSE thread's read buffer, kept between requests: a fresh megabyte per read
+    /// is a fresh mapping for the allocator, faulted in and zeroed by the kernel, which
+    /// cost more than the copy itself. It holds at most one request (the kernel's
+    /// `max_pages`, 1 MiB), so the mount's threads hold at most that each.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Run one request's handling with its panic contained: the reply it owns is dropped on
@@ -373,21 +398,13 @@ impl Filesystem for Adapter {
         let write = access_mode(flags);
         let nonblocking = flags.0 & libc::O_NONBLOCK != 0;
         let who = caller(req);
-        // Direct I/O: every read reaches podfs, so values are never stale and readers see
-        // the whole content whatever size `stat` reported. A read-only descriptor has
-        // nothing to flush: skip that round trip on close.
-        let open_flags = if write {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else {
-            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
-        };
         guarded("open", || {
             self.fs.answer(
                 &who,
                 self.fs.open(ino.0, write, nonblocking, &who, Round::First),
                 move |fs, round| fs.open(ino.0, write, nonblocking, &who, round),
                 move |r| match r {
-                    Ok(fh) => reply.opened(FileHandle(fh), open_flags),
+                    Ok(o) => reply.opened(FileHandle(o.fh), open_flags(o.pages, write)),
                     Err(e) => reply.error(errno("open", &e)),
                 },
             )
@@ -406,9 +423,11 @@ impl Filesystem for Adapter {
         reply: ReplyData,
     ) {
         let _s = span("read", req, ino.0);
-        guarded("read", || match self.fs.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno("read", &e)),
+        guarded("read", || {
+            READ_BUFFER.with_borrow_mut(|buf| match self.fs.read(fh.0, offset, size, buf) {
+                Ok(()) => reply.data(buf),
+                Err(e) => reply.error(errno("read", &e)),
+            })
         });
     }
 

@@ -50,12 +50,13 @@ pub fn text(text: &str) -> Vec<u8> {
     out
 }
 
-/// `size` bytes from `offset` of `text`'s body, without making the whole body.
-pub fn text_slice(text: &str, offset: u64, size: u32) -> Vec<u8> {
+/// `size` bytes from `offset` of `text`'s body, without making the whole body, appended
+/// to `out`.
+pub fn text_slice(text: &str, offset: u64, size: u32, out: &mut Vec<u8>) {
     let total = text_len(text) as usize;
     let start = usize::try_from(offset).unwrap_or(usize::MAX).min(total);
     let end = start.saturating_add(size as usize).min(total);
-    let mut out = Vec::with_capacity(end - start);
+    out.reserve(end - start);
     let body = text.as_bytes();
     if start < body.len() {
         out.extend_from_slice(&body[start..end.min(body.len())]);
@@ -64,16 +65,15 @@ pub fn text_slice(text: &str, offset: u64, size: u32) -> Vec<u8> {
     if (start..end).contains(&body.len()) {
         out.push(b'\n');
     }
-    out
 }
 
-/// `size` bytes from `offset` of a body already made.
-pub fn slice(bytes: &[u8], offset: u64, size: u32) -> Vec<u8> {
+/// `size` bytes from `offset` of a body already made, appended to `out`.
+pub fn slice(bytes: &[u8], offset: u64, size: u32, out: &mut Vec<u8>) {
     let start = usize::try_from(offset)
         .unwrap_or(usize::MAX)
         .min(bytes.len());
     let end = start.saturating_add(size as usize).min(bytes.len());
-    bytes[start..end].to_vec()
+    out.extend_from_slice(&bytes[start..end]);
 }
 
 #[cfg(test)]
@@ -90,11 +90,10 @@ mod tests {
             assert_eq!(text_len(t), whole.len() as u64);
             for offset in 0..=whole.len() as u64 + 1 {
                 for size in 0..=whole.len() as u32 + 1 {
-                    assert_eq!(
-                        text_slice(t, offset, size),
-                        slice(&whole, offset, size),
-                        "{t:?} {offset} {size}"
-                    );
+                    let (mut a, mut b) = (vec![b'x'], vec![b'x']);
+                    text_slice(t, offset, size, &mut a);
+                    slice(&whole, offset, size, &mut b);
+                    assert_eq!(a, b, "{t:?} {offset} {size}");
                 }
             }
         }

@@ -41,6 +41,7 @@ use crate::watch::live::{Notify, Waiter, Wake};
 use crate::watch::Watches;
 
 use dirs::Listing;
+pub use files::Pages;
 use files::{ChildFile, Context, CursorKey, FileKind, OpenFile, Opening};
 use inode::{Inodes, Node};
 use kernel::{Inval, Kernel, KernelQueue};
@@ -59,6 +60,13 @@ pub struct Attr {
     /// The content changes on its own (the live files): the kernel must not cache these
     /// attributes, so `stat` always shows the size a read would return now.
     pub volatile: bool,
+}
+
+/// An open file: its handle, and how the kernel may serve its reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    pub pages: Pages,
 }
 
 /// One directory entry, borrowed from an open directory's listing.
@@ -507,7 +515,7 @@ impl PodFs {
         nonblocking: bool,
         caller: &Caller,
         round: Round,
-    ) -> Step<u64> {
+    ) -> Step<Opened> {
         let Node::File(pod, child, kind) = ready!(self.node(ino)) else {
             return Step::Ready(Err(Error::IsDir));
         };
@@ -521,6 +529,7 @@ impl PodFs {
         let fh = self.fh();
         let opening = Opening {
             file: ChildFile { pod, child },
+            ino,
             view: &view,
             record,
             fh,
@@ -534,12 +543,15 @@ impl PodFs {
             Step::Ready(Err(e)) => return Step::Ready(Err(e)),
             Step::Wait(w, b) => return Step::Wait(w, b),
         };
+        let pages = handle.pages();
         self.handles.lock().insert(fh, handle);
-        Step::Ready(Ok(fh))
+        Step::Ready(Ok(Opened { fh, pages }))
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        self.handle(fh)?.read(&self.files, offset, size)
+    /// `size` bytes of open file `fh` from `offset`, into `out` (cleared first).
+    pub fn read(&self, fh: u64, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
+        out.clear();
+        self.handle(fh)?.read(&self.files, offset, size, out)
     }
 
     pub fn write(&self, fh: u64, data: &[u8], caller: &Caller, now: bool) -> Step<usize> {

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::Error;
 use crate::protocol::history::{Changes, History, Snapshot};
+
 use crate::protocol::wire::PodStatus;
 use crate::watch::budget::Budget;
+use crate::watch::pages::{self, KernelPages};
 
 /// Why a parked operation is run again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +177,8 @@ pub struct LiveState {
     /// one), dropped when that file is released.
     pollers: HashMap<u64, (Topic, Notify)>,
     next_waiter: u64,
+    /// The `log` pages the kernel may hold of this text ([`KernelPages`]'s invariant).
+    pages: KernelPages,
 }
 
 impl LiveState {
@@ -198,6 +202,7 @@ impl LiveState {
             waiters: Vec::new(),
             pollers: HashMap::new(),
             next_waiter: 0,
+            pages: KernelPages::default(),
         }
     }
 
@@ -431,6 +436,12 @@ impl LiveState {
         self.pollers.remove(&fh);
     }
 
+    /// An open of `log` inode `ino`: whether it may keep the kernel's pages of it
+    /// ([`KernelPages::open`]).
+    pub fn keep_pages(&mut self, ino: u64, drop: Notify) -> bool {
+        self.pages.open(ino, drop)
+    }
+
     // -----------------------------------------------------------------------------------
     // Changes
 
@@ -494,7 +505,19 @@ impl LiveState {
 
     /// A Snapshot arrived: the history and status are now exactly the child's.
     pub fn snapshot(&mut self, s: Snapshot) -> Vec<Due> {
-        self.changing(|st| {
+        let old = self.history.as_ref().map_or("", History::text);
+        // A compacted or rewound history: pages the kernel holds of `log` are of a text
+        // that is gone. Their invalidations go first, before any poller is told.
+        let mut due: Vec<Due> = if pages::extends(old, s.history.text()) {
+            Vec::new()
+        } else {
+            self.pages
+                .rewritten()
+                .into_iter()
+                .map(Due::Notify)
+                .collect()
+        };
+        due.extend(self.changing(|st| {
             let text_changed = st.history.as_ref().map(History::text) != Some(s.history.text());
             st.history = Some(s.history);
             st.fresh = true;
@@ -504,7 +527,8 @@ impl LiveState {
             if text_changed {
                 st.text_grew();
             }
-        })
+        }));
+        due
     }
 
     /// The history, for the reactor to apply events to (created empty if there is none).
@@ -546,6 +570,10 @@ impl LiveState {
         self.changing(|st| {
             st.set_reach(reach);
             if matches!(reach, Reach::Failed(Failure::OverBudget)) {
+                // Gone from memory, so gone from the kernel's pages too.
+                for drop in st.pages.rewritten() {
+                    drop();
+                }
                 // What is over the budget goes; the files say why instead.
                 st.history = None;
                 st.fresh = false;

@@ -16,6 +16,7 @@
 pub mod budget;
 pub mod leases;
 pub mod live;
+pub mod pages;
 mod reactor;
 
 use std::sync::atomic::{AtomicU64, Ordering};

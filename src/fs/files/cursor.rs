@@ -97,12 +97,13 @@ impl Open {
 }
 
 impl OpenFile for Open {
-    fn read(&self, cx: &Context, offset: u64, size: u32) -> Result<Vec<u8>> {
+    fn read(&self, cx: &Context, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
         if offset == 0 {
             let value = cx.cursors.get(&self.file.key(), self.incarnation);
             *self.bytes.lock() = body::cursor(value).into();
         }
-        Ok(body::slice(&self.bytes.lock(), offset, size))
+        body::slice(&self.bytes.lock(), offset, size, out);
+        Ok(())
     }
 
     fn write(

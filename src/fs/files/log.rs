@@ -13,7 +13,7 @@ use crate::parents::ParentView;
 use crate::watch::live::{Notify, Topic};
 use crate::watch::{Lease, Watch};
 
-use super::{Caller, ChildFile, Context, ControlFile, OpenFile, Opening, Step};
+use super::{Caller, ChildFile, Context, ControlFile, OpenFile, Opening, Pages, Step};
 
 pub(super) struct Log;
 
@@ -48,18 +48,20 @@ impl ControlFile for Log {
 
     fn open(&self, cx: &Context, at: Opening<'_>) -> Step<Arc<dyn OpenFile>> {
         let w = ready!(cx.watch_of(at.record));
-        let seen = {
-            let Some(s) = w.state_if_ready(at.round.now()) else {
+        let (seen, keep) = {
+            let Some(mut s) = w.state_if_ready(at.round.now()) else {
                 return Step::watch(&w, cx.bound(true));
             };
             if let Some(e) = s.unreadable() {
                 return Step::Ready(Err(e));
             }
-            s.version(Topic::Text)
+            let keep = s.keep_pages(at.ino, cx.drop_pages(at.ino));
+            (s.version(Topic::Text), keep)
         };
         Step::Ready(Ok(Arc::new(Open {
             watch: w,
             seen: AtomicU64::new(seen),
+            pages: if keep { Pages::Keep } else { Pages::Drop },
         })))
     }
 }
@@ -68,15 +70,18 @@ impl ControlFile for Log {
 struct Open {
     watch: Lease,
     seen: AtomicU64,
+    pages: Pages,
 }
 
 impl OpenFile for Open {
-    fn read(&self, _cx: &Context, offset: u64, size: u32) -> Result<Vec<u8>> {
+    fn read(&self, _cx: &Context, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
         let s = self.watch.state();
         s.check()?;
         self.seen.store(s.version(Topic::Text), Ordering::Relaxed);
-        Ok(s.history()
-            .map_or_else(Vec::new, |h| body::text_slice(h.text(), offset, size)))
+        if let Some(h) = s.history() {
+            body::text_slice(h.text(), offset, size, out);
+        }
+        Ok(())
     }
 
     fn poll(&self, _cx: &Context, fh: u64, notify: Notify) -> Result<bool> {
@@ -87,5 +92,12 @@ impl OpenFile for Open {
 
     fn watch(&self) -> Option<&Watch> {
         Some(&self.watch)
+    }
+
+    /// Through the page cache: between Snapshots the text only grows at its end, and
+    /// every read serves the text as it is now, so each page agrees with every later
+    /// text of the same epoch ([`crate::watch::pages`] keeps the rest).
+    fn pages(&self) -> Pages {
+        self.pages
     }
 }

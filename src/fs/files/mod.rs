@@ -132,6 +132,8 @@ impl ChildFile {
 /// An `open` as a control file sees it.
 pub(crate) struct Opening<'a> {
     pub file: ChildFile,
+    /// The inode being opened.
+    pub ino: u64,
     /// The registry as of the open; lists the child.
     pub view: &'a ParentView,
     pub record: &'a ChildRecord,
@@ -175,7 +177,9 @@ pub(crate) trait ControlFile: Sync {
 /// What an open descriptor of a control file does. The defaults are those of a file that
 /// only reads and never changes on its own.
 pub(crate) trait OpenFile: Send + Sync {
-    fn read(&self, cx: &Context, offset: u64, size: u32) -> Result<Vec<u8>>;
+    /// `size` bytes from `offset`, appended to `out` (a buffer the caller reuses, so that
+    /// a read of a megabyte allocates nothing).
+    fn read(&self, cx: &Context, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()>;
 
     /// One `write()` by `caller`.
     fn write(
@@ -212,6 +216,23 @@ pub(crate) trait OpenFile: Send + Sync {
     fn own_size(&self) -> Option<u64> {
         None
     }
+
+    /// How the kernel may serve this descriptor's reads.
+    fn pages(&self) -> Pages {
+        Pages::Direct
+    }
+}
+
+/// How the kernel serves an open file's reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pages {
+    /// Every read reaches podfs (direct I/O): values, and `output`, whose text is one
+    /// open's own snapshot, which a cache shared by every open must never serve.
+    Direct,
+    /// Through the page cache, keeping the pages the kernel holds of the file.
+    Keep,
+    /// Through the page cache, after the kernel dropped every page it held of the file.
+    Drop,
 }
 
 /// How long a reader of the cursor waits for a value closed but not yet applied.
@@ -336,6 +357,13 @@ impl Context {
     /// The kernel may hold `cursor`'s attributes for the attribute TTL: drop them whenever
     /// the value changes length (the size is all that depends on the value). Queued, never
     /// sent from the request thread: this may run inside a request on the cursor file.
+    /// What drops the kernel's pages of inode `ino`: queued, never sent from the request
+    /// thread (the kernel may hold the page's lock while it waits for a read there).
+    fn drop_pages(&self, ino: u64) -> Notify {
+        let kernel = self.kernel.clone();
+        Arc::new(move || kernel.push(Inval::Inode(ino)))
+    }
+
     fn cursor_moved(&self, file: &ChildFile, before: u64, after: u64) {
         if before.to_string().len() == after.to_string().len() {
             return;

@@ -73,14 +73,15 @@ struct Open {
 }
 
 impl OpenFile for Open {
-    fn read(&self, _cx: &Context, offset: u64, size: u32) -> Result<Vec<u8>> {
+    fn read(&self, _cx: &Context, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
         if offset == 0 {
             let s = self.watch.state();
             s.check()?;
             self.seen.store(s.version(Topic::Status), Ordering::Relaxed);
             *self.bytes.lock() = body::status(s.status_word()).into();
         }
-        Ok(body::slice(&self.bytes.lock(), offset, size))
+        body::slice(&self.bytes.lock(), offset, size, out);
+        Ok(())
     }
 
     fn poll(&self, _cx: &Context, fh: u64, notify: Notify) -> Result<bool> {

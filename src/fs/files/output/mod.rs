@@ -97,7 +97,7 @@ impl ControlFile for Output {
 }
 
 /// The text an `output` open took, and the watch it came from.
-type Taken = (Arc<[u8]>, Lease);
+type Taken = (Vec<u8>, Lease);
 
 /// An unreachable child gives nothing and leaves the cursor alone; a child that is gone
 /// gives nothing more. If the text does not fit the budget even after idle watches made
@@ -117,7 +117,7 @@ fn take_output(cx: &Context, at: &Opening<'_>, incarnation: u64) -> Step<Taken> 
         }
         if s.reach() == Reach::Gone {
             drop(s);
-            return Step::Ready(Ok((Arc::from(&b""[..]), w)));
+            return Step::Ready(Ok((Vec::new(), w)));
         }
     }
     let key = at.file.key();
@@ -145,19 +145,20 @@ fn take_output(cx: &Context, at: &Opening<'_>, incarnation: u64) -> Step<Taken> 
         }
     };
     cx.cursor_moved(&at.file, before, after);
-    Step::Ready(Ok((bytes.into(), w)))
+    Step::Ready(Ok((bytes, w)))
 }
 
 /// One open's snapshot, charged to the memory budget until released.
 struct Open {
-    bytes: Arc<[u8]>,
+    bytes: Vec<u8>,
     file: ChildFile,
     watch: Lease,
 }
 
 impl OpenFile for Open {
-    fn read(&self, _cx: &Context, offset: u64, size: u32) -> Result<Vec<u8>> {
-        Ok(body::slice(&self.bytes, offset, size))
+    fn read(&self, _cx: &Context, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
+        body::slice(&self.bytes, offset, size, out);
+        Ok(())
     }
 
     fn release(&self, cx: &Context, fh: u64) {
