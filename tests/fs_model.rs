@@ -574,6 +574,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                     None => prop_assert_eq!(got, Err(libc::EINVAL), "{:?}", op),
                 }
+                // Only a value above 0 waits for the watch (`echo 0 > cursor` never does):
+                // after any other, podfs has the history only once the Snapshot is in.
+                if !matches!(cursor_value(chunks), Some(Some(v)) if v > 0) && m.up && m.listed {
+                    prop_assert!(world.caught_up(&path(i, ""), &m.entries), "{:?}", op);
+                }
             }
             Op::ReadOutput(i) => {
                 let got = world.cat(&path(i, "output"));

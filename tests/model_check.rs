@@ -106,6 +106,9 @@ pub mod watch_live;
 #[path = "../src/watch/pages.rs"]
 #[allow(dead_code, unused_imports)]
 pub mod watch_pages;
+#[path = "../src/watch/share.rs"]
+#[allow(dead_code, unused_imports)]
+pub mod watch_share;
 mod protocol {
     pub use super::protocol_history as history;
     pub use super::protocol_wire as wire;
@@ -115,6 +118,7 @@ mod watch {
     pub use super::watch_leases as leases;
     pub use super::watch_live as live;
     pub use super::watch_pages as pages;
+    pub use super::watch_share as share;
 }
 mod fs {
     pub use super::fs_body as body;
@@ -159,6 +163,7 @@ fn main() -> std::process::ExitCode {
             &Need::Met,
             tests![
                 two_output_readers_never_take_the_same_text_and_the_budget_holds_what_they_took,
+                a_taken_snapshot_reads_what_it_took_across_a_rewrite,
                 a_take_that_does_not_fit_leaves_the_cursor_and_the_budget_alone,
                 a_parked_operation_is_answered_exactly_once,
                 a_poller_is_never_missed_and_is_notified_on_every_later_change,
@@ -242,10 +247,14 @@ fn two_output_readers_never_take_the_same_text_and_the_budget_holds_what_they_to
                 for _ in 0..2 {
                     match take(&cursors, &"child", 0, &state, &budget) {
                         Take::Taken {
-                            bytes,
+                            share,
+                            len,
                             before,
                             after,
                         } => {
+                            let bytes = share
+                                .with_text(state.lock().history().map(|h| h.text()), fs_body::text);
+                            assert_eq!(bytes.len(), len);
                             if before != after {
                                 taken.lock().push((before..after, bytes));
                             } else {
@@ -289,6 +298,44 @@ fn two_output_readers_never_take_the_same_text_and_the_budget_holds_what_they_to
     });
 }
 
+/// `output`'s snapshot is a range of the live text: a Snapshot that replaces the text
+/// (here with a shorter history) at any moment of a take and its reads leaves what was
+/// taken readable, the same at every read, and as long as was charged.
+fn a_taken_snapshot_reads_what_it_took_across_a_rewrite() {
+    check(|| {
+        let cursors: Arc<Cursors<&'static str>> = Arc::new(Cursors::default());
+        let state = Arc::new(Mutex::new(LiveState::new(Instant::now())));
+        run(state.lock().snapshot(snapshot_of(3, PodStatus::Idle)));
+        let long = fs_body::text(state.lock().history().unwrap().text());
+        let short = fs_body::text(history(1).text());
+        let budget = Arc::new(Budget::new(1 << 20));
+        let reader = {
+            let (state, budget) = (state.clone(), budget.clone());
+            thread::spawn(move || {
+                let Take::Taken { share, len, .. } = take(&cursors, &"c", 0, &state, &budget)
+                else {
+                    panic!("a 1 MiB budget holds it");
+                };
+                let read =
+                    || share.with_text(state.lock().history().map(|h| h.text()), fs_body::text);
+                let first = read();
+                thread::yield_now();
+                (first, read(), len)
+            })
+        };
+        let rewriter = {
+            let state = state.clone();
+            thread::spawn(move || run(state.lock().snapshot(snapshot_of(1, PodStatus::Idle))))
+        };
+        let (first, second, len) = reader.join().unwrap();
+        rewriter.join().unwrap();
+        assert!(first == long || first == short, "{first:?}");
+        assert_eq!(first, second, "a snapshot never changes");
+        assert_eq!(first.len(), len);
+        assert_eq!(budget.used(), len);
+    });
+}
+
 fn a_take_that_does_not_fit_leaves_the_cursor_and_the_budget_alone() {
     check(|| {
         let cursors: Arc<Cursors<&'static str>> = Arc::new(Cursors::default());
@@ -305,7 +352,7 @@ fn a_take_that_does_not_fit_leaves_the_cursor_and_the_budget_alone() {
         let outcomes: Vec<Take> = outcomes.into_iter().map(|t| t.join().unwrap()).collect();
         let fits = outcomes
             .iter()
-            .filter(|t| matches!(t, Take::Taken { bytes, .. } if !bytes.is_empty()))
+            .filter(|t| matches!(t, Take::Taken { len, .. } if *len > 0))
             .count();
         assert_eq!(fits, 1, "{outcomes:?}");
         assert_eq!(cursors.get(&"c", 0), 4);

@@ -2,7 +2,8 @@
 //! is cached"): an unchanged text is served from pages the kernel keeps; a turn's append,
 //! a Snapshot that replaced the history with another (compaction; one of the same length),
 //! and a watch that ended and started again each show exactly the new text, through
-//! `cat`, `mmap`, `tail -f` and `stat`.
+//! `cat`, `mmap`, `tail -f` and `stat`. `output`'s snapshots share the text they were
+//! taken from, and read what they took whatever the text does after.
 #[macro_use]
 mod common;
 
@@ -28,6 +29,7 @@ fn main() -> std::process::ExitCode {
                 a_new_watch_never_keeps_pages_of_an_earlier_one,
                 tail_f_follows_turns_and_a_compaction,
                 mmap_reads_what_cat_reads,
+                an_open_output_reads_its_snapshot_whatever_the_text_does,
             ],
         )
         .run()
@@ -78,6 +80,13 @@ fn compact(home: &Home) {
     line.clear();
     r.read_line(&mut line).unwrap();
     assert!(line.contains("compact_done"), "{line}");
+}
+
+/// A read while the text may be changing: whatever it returns, never a zero byte.
+fn without_zeros(path: &str) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    assert!(!bytes.contains(&0), "no zero byte from a stale page");
+    bytes
 }
 
 /// A read of the whole file agrees with `stat` and holds no byte the text cannot have.
@@ -236,6 +245,11 @@ fn a_new_watch_never_keeps_pages_of_an_earlier_one() {
     let log = format!("{}/parent/child1/log", m.s());
     assert_eq!(read_checked(&log), b"first text\n");
     assert!(resident(&log) > 0);
+    // An inotify watch holds the kernel's inode, and with it its pages, without an open
+    // file (which would keep podfs's watch too).
+    let pin = nix::sys::inotify::Inotify::init(nix::sys::inotify::InitFlags::empty()).unwrap();
+    pin.add_watch(log.as_str(), nix::sys::inotify::AddWatchFlags::IN_ATTRIB)
+        .unwrap();
     wait_for(Duration::from_secs(15), || m.report()["watches"] == 0);
     assert_eq!(read_checked(&log), b"other text\n");
     assert_eq!(child.connections.load(Ordering::SeqCst), 2);
@@ -271,7 +285,7 @@ fn tail_f_follows_turns_and_a_compaction() {
     });
     compact(&home);
     wait_for(Duration::from_secs(10), || {
-        read_checked(&log).starts_with(b"summary of ")
+        without_zeros(&log).starts_with(b"summary of ")
     });
     let _ = ask(&c, "after compaction");
     wait_for(Duration::from_secs(10), || {
@@ -296,4 +310,44 @@ fn mmap_reads_what_cat_reads() {
     let second = ok(&format!("python3 -c \"{script}\""));
     assert!(second.starts_with("True "), "{second}");
     assert_ne!(first, second, "the second mapping is of the longer text");
+}
+
+/// `output`'s snapshot is a range of the watch's text, not a copy: what one open took is
+/// what it reads, after a turn appended and after a compaction replaced the text, and a
+/// second open meanwhile gets only what is new.
+fn an_open_output_reads_its_snapshot_whatever_the_text_does() {
+    let (home, _pod, _m, c) = demo_child("50");
+    let out = format!("{c}/output");
+    let log = read_checked(&format!("{c}/log"));
+    ok(&format!("echo 0 > {c}/cursor"));
+    let mut first = std::fs::File::open(&out).unwrap();
+    let mut head = vec![0u8; 1000];
+    first.read_exact(&mut head).unwrap();
+    assert_eq!(head, log[..1000]);
+    // A turn appends: a second open (the `cat` of `ask`) takes only the new text.
+    assert_eq!(
+        ask(&c, "after the first open"),
+        "echo: after the first open\n"
+    );
+    let mut rest = Vec::new();
+    first.read_to_end(&mut rest).unwrap();
+    assert_eq!(
+        [head, rest].concat(),
+        log,
+        "the first open reads what it took"
+    );
+    // A compaction replaces the text while an open still holds a snapshot of it.
+    let mut second = std::fs::File::open(&out).unwrap();
+    ok(&format!("echo 0 > {c}/cursor"));
+    let mut whole = std::fs::File::open(&out).unwrap();
+    compact(&home);
+    wait_for(Duration::from_secs(10), || {
+        without_zeros(&format!("{c}/log")).starts_with(b"summary of ")
+    });
+    let mut taken = Vec::new();
+    whole.read_to_end(&mut taken).unwrap();
+    assert!(taken.starts_with(&log) && taken.ends_with(b"echo: after the first open\n"));
+    let mut nothing = Vec::new();
+    second.read_to_end(&mut nothing).unwrap();
+    assert!(nothing.is_empty(), "nothing was new for that open");
 }

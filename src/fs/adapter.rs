@@ -48,6 +48,12 @@ impl Kernel for Notifier {
     fn inval_inode(&self, ino: u64) {
         let _ = self.0.inval_inode(INodeNo(ino), 0, 0);
     }
+
+    fn inval_pages(&self, ino: u64, from: u64) {
+        let _ = self
+            .0
+            .inval_inode(INodeNo(ino), i64::try_from(from).unwrap_or(i64::MAX), 0);
+    }
 }
 
 /// The FUSE session serving a [`PodFs`] on a mounted `/dev/fuse` descriptor, on threads
@@ -240,6 +246,10 @@ impl Filesystem for Adapter {
         // Without this the kernel serialises lookups within a directory: a `stat` of one
         // child's `status` waiting for a silent child would hold up `cat socket` beside it.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // `log`'s pages are dropped when podfs says which (`watch::pages`), not all of
+        // them whenever its size changes. A kernel without it drops them all: just as
+        // right, only slower.
+        let _ = config.add_capabilities(InitFlags::FUSE_EXPLICIT_INVAL_DATA);
         Ok(())
     }
 

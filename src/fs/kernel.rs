@@ -37,6 +37,8 @@ use tracing::debug;
 pub trait Kernel: Send + Sync + 'static {
     fn inval_entry(&self, parent: u64, name: &str);
     fn inval_inode(&self, ino: u64);
+    /// Drop the cached pages of `ino` from byte `from` to the end (and its attributes).
+    fn inval_pages(&self, ino: u64, from: u64);
     /// The one descriptor this kernel writes through, when the delivery thread may keep it
     /// alone in a file table of its own.
     fn private_fd(&self) -> Option<i32> {
@@ -103,9 +105,15 @@ impl Kernel for Device {
     }
 
     fn inval_inode(&self, ino: u64) {
+        self.inval_pages(ino, 0);
+    }
+
+    fn inval_pages(&self, ino: u64, from: u64) {
+        // `fuse_notify_inval_inode_out`: the inode, the offset, and a length of 0 (to the
+        // end of the file).
         let mut out = Vec::with_capacity(24);
         out.extend_from_slice(&ino.to_ne_bytes());
-        out.extend_from_slice(&0i64.to_ne_bytes());
+        out.extend_from_slice(&i64::try_from(from).unwrap_or(i64::MAX).to_ne_bytes());
         out.extend_from_slice(&0i64.to_ne_bytes());
         let _ = self.notify(FUSE_NOTIFY_INVAL_INODE, &[&out]);
     }
@@ -135,6 +143,16 @@ fn isolate(keep: i32) -> io::Result<()> {
 pub enum Inval {
     Entry(u64, String),
     Inode(u64),
+    /// An inode's pages from this byte on.
+    Pages(u64, u64),
+}
+
+/// What the delivery thread is given, in order.
+enum Item {
+    /// An invalidation, and whether it ignores held directories.
+    Inval(Inval, bool),
+    /// Run once everything before it was delivered (on the publishing thread).
+    After(Box<dyn FnOnce() + Send>),
 }
 
 #[derive(Default)]
@@ -159,8 +177,8 @@ impl Drop for Hold {
 
 #[derive(Default)]
 pub struct KernelQueue {
-    /// To the delivery thread: an invalidation, and whether it ignores held directories.
-    tx: Mutex<Option<mpsc::Sender<(Inval, bool)>>>,
+    /// To the delivery thread.
+    tx: Mutex<Option<mpsc::Sender<Item>>>,
     held: Arc<Mutex<Held>>,
 }
 
@@ -168,7 +186,24 @@ impl KernelQueue {
     /// Start delivering to `kernel`. Before this, notifications are dropped (nothing is
     /// cached by a kernel that has not mounted us yet).
     pub fn connect(&self, kernel: Arc<dyn Kernel>) {
-        let (tx, rx) = mpsc::channel::<(Inval, bool)>();
+        let (tx, rx) = mpsc::channel::<Item>();
+        // What runs after a delivery runs on a thread of its own: the delivery thread has
+        // no descriptor but the device's, and what follows a delivery tells pollers
+        // through the session's.
+        let (after_tx, after_rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let publisher = thread::Builder::new()
+            .name("podfs-publish".into())
+            .spawn(move || {
+                for then in after_rx {
+                    let _ = crate::error::contain("publishing a delivered change", || {
+                        then();
+                        Ok(())
+                    });
+                }
+            });
+        if publisher.is_err() {
+            return;
+        }
         let held = self.held.clone();
         let spawned = thread::Builder::new()
             .name("podfs-inval".into())
@@ -178,7 +213,14 @@ impl KernelQueue {
                         tracing::warn!(error = %e, "the invalidation thread shares podfs's descriptors");
                     }
                 }
-                for (inval, unheld) in rx {
+                for item in rx {
+                    let (inval, unheld) = match item {
+                        Item::Inval(inval, unheld) => (inval, unheld),
+                        Item::After(then) => {
+                            let _ = after_tx.send(then);
+                            continue;
+                        }
+                    };
                     if let (Inval::Entry(dir, _), false) = (&inval, unheld) {
                         let mut h = held.lock();
                         if h.busy.contains_key(dir) {
@@ -189,6 +231,7 @@ impl KernelQueue {
                     match &inval {
                         Inval::Entry(parent, name) => kernel.inval_entry(*parent, name),
                         Inval::Inode(ino) => kernel.inval_inode(*ino),
+                        Inval::Pages(ino, from) => kernel.inval_pages(*ino, *from),
                     }
                     debug!(?inval, "kernel cache invalidated");
                 }
@@ -205,7 +248,22 @@ impl KernelQueue {
 
     pub fn push(&self, inval: Inval) {
         if let Some(tx) = self.tx.lock().as_ref() {
-            let _ = tx.send((inval, false));
+            let _ = tx.send(Item::Inval(inval, false));
+        }
+    }
+
+    /// Run `then` once everything pushed before it has been delivered; at once when
+    /// nothing is delivered (no kernel yet, or no more).
+    pub fn after(&self, then: Box<dyn FnOnce() + Send>) {
+        let unsent = match self.tx.lock().as_ref() {
+            Some(tx) => tx.send(Item::After(then)).err().map(|e| match e.0 {
+                Item::After(then) => then,
+                Item::Inval(..) => unreachable!("sent an After"),
+            }),
+            None => Some(then),
+        };
+        if let Some(then) = unsent {
+            then();
         }
     }
 
@@ -214,7 +272,7 @@ impl KernelQueue {
     /// `rmdir` takes the directory's lock). For the test that stages that race.
     pub fn push_unheld(&self, inval: Inval) {
         if let Some(tx) = self.tx.lock().as_ref() {
-            let _ = tx.send((inval, true));
+            let _ = tx.send(Item::Inval(inval, true));
         }
     }
 
@@ -245,5 +303,16 @@ impl KernelQueue {
         for inval in waiting {
             self.push(inval);
         }
+    }
+}
+
+/// `log`'s page invalidations go through the queue, in order with everything else.
+impl crate::watch::pages::PageKernel for KernelQueue {
+    fn drop_pages(&self, ino: u64, from: u64) {
+        self.push(Inval::Pages(ino, from));
+    }
+
+    fn after(&self, then: Box<dyn FnOnce() + Send>) {
+        KernelQueue::after(self, then);
     }
 }

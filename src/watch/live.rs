@@ -15,7 +15,8 @@ use crate::protocol::history::{Changes, History, Snapshot};
 
 use crate::protocol::wire::PodStatus;
 use crate::watch::budget::Budget;
-use crate::watch::pages::{self, KernelPages};
+use crate::watch::pages::{self, KernelPages, PageKernel, Publish, Run};
+use crate::watch::share::{Share, Shares};
 
 /// Why a parked operation is run again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,7 @@ pub type Notify = Arc<dyn Fn() + Send + Sync + 'static>;
 pub enum Due {
     Wake(Waiter, Wake),
     Notify(Notify),
+    Run(Run),
 }
 
 impl Due {
@@ -46,6 +48,7 @@ impl Due {
         match self {
             Due::Wake(w, why) => w(why),
             Due::Notify(n) => n(),
+            Due::Run(r) => r(),
         }
     }
 }
@@ -154,7 +157,7 @@ pub struct LiveState {
     fresh: bool,
     status_version: u64,
     text_version: u64,
-    /// When the assistant text last changed (`log`'s mtime).
+    /// When the published text last changed (`log`'s mtime).
     text_changed: SystemTime,
     status_changed: SystemTime,
     /// Messages handed to the child and not yet confirmed: a second writer must not be told
@@ -177,8 +180,14 @@ pub struct LiveState {
     /// one), dropped when that file is released.
     pollers: HashMap<u64, (Topic, Notify)>,
     next_waiter: u64,
-    /// The `log` pages the kernel may hold of this text ([`KernelPages`]'s invariant).
+    /// The `log` pages the kernel may hold of this text ([`KernelPages`]'s invariants).
     pages: KernelPages,
+    /// The text's length as of its last change: what events appended to.
+    shown: usize,
+    /// `output`'s open snapshots, ranges of this text ([`Shares`]' invariant).
+    shares: Shares,
+    /// What a change of the text gave to run once the lock is released.
+    runs: Vec<Run>,
 }
 
 impl LiveState {
@@ -203,6 +212,9 @@ impl LiveState {
             pollers: HashMap::new(),
             next_waiter: 0,
             pages: KernelPages::default(),
+            shown: 0,
+            shares: Shares::default(),
+            runs: Vec::new(),
         }
     }
 
@@ -329,7 +341,9 @@ impl LiveState {
     pub fn version(&self, topic: Topic) -> u64 {
         match topic {
             Topic::Status => self.status_version,
-            Topic::Text => self.text_version,
+            // What `log` shows: the published text ([`KernelPages`]), so that a poller
+            // told "readable" finds the new size.
+            Topic::Text => self.pages.published().0,
             Topic::Output => self.status_version + self.text_version,
         }
     }
@@ -438,8 +452,36 @@ impl LiveState {
 
     /// An open of `log` inode `ino`: whether it may keep the kernel's pages of it
     /// ([`KernelPages::open`]).
-    pub fn keep_pages(&mut self, ino: u64, drop: Notify) -> bool {
-        self.pages.open(ino, drop)
+    pub fn keep_pages(&mut self, ino: u64, kernel: Arc<dyn PageKernel>, publish: Publish) -> bool {
+        self.pages.open(ino, kernel, publish)
+    }
+
+    /// Lend bytes `start..end` of the text to an open of `output`.
+    pub fn lend(&mut self, start: usize, end: usize) -> Arc<Share> {
+        self.shares.lend(start, end)
+    }
+
+    /// The size of `log`: the body of the published text.
+    pub fn log_len(&self) -> u64 {
+        self.pages.published().1
+    }
+
+    /// A read of `log` up to byte `end` was served from the current text.
+    pub fn log_served(&mut self, end: u64) {
+        let len = self
+            .history
+            .as_ref()
+            .map_or(0, |h| pages::body_len(h.text()));
+        self.pages.served(end, len);
+    }
+
+    /// The kernel delivered the invalidations of `version`: publish it.
+    pub fn pages_delivered(&mut self, version: u64, len: u64) -> Vec<Due> {
+        self.changing(|st| {
+            if let Some(run) = st.pages.delivered(version, len) {
+                st.runs.push(run);
+            }
+        })
     }
 
     // -----------------------------------------------------------------------------------
@@ -463,15 +505,23 @@ impl LiveState {
         }
     }
 
-    fn text_grew(&mut self) {
+    /// The text changed; `changed_at` is where its body first differs from the one
+    /// before (`None`: it does not extend it).
+    fn text_grew(&mut self, changed_at: Option<u64>) {
         self.text_version += 1;
-        self.text_changed = SystemTime::now();
+        let text = self.history.as_ref().map_or("", History::text);
+        self.shown = text.len();
+        let len = pages::body_len(text);
+        if let Some(run) = self.pages.changed(self.text_version, len, changed_at) {
+            self.runs.push(run);
+        }
     }
 
     /// What is due after a change: every waiter once ready, and every poller whose topic
     /// moved since the last call (pollers stay registered).
-    fn due(&mut self, status_before: u64, text_before: u64) -> Vec<Due> {
-        let mut out = Vec::new();
+    fn due(&mut self, status_before: u64, text_before: u64, shown_before: u64) -> Vec<Due> {
+        // Invalidations first: the kernel must have them before anyone is told.
+        let mut out: Vec<Due> = self.runs.drain(..).map(Due::Run).collect();
         let mut i = 0;
         while i < self.waiters.len() {
             if self.holds(self.waiters[i].until) {
@@ -483,7 +533,7 @@ impl LiveState {
         }
         let moved = |topic: Topic| match topic {
             Topic::Status => self.status_version != status_before,
-            Topic::Text => self.text_version != text_before,
+            Topic::Text => self.pages.published().0 != shown_before,
             Topic::Output => {
                 self.status_version != status_before || self.text_version != text_before
             }
@@ -499,36 +549,34 @@ impl LiveState {
     /// Run `change` and return what became due.
     fn changing(&mut self, change: impl FnOnce(&mut Self)) -> Vec<Due> {
         let (status, text) = (self.status_version, self.text_version);
+        let shown = self.pages.published().0;
         change(self);
-        self.due(status, text)
+        if self.pages.published().0 != shown {
+            // `log`'s mtime goes with the size it is shown with: the published text's.
+            self.text_changed = SystemTime::now();
+        }
+        self.due(status, text, shown)
     }
 
     /// A Snapshot arrived: the history and status are now exactly the child's.
     pub fn snapshot(&mut self, s: Snapshot) -> Vec<Due> {
+        let text_changed = self.history.as_ref().map(History::text) != Some(s.history.text());
         let old = self.history.as_ref().map_or("", History::text);
-        // A compacted or rewound history: pages the kernel holds of `log` are of a text
-        // that is gone. Their invalidations go first, before any poller is told.
-        let mut due: Vec<Due> = if pages::extends(old, s.history.text()) {
-            Vec::new()
-        } else {
-            self.pages
-                .rewritten()
-                .into_iter()
-                .map(Due::Notify)
-                .collect()
-        };
-        due.extend(self.changing(|st| {
-            let text_changed = st.history.as_ref().map(History::text) != Some(s.history.text());
+        let changed_at = pages::changed_at(old, s.history.text());
+        if changed_at.is_none() {
+            // A text that does not extend this one: shares of it keep their bytes.
+            self.shares.keep(old);
+        }
+        self.changing(|st| {
             st.history = Some(s.history);
             st.fresh = true;
             st.overdue = false;
             st.set_reach(Reach::Live);
             st.set_status(s.status);
             if text_changed {
-                st.text_grew();
+                st.text_grew(changed_at);
             }
-        }));
-        due
+        })
     }
 
     /// The history, for the reactor to apply events to (created empty if there is none).
@@ -544,7 +592,12 @@ impl LiveState {
                 st.set_status(status);
             }
             if c.text {
-                st.text_grew();
+                // Events only append: the text before is the first `shown` bytes.
+                let text = st.history.as_ref().map_or("", History::text);
+                let changed_at = text
+                    .get(..st.shown)
+                    .and_then(|old| pages::changed_at(old, text));
+                st.text_grew(changed_at);
             }
             if c.resync {
                 st.fresh = false;
@@ -570,14 +623,14 @@ impl LiveState {
         self.changing(|st| {
             st.set_reach(reach);
             if matches!(reach, Reach::Failed(Failure::OverBudget)) {
-                // Gone from memory, so gone from the kernel's pages too.
-                for drop in st.pages.rewritten() {
-                    drop();
+                // What is over the budget goes; the files say why instead. Open
+                // snapshots keep theirs (the budget holds them already).
+                if let Some(h) = st.history.as_ref() {
+                    st.shares.keep(h.text());
                 }
-                // What is over the budget goes; the files say why instead.
                 st.history = None;
                 st.fresh = false;
-                st.text_grew();
+                st.text_grew(None);
             }
         })
     }

@@ -18,6 +18,7 @@ pub mod leases;
 pub mod live;
 pub mod pages;
 mod reactor;
+pub mod share;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Weak};
@@ -92,6 +93,15 @@ impl Watch {
     }
 
     /// The live state, locked. Keep the guard short: the reactor waits for it.
+    /// The kernel delivered the invalidations of `log`'s text `version` (body `len`
+    /// bytes): publish it, and tell its pollers.
+    pub fn pages_delivered(&self, version: u64, len: u64) {
+        let due = self.state.lock().pages_delivered(version, len);
+        for d in due {
+            d.run();
+        }
+    }
+
     pub fn state(&self) -> MutexGuard<'_, LiveState> {
         self.state.lock()
     }

@@ -11,6 +11,7 @@ use crate::fs::body;
 use crate::fs::step::ready;
 use crate::parents::ParentView;
 use crate::watch::live::{Notify, Topic};
+use crate::watch::pages::Publish;
 use crate::watch::{Lease, Watch};
 
 use super::{Caller, ChildFile, Context, ControlFile, OpenFile, Opening, Pages, Step};
@@ -42,7 +43,8 @@ impl ControlFile for Log {
             return Step::watch(&w, cx.bound(false));
         };
         ready!(s.check());
-        let size = s.history().map_or(0, |h| body::text_len(h.text()));
+        // The published size: never one whose stale pages the kernel may still hold.
+        let size = s.log_len();
         Step::Ready(Ok((size, s.text_changed())))
     }
 
@@ -55,7 +57,13 @@ impl ControlFile for Log {
             if let Some(e) = s.unreadable() {
                 return Step::Ready(Err(e));
             }
-            let keep = s.keep_pages(at.ino, cx.drop_pages(at.ino));
+            let weak = Arc::downgrade(w.entry());
+            let publish: Publish = Arc::new(move |version, len| {
+                if let Some(w) = weak.upgrade() {
+                    w.pages_delivered(version, len);
+                }
+            });
+            let keep = s.keep_pages(at.ino, cx.page_kernel(), publish);
             (s.version(Topic::Text), keep)
         };
         Step::Ready(Ok(Arc::new(Open {
@@ -75,8 +83,9 @@ struct Open {
 
 impl OpenFile for Open {
     fn read(&self, _cx: &Context, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
-        let s = self.watch.state();
+        let mut s = self.watch.state();
         s.check()?;
+        s.log_served(offset.saturating_add(u64::from(size)));
         self.seen.store(s.version(Topic::Text), Ordering::Relaxed);
         if let Some(h) = s.history() {
             body::text_slice(h.text(), offset, size, out);
@@ -94,9 +103,8 @@ impl OpenFile for Open {
         Some(&self.watch)
     }
 
-    /// Through the page cache: between Snapshots the text only grows at its end, and
-    /// every read serves the text as it is now, so each page agrees with every later
-    /// text of the same epoch ([`crate::watch::pages`] keeps the rest).
+    /// Through the page cache, kept coherent by [`crate::watch::pages`]: reads serve the
+    /// text as it is now, `stat` the published size.
     fn pages(&self) -> Pages {
         self.pages
     }

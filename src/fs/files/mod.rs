@@ -27,6 +27,7 @@ use crate::pod_client::PodClient;
 use crate::process::Requester;
 use crate::store::metadata::ChildRecord;
 use crate::watch::live::{Notify, Until, Waiter};
+use crate::watch::pages::PageKernel;
 use crate::watch::{Lease, Watch, Watches};
 
 use super::gate::Gates;
@@ -357,11 +358,10 @@ impl Context {
     /// The kernel may hold `cursor`'s attributes for the attribute TTL: drop them whenever
     /// the value changes length (the size is all that depends on the value). Queued, never
     /// sent from the request thread: this may run inside a request on the cursor file.
-    /// What drops the kernel's pages of inode `ino`: queued, never sent from the request
-    /// thread (the kernel may hold the page's lock while it waits for a read there).
-    fn drop_pages(&self, ino: u64) -> Notify {
-        let kernel = self.kernel.clone();
-        Arc::new(move || kernel.push(Inval::Inode(ino)))
+    /// Where `log`'s page invalidations go: the kernel queue, never the request thread
+    /// (the kernel may hold a page's lock while it waits for a read there).
+    fn page_kernel(&self) -> Arc<dyn PageKernel> {
+        self.kernel.clone()
     }
 
     fn cursor_moved(&self, file: &ChildFile, before: u64, after: u64) {

@@ -28,8 +28,10 @@ use crate::error::{Error, Result};
 use crate::fs::body;
 use crate::fs::step::ready;
 use crate::parents::ParentView;
+use crate::protocol::history::History;
 use crate::sync::Mutex;
 use crate::watch::live::{Notify, Reach, Topic};
+use crate::watch::share::Share;
 use crate::watch::{Lease, Watch};
 
 use take::{take, Take};
@@ -82,14 +84,15 @@ impl ControlFile for Output {
             return wait;
         }
         let incarnation = at.view.incarnation(&at.file.child);
-        let (bytes, watch) = ready!(match take_output(cx, &at, incarnation) {
+        let ((share, len), watch) = ready!(match take_output(cx, &at, incarnation) {
             Step::Ready(r) => r,
             Step::Wait(w, b) => return Step::Wait(w, b),
         });
         cx.outputs
-            .opened(at.file.key(), at.fh, bytes.len() as u64, at.caller);
+            .opened(at.file.key(), at.fh, len as u64, at.caller);
         Step::Ready(Ok(Arc::new(Open {
-            bytes,
+            share,
+            len,
             file: at.file,
             watch,
         })))
@@ -97,7 +100,7 @@ impl ControlFile for Output {
 }
 
 /// The text an `output` open took, and the watch it came from.
-type Taken = (Vec<u8>, Lease);
+type Taken = ((Arc<Share>, usize), Lease);
 
 /// An unreachable child gives nothing and leaves the cursor alone; a child that is gone
 /// gives nothing more. If the text does not fit the budget even after idle watches made
@@ -117,7 +120,7 @@ fn take_output(cx: &Context, at: &Opening<'_>, incarnation: u64) -> Step<Taken> 
         }
         if s.reach() == Reach::Gone {
             drop(s);
-            return Step::Ready(Ok((Vec::new(), w)));
+            return Step::Ready(Ok(((Share::empty(), 0), w)));
         }
     }
     let key = at.file.key();
@@ -125,13 +128,14 @@ fn take_output(cx: &Context, at: &Opening<'_>, incarnation: u64) -> Step<Taken> 
     // Room in the budget is made (idle watches ended) with nothing locked, then the take
     // is tried once more.
     let mut room_made = false;
-    let (bytes, before, after) = loop {
+    let (share, len, before, after) = loop {
         match take(&cx.cursors, &key, incarnation, w.state_lock(), budget) {
             Take::Taken {
-                bytes,
+                share,
+                len,
                 before,
                 after,
-            } => break (bytes, before, after),
+            } => break (share, len, before, after),
             Take::NeedsRoom(size) if !room_made => {
                 room_made = true;
                 cx.watches.make_room(size);
@@ -145,24 +149,30 @@ fn take_output(cx: &Context, at: &Opening<'_>, incarnation: u64) -> Step<Taken> 
         }
     };
     cx.cursor_moved(&at.file, before, after);
-    Step::Ready(Ok((bytes, w)))
+    Step::Ready(Ok(((share, len), w)))
 }
 
 /// One open's snapshot, charged to the memory budget until released.
 struct Open {
-    bytes: Vec<u8>,
+    /// A range of the watch's text (`len` bytes as a body), read under its lock.
+    share: Arc<Share>,
+    len: usize,
     file: ChildFile,
     watch: Lease,
 }
 
 impl OpenFile for Open {
     fn read(&self, _cx: &Context, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
-        body::slice(&self.bytes, offset, size, out);
+        let s = self.watch.state();
+        self.share
+            .with_text(s.history().map(History::text), |text| {
+                body::text_slice(text, offset, size, out);
+            });
         Ok(())
     }
 
     fn release(&self, cx: &Context, fh: u64) {
-        cx.watches.budget().resize(self.bytes.len(), 0);
+        cx.watches.budget().resize(self.len, 0);
         cx.outputs.closed(&self.file.key(), fh);
     }
 
@@ -187,7 +197,7 @@ impl OpenFile for Open {
     }
 
     fn own_size(&self) -> Option<u64> {
-        Some(self.bytes.len() as u64)
+        Some(self.len as u64)
     }
 }
 

@@ -5,6 +5,7 @@
 //! filesystem, so the model checker runs this very code.
 
 use std::hash::Hash;
+use std::sync::Arc;
 
 use tracing::debug;
 
@@ -14,14 +15,16 @@ use crate::protocol::history::effective_cursor;
 use crate::sync::Mutex;
 use crate::watch::budget::Budget;
 use crate::watch::live::LiveState;
+use crate::watch::share::Share;
 
 /// The outcome of one take.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Take {
-    /// The text as a file body (newline-terminated), charged to the budget, and the
-    /// cursor before and after.
+    /// The text (its body, `len` bytes, is charged to the budget), and the cursor before
+    /// and after.
     Taken {
-        bytes: Vec<u8>,
+        share: Arc<Share>,
+        len: usize,
         before: u64,
         after: u64,
     },
@@ -39,10 +42,11 @@ pub fn take<K: Hash + Eq + Clone>(
     budget: &Budget,
 ) -> Take {
     cursors.update(key, incarnation, |cursor| {
-        let s = state.lock();
+        let mut s = state.lock();
         let Some(h) = s.history() else {
             return Take::Taken {
-                bytes: Vec::new(),
+                share: Share::empty(),
+                len: 0,
                 before: *cursor,
                 after: *cursor,
             };
@@ -61,12 +65,14 @@ pub fn take<K: Hash + Eq + Clone>(
         if !budget.resize(0, size) {
             return Take::NeedsRoom(size);
         }
-        let bytes = body::text(text);
-        *cursor = h.len();
+        let (start, end, after) = (h.text().len() - text.len(), h.text().len(), h.len());
+        let share = s.lend(start, end);
+        *cursor = after;
         Take::Taken {
-            bytes,
+            share,
+            len: size,
             before,
-            after: h.len(),
+            after,
         }
     })
 }
