@@ -19,6 +19,8 @@ pub enum Wait {
     TurnOver(Lease),
     /// A cursor value closed but not yet applied (see [`super::gate`]).
     Cursor(CursorKey),
+    /// `log`'s newest text to be published (see [`crate::watch::pages`]).
+    Published(Lease),
 }
 
 impl Wait {
@@ -26,7 +28,7 @@ impl Wait {
     pub fn next_round(&self) -> Round {
         match self {
             Wait::TurnOver(_) => Round::Last,
-            Wait::Watch(_) | Wait::Cursor(_) => Round::Again,
+            Wait::Watch(_) | Wait::Cursor(_) | Wait::Published(_) => Round::Again,
         }
     }
 }
@@ -73,6 +75,10 @@ impl<T> Step<T> {
 
     pub(crate) fn watch(w: &Lease, bound: Duration) -> Step<T> {
         Step::Wait(Wait::Watch(w.clone()), bound)
+    }
+
+    pub(crate) fn published(w: &Lease, bound: Duration) -> Step<T> {
+        Step::Wait(Wait::Published(w.clone()), bound)
     }
 
     pub(crate) fn turn(w: &Lease, bound: Duration) -> Step<T> {

@@ -131,6 +131,9 @@ pub enum Until {
     /// The turn the child runs is over ([`LiveState::turn_over`]): a reader of `output`
     /// waits for it as a pipe's reader waits for a writer that has not closed yet.
     TurnOver,
+    /// The child's state is known and `log`'s text is published
+    /// ([`LiveState::log_ready`]).
+    Published,
 }
 
 struct Parked {
@@ -316,6 +319,7 @@ impl LiveState {
         match until {
             Until::Ready => self.ready(),
             Until::TurnOver => self.turn_over(),
+            Until::Published => self.log_ready(),
         }
     }
 
@@ -459,6 +463,13 @@ impl LiveState {
     /// Lend bytes `start..end` of the text to an open of `output`.
     pub fn lend(&mut self, start: usize, end: usize) -> Arc<Share> {
         self.shares.lend(start, end)
+    }
+
+    /// Ready, and no change of `log`'s text waits to be published: what a `stat` or an
+    /// open of `log` waits for (microseconds), so that after `cat output` returned a
+    /// reply, `cat log` shows it.
+    pub fn log_ready(&self) -> bool {
+        self.ready() && !self.pages.publishing()
     }
 
     /// The size of `log`: the body of the published text.
@@ -801,6 +812,49 @@ mod tests {
         history.push_entries(1);
         history.push_message(text);
         Snapshot { history, status }
+    }
+
+    /// A kernel queue that delivers when told to.
+    #[derive(Default)]
+    struct Later(crate::sync::Mutex<Vec<Run>>);
+
+    impl PageKernel for Later {
+        fn drop_pages(&self, _ino: u64, _from: u64) {}
+        fn after(&self, then: Run) {
+            self.0.lock().push(then);
+        }
+    }
+
+    #[test]
+    fn a_grown_log_is_shown_and_told_only_once_published() {
+        let mut s = LiveState::new(Instant::now());
+        run(s.snapshot(snap(&["one"], PodStatus::Idle)));
+        let kernel = Arc::new(Later::default());
+        let delivered = Arc::new(crate::sync::Mutex::new(Vec::new()));
+        let d = delivered.clone();
+        let publish: Publish = Arc::new(move |v, l| d.lock().push((v, l)));
+        assert!(!s.keep_pages(9, kernel.clone(), publish));
+        let (polled, notify) = notifier();
+        let seen = s.version(Topic::Text);
+        assert!(!s.set_poller(1, Topic::Text, seen, notify));
+        let before = s.log_len();
+        s.log_served(4096);
+        run(s.snapshot(snap(&["one", "two"], PodStatus::Idle)));
+        assert!(!s.log_ready(), "a change waits to be published");
+        assert_eq!(s.log_len(), before, "the old size until then");
+        assert_eq!(polled.load(Ordering::SeqCst), 0, "pollers are not told yet");
+        let (woken, cb) = counter();
+        assert!(s.add_waiter(Until::Published, cb()).is_ok());
+        // The kernel delivers: what follows publishes.
+        for then in std::mem::take(&mut *kernel.0.lock()) {
+            then();
+        }
+        let (v, l) = delivered.lock().pop().unwrap();
+        run(s.pages_delivered(v, l));
+        assert!(s.log_ready());
+        assert_eq!(s.log_len(), pages::body_len("one\n\ntwo"));
+        assert_eq!(polled.load(Ordering::SeqCst), 1);
+        assert_eq!(woken.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -174,6 +174,11 @@ impl KernelPages {
         Some(self.send(next))
     }
 
+    /// Whether a change waits to be published.
+    pub fn publishing(&self) -> bool {
+        self.in_flight
+    }
+
     /// Whether the kernel may hold pages of this text (an open made the link).
     pub fn linked(&self) -> bool {
         self.link.is_some()

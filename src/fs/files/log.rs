@@ -42,6 +42,9 @@ impl ControlFile for Log {
         let Some(s) = w.state_if_ready(now) else {
             return Step::watch(&w, cx.bound(false));
         };
+        if !now && !s.log_ready() {
+            return Step::published(&w, cx.bound(false));
+        }
         ready!(s.check());
         // The published size: never one whose stale pages the kernel may still hold.
         let size = s.log_len();
@@ -54,6 +57,9 @@ impl ControlFile for Log {
             let Some(mut s) = w.state_if_ready(at.round.now()) else {
                 return Step::watch(&w, cx.bound(true));
             };
+            if !at.round.now() && !s.log_ready() {
+                return Step::published(&w, cx.bound(true));
+            }
             if let Some(e) = s.unreadable() {
                 return Step::Ready(Err(e));
             }

@@ -292,10 +292,12 @@ impl Context {
     /// Park `then` until `wait` is ready, its `bound` passes, or `who` gets a signal.
     pub fn park(&self, wait: Wait, bound: Duration, who: Requester, then: Waiter) {
         let wait_kind = wait.next_round();
+        let for_publication = matches!(wait, Wait::Published(_));
         match wait {
-            Wait::Watch(lease) | Wait::TurnOver(lease) => {
-                let until = match &wait_kind {
-                    Round::Last => Until::TurnOver,
+            Wait::Watch(lease) | Wait::TurnOver(lease) | Wait::Published(lease) => {
+                let until = match (&wait_kind, for_publication) {
+                    (_, true) => Until::Published,
+                    (Round::Last, _) => Until::TurnOver,
                     _ => Until::Ready,
                 };
                 let watch = lease.entry().clone();
