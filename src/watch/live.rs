@@ -15,7 +15,7 @@ use crate::protocol::history::{Changes, History, Snapshot};
 
 use crate::protocol::wire::PodStatus;
 use crate::watch::budget::Budget;
-use crate::watch::pages::{self, KernelPages, PageKernel, Publish, Run};
+use crate::watch::pages::{self, Deliver, Delivery, KernelPages, PageKernel, Run};
 use crate::watch::share::{Share, Shares};
 
 /// Why a parked operation is run again.
@@ -319,7 +319,7 @@ impl LiveState {
         match until {
             Until::Ready => self.ready(),
             Until::TurnOver => self.turn_over(),
-            Until::Published => self.log_ready(),
+            Until::Published => self.closed || self.log_ready(),
         }
     }
 
@@ -347,7 +347,7 @@ impl LiveState {
             Topic::Status => self.status_version,
             // What `log` shows: the published text ([`KernelPages`]), so that a poller
             // told "readable" finds the new size.
-            Topic::Text => self.pages.published().0,
+            Topic::Text => self.pages.published().version,
             Topic::Output => self.status_version + self.text_version,
         }
     }
@@ -454,10 +454,17 @@ impl LiveState {
         self.pollers.remove(&fh);
     }
 
-    /// An open of `log` inode `ino`: whether it may keep the kernel's pages of it
-    /// ([`KernelPages::open`]).
-    pub fn keep_pages(&mut self, ino: u64, kernel: Arc<dyn PageKernel>, publish: Publish) -> bool {
-        self.pages.open(ino, kernel, publish)
+    /// An open of `log` inode `ino` (`owned`: no other watch served it since this one
+    /// did): whether it may keep the kernel's pages of it ([`KernelPages::open`]), and
+    /// what to run once the lock is released (what it runs may lock this state again).
+    pub fn keep_pages(
+        &mut self,
+        ino: u64,
+        owned: bool,
+        kernel: Arc<dyn PageKernel>,
+        deliver: Deliver,
+    ) -> (bool, Option<Run>) {
+        self.pages.open(ino, owned, kernel, deliver)
     }
 
     /// Lend bytes `start..end` of the text to an open of `output`.
@@ -474,23 +481,24 @@ impl LiveState {
 
     /// The size of `log`: the body of the published text.
     pub fn log_len(&self) -> u64 {
-        self.pages.published().1
+        self.pages.published().len
     }
 
-    /// A read of `log` up to byte `end` was served from the current text.
-    pub fn log_served(&mut self, end: u64) {
-        let len = self
-            .history
-            .as_ref()
-            .map_or(0, |h| pages::body_len(h.text()));
-        self.pages.served(end, len);
+    /// What `log` reads serve: the published text ([`KernelPages`]' first invariant).
+    pub fn log_text(&self) -> Option<&str> {
+        let text = self.history.as_ref()?.text();
+        Some(text.get(..self.pages.published().text_len).unwrap_or(text))
     }
 
-    /// The kernel delivered the invalidations of `version`: publish it.
-    pub fn pages_delivered(&mut self, version: u64, len: u64) -> Vec<Due> {
-        self.changing(|st| {
-            if let Some(run) = st.pages.delivered(version, len) {
-                st.runs.push(run);
+    /// The kernel queue reports back ([`Delivery`]).
+    pub fn pages_delivered(&mut self, d: Delivery) -> Vec<Due> {
+        self.changing(|st| match d {
+            Delivery::Dropped { ino, epoch } => st.pages.dropped(ino, epoch),
+            Delivery::Published { version } => {
+                let text = st.history.as_ref().map_or("", History::text);
+                if let Some(run) = st.pages.delivered(version, st.text_version, text) {
+                    st.runs.push(run);
+                }
             }
         })
     }
@@ -522,8 +530,10 @@ impl LiveState {
         self.text_version += 1;
         let text = self.history.as_ref().map_or("", History::text);
         self.shown = text.len();
-        let len = pages::body_len(text);
-        if let Some(run) = self.pages.changed(self.text_version, len, changed_at) {
+        if let Some(run) = self
+            .pages
+            .changed(self.text_version, text, changed_at.is_some())
+        {
             self.runs.push(run);
         }
     }
@@ -544,7 +554,7 @@ impl LiveState {
         }
         let moved = |topic: Topic| match topic {
             Topic::Status => self.status_version != status_before,
-            Topic::Text => self.pages.published().0 != shown_before,
+            Topic::Text => self.pages.published().version != shown_before,
             Topic::Output => {
                 self.status_version != status_before || self.text_version != text_before
             }
@@ -560,9 +570,9 @@ impl LiveState {
     /// Run `change` and return what became due.
     fn changing(&mut self, change: impl FnOnce(&mut Self)) -> Vec<Due> {
         let (status, text) = (self.status_version, self.text_version);
-        let shown = self.pages.published().0;
+        let shown = self.pages.published().version;
         change(self);
-        if self.pages.published().0 != shown {
+        if self.pages.published().version != shown {
             // `log`'s mtime goes with the size it is shown with: the published text's.
             self.text_changed = SystemTime::now();
         }
@@ -608,6 +618,8 @@ impl LiveState {
                 let changed_at = text
                     .get(..st.shown)
                     .and_then(|old| pages::changed_at(old, text));
+                // What `output`'s open snapshots share relies on it, too (`Shares`).
+                debug_assert!(changed_at.is_some(), "an event replaced the text");
                 st.text_grew(changed_at);
             }
             if c.resync {
@@ -832,28 +844,47 @@ mod tests {
         let kernel = Arc::new(Later::default());
         let delivered = Arc::new(crate::sync::Mutex::new(Vec::new()));
         let d = delivered.clone();
-        let publish: Publish = Arc::new(move |v, l| d.lock().push((v, l)));
-        assert!(!s.keep_pages(9, kernel.clone(), publish));
+        let deliver: Deliver = Arc::new(move |x| d.lock().push(x));
+        let deliver_all = |s: &mut LiveState| {
+            for then in std::mem::take(&mut *kernel.0.lock()) {
+                then();
+            }
+            for x in std::mem::take(&mut *delivered.lock()) {
+                run(s.pages_delivered(x));
+            }
+        };
+        let (keep, drop) = s.keep_pages(9, true, kernel.clone(), deliver);
+        assert!(!keep);
+        drop.unwrap()();
+        deliver_all(&mut s);
         let (polled, notify) = notifier();
         let seen = s.version(Topic::Text);
         assert!(!s.set_poller(1, Topic::Text, seen, notify));
-        let before = s.log_len();
-        s.log_served(4096);
         run(s.snapshot(snap(&["one", "two"], PodStatus::Idle)));
-        assert!(!s.log_ready(), "a change waits to be published");
-        assert_eq!(s.log_len(), before, "the old size until then");
-        assert_eq!(polled.load(Ordering::SeqCst), 0, "pollers are not told yet");
-        let (woken, cb) = counter();
-        assert!(s.add_waiter(Until::Published, cb()).is_ok());
-        // The kernel delivers: what follows publishes.
-        for then in std::mem::take(&mut *kernel.0.lock()) {
-            then();
-        }
-        let (v, l) = delivered.lock().pop().unwrap();
-        run(s.pages_delivered(v, l));
-        assert!(s.log_ready());
+        assert_eq!(
+            s.log_text(),
+            Some("one\n\ntwo"),
+            "published at once: nothing waits"
+        );
+        assert_eq!(polled.load(Ordering::SeqCst), 1);
+        assert!(!s.log_ready(), "its invalidation is on its way");
+        // A turn meanwhile: neither shown nor told until that has been delivered.
+        run(s.snapshot(snap(&["one", "two", "three"], PodStatus::Idle)));
+        assert_eq!(s.log_text(), Some("one\n\ntwo"));
         assert_eq!(s.log_len(), pages::body_len("one\n\ntwo"));
         assert_eq!(polled.load(Ordering::SeqCst), 1);
+        let (woken, cb) = counter();
+        assert!(s.add_waiter(Until::Published, cb()).is_ok());
+        deliver_all(&mut s);
+        assert_eq!(s.log_text(), Some("one\n\ntwo\n\nthree"));
+        assert_eq!(polled.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            woken.load(Ordering::SeqCst),
+            0,
+            "the newest is on its way now"
+        );
+        deliver_all(&mut s);
+        assert!(s.log_ready());
         assert_eq!(woken.load(Ordering::SeqCst), 1);
     }
 

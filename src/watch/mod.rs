@@ -92,16 +92,21 @@ impl Watch {
         &self.socket
     }
 
-    /// The live state, locked. Keep the guard short: the reactor waits for it.
-    /// The kernel delivered the invalidations of `log`'s text `version` (body `len`
-    /// bytes): publish it, and tell its pollers.
-    pub fn pages_delivered(&self, version: u64, len: u64) {
-        let due = self.state.lock().pages_delivered(version, len);
+    /// The kernel queue delivered what `log`'s page cache asked for: publish, tell
+    /// pollers, send the next.
+    pub fn pages_delivered(&self, d: crate::watch::pages::Delivery) {
+        let due = self.state.lock().pages_delivered(d);
         for d in due {
             d.run();
         }
     }
 
+    /// Which watch this is: another watch of the same socket is another.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The live state, locked. Keep the guard short: the reactor waits for it.
     pub fn state(&self) -> MutexGuard<'_, LiveState> {
         self.state.lock()
     }

@@ -3,39 +3,38 @@
 //! `log` is read through the kernel's page cache, so that the same megabytes read again
 //! (`grep`, `less`, `diff`, a second `cat`) never cross FUSE twice, and a history that
 //! grew by a turn costs only the new bytes. The mount asks for `FUSE_EXPLICIT_INVAL_DATA`:
-//! the kernel then drops cached pages only when podfs says so (a new size no longer drops
-//! them all), and podfs says so for exactly the pages a change made stale:
-//! * the page that held the old end of the text, if a read returned it short: the kernel
-//!   filled it with zeros past that end ([`KernelPages::served`] notes where);
-//! * from the first byte that changed, when the end of the old text changed (a text
-//!   without a final newline is shown with one, and the next part may start there);
-//! * every page, when a Snapshot replaced the history with one that does not extend it
-//!   (compaction, a rewind), which starts a new *epoch*.
+//! a new size then no longer makes the kernel drop every page of the file, only cut the
+//! page it falls in (it zeroes what lies past the size there), and podfs drops the pages
+//! a change made stale itself. Three rules of the kernel matter:
+//! * a read that returns less than a page leaves the rest of the page zero-filled;
+//! * applying a size zeroes the page it falls in from there on, even a larger size;
+//! * an invalidation (`FUSE_NOTIFY_INVAL_INODE`) makes the kernel ignore every size
+//!   asked for before it, so a size can only be learnt from a request sent after it.
 //!
-//! **Invariant: within an epoch, the kernel is never told a size of `log` before every
-//! page made stale by the text it measures has been dropped.** A change is *published*
-//! (its size becomes what `stat` shows, and `poll` says readable) only once the kernel has
-//! delivered its invalidations, which the kernel queue reports in order
-//! ([`PageKernel::after`]). Reads serve the text as it is now: within an epoch each text
-//! extends the one before, so a page read at any moment agrees with the published text up
-//! to the published size.
+//! **Invariant: a read of `log` serves the published text, no more** (its body: the
+//! published text, with its final newline if it has none), and a new text is published
+//! only after the invalidation of the pages the one before left behind has been
+//! delivered. Within an epoch (texts that extend each other) those are the pages from the
+//! first byte the two bodies differ, which is the old end (the page the old end fell in
+//! holds zeros, or was cut, past it), or the synthetic newline the old body ended with.
+//! Publishing then dropping works, and the reverse would not: pages read after the
+//! publication hold the new text, up to the new end; the ones read before are dropped by
+//! the invalidation, and a size the kernel asked for before it is ignored, so the kernel
+//! learns the new size only after. One publication is on its way per watch at a time; the
+//! text may go on changing meanwhile, and the newest is published once it is delivered.
+//! Without `FUSE_EXPLICIT_INVAL_DATA` (Linux before 5.2) a new size drops every page by
+//! itself: slower, and just as right.
 //!
-//! A new epoch is shown at once ([`KernelPages::changed`] says why waiting would not
-//! help); what keeps readers right then is the second invariant, with an invalidation of
-//! every page sent at the same moment for descriptors opened before.
-//!
-//! Where the kernel does not grant `FUSE_EXPLICIT_INVAL_DATA`, a new size drops every page
-//! by itself: slower, and just as right.
+//! A text that does not extend the one before (compaction, a rewind) starts a new epoch:
+//! it is published at once, with an invalidation of every page.
 //!
 //! **Invariant: an open of `log` keeps the kernel's pages only if every one of them was
-//! read within the epoch the text is in now.** An inode is kept only by opens after a
-//! first one that dropped its pages in this watch (pages from before the watch, such as
-//! those of a child removed and listed again under the same name, so with the same inode
-//! number, are never kept), and only while the epoch is the one that open saw.
-//!
-//! At most one batch of invalidations per watch is on its way at a time; changes meanwhile
-//! are merged into the next, so a child streaming events into a stuck kernel queue costs
-//! one entry, not one per event.
+//! read within the epoch the text is in now.** An inode is kept only after an
+//! invalidation of all its pages was delivered in this epoch: the first open of an inode
+//! in a watch, and the first after a new epoch, queue one and are told to drop the pages,
+//! and so is every open until it has been delivered (the kernel drops them for an open
+//! told so only after answering it, in the opener's own time, so another open answered
+//! meanwhile must not keep them).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,169 +48,159 @@ pub trait PageKernel: Send + Sync {
     fn after(&self, then: Box<dyn FnOnce() + Send>);
 }
 
-/// Publishes a delivered change: `(version, body length)`. It locks the watch's state.
-pub type Publish = Arc<dyn Fn(u64, u64) + Send + Sync>;
+/// What the kernel queue reports back, on the thread that runs what follows a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The invalidation sent with the publication of `version` was delivered.
+    Published { version: u64 },
+    /// Every page of `ino` was dropped, in `epoch`.
+    Dropped { ino: u64, epoch: u64 },
+}
+
+/// Takes a [`Delivery`] back to the watch. It locks the watch's state.
+pub type Deliver = Arc<dyn Fn(Delivery) + Send + Sync>;
 
 /// Something to run once the state's lock is released.
 pub type Run = Box<dyn FnOnce() + Send>;
 
 struct Link {
     kernel: Arc<dyn PageKernel>,
-    publish: Publish,
+    deliver: Deliver,
 }
 
-/// A batch of invalidations: pages from `from` on (none if `None`), then publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Batch {
-    from: Option<u64>,
-    version: u64,
-    len: u64,
+/// The text `stat` shows and reads serve.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shown {
+    pub version: u64,
+    /// Its body's length: the size.
+    pub len: u64,
+    /// Its text's length: how much of the text reads serve.
+    pub text_len: usize,
+}
+
+impl Shown {
+    fn of(version: u64, text: &str) -> Shown {
+        Shown {
+            version,
+            len: body_len(text),
+            text_len: text.len(),
+        }
+    }
 }
 
 #[derive(Default)]
 pub struct KernelPages {
     epoch: u64,
-    /// Inode → the epoch its pages were last dropped in.
-    inodes: HashMap<u64, u64>,
+    /// Inode → the epoch an invalidation of all its pages was delivered in; `None` while
+    /// one is on its way.
+    inodes: HashMap<u64, Option<u64>>,
     /// Set at the first open: from then on the kernel may hold pages of this text.
     link: Option<Link>,
-    /// The version and body length the kernel may be told.
-    published: (u64, u64),
-    /// The body length of the text as of the last change.
-    len: u64,
-    /// The lowest end of text a read returned short since the last change.
-    short_at: Option<u64>,
+    published: Shown,
     in_flight: bool,
-    next: Option<Batch>,
 }
 
 impl KernelPages {
-    /// An open of `log` inode `ino`: whether it may keep the pages the kernel holds. An
-    /// open told no has the kernel drop them at once, so from then on they are of this
-    /// epoch.
-    pub fn open(&mut self, ino: u64, kernel: Arc<dyn PageKernel>, publish: Publish) -> bool {
+    /// An open of `log` inode `ino`. `owned`: no other watch served this inode since this
+    /// one did. Returns whether the open may keep the kernel's pages, and what to run.
+    pub fn open(
+        &mut self,
+        ino: u64,
+        owned: bool,
+        kernel: Arc<dyn PageKernel>,
+        deliver: Deliver,
+    ) -> (bool, Option<Run>) {
         if self.link.is_none() {
-            self.link = Some(Link { kernel, publish });
+            self.link = Some(Link { kernel, deliver });
         }
         let epoch = self.epoch;
-        self.inodes.insert(ino, epoch) == Some(epoch)
+        match self.inodes.get(&ino) {
+            Some(Some(e)) if *e == epoch && owned => return (true, None),
+            Some(None) if owned => return (false, None),
+            _ => {}
+        }
+        self.inodes.insert(ino, None);
+        let link = self.link.as_ref().expect("set above");
+        let (kernel, deliver) = (link.kernel.clone(), link.deliver.clone());
+        let run: Run = Box::new(move || {
+            kernel.drop_pages(ino, 0);
+            kernel.after(Box::new(move || deliver(Delivery::Dropped { ino, epoch })));
+        });
+        (false, Some(run))
     }
 
-    /// A read of the body (`len` bytes now) up to byte `end`: if it reached past the end,
-    /// the kernel's page there holds zeros after `len`.
-    pub fn served(&mut self, end: u64, len: u64) {
-        if end > len {
-            self.short_at = Some(self.short_at.map_or(len, |s| s.min(len)));
+    /// Every page of `ino` was dropped in `epoch`: opens in it may keep them from now on.
+    pub fn dropped(&mut self, ino: u64, epoch: u64) {
+        if self.inodes.get(&ino) == Some(&None) {
+            if epoch == self.epoch {
+                self.inodes.insert(ino, Some(epoch));
+            } else {
+                // Of an epoch gone by: the next open asks for another.
+                self.inodes.remove(&ino);
+            }
         }
     }
 
-    /// The text became `version`, whose body is `len` bytes; `changed_at` is where its
-    /// body first differs from the one before, `None` if it does not extend that text.
-    /// Returns what to run once the state's lock is released.
-    pub fn changed(&mut self, version: u64, len: u64, changed_at: Option<u64>) -> Option<Run> {
-        let Some(at) = changed_at else {
-            return self.rewritten(version, len);
-        };
-        // Pages wholly before `at` hold what they held. From `at` on the kernel holds only
-        // what was read: the page a read returned short, and, if the old end changed,
-        // pages from `at`.
-        let short = self.short_at.take();
-        let moved = (at < self.len).then_some(at);
-        let from = min_some(short, moved);
-        self.len = len;
-        let batch = Batch { from, version, len };
+    /// The text became `version` (`text`); `extends`: it extends the one before.
+    pub fn changed(&mut self, version: u64, text: &str, extends: bool) -> Option<Run> {
         if self.link.is_none() {
-            self.published = (version, len);
+            self.published = Shown::of(version, text);
             return None;
+        }
+        if !extends {
+            self.epoch += 1;
+            self.published = Shown::of(version, text);
+            self.in_flight = true;
+            return Some(self.send(0, version));
         }
         if self.in_flight {
-            self.next = Some(match self.next {
-                Some(n) => Batch {
-                    from: min_some(n.from, from),
-                    ..batch
-                },
-                None => batch,
-            });
+            // Published once what is on its way has been delivered.
             return None;
         }
-        self.in_flight = true;
-        Some(self.send(batch))
+        Some(self.publish(version, text))
     }
 
-    /// A text that does not extend the one before: a new epoch, shown at once. Every
-    /// open from now on drops the kernel's pages before it returns (the epoch moved), so
-    /// it reads only the new text; the invalidation sent now brings descriptors opened
-    /// before to it as soon as the kernel has it. (Waiting for it before showing the new
-    /// size would not help them: a read in between, served the old text, would fill the
-    /// pages again after they were dropped; served the new, shorter one at the kernel's
-    /// older size, it would come back padded with zeros.)
-    fn rewritten(&mut self, version: u64, len: u64) -> Option<Run> {
-        self.epoch += 1;
-        self.short_at = None;
-        self.len = len;
-        self.published = (version, len);
-        // What was waiting is older than this and changes nothing any more.
-        self.next = None;
-        let link = self.link.as_ref()?;
-        let kernel = link.kernel.clone();
-        let inodes: Vec<u64> = self.inodes.keys().copied().collect();
-        Some(Box::new(move || {
-            for ino in inodes {
-                kernel.drop_pages(ino, 0);
-            }
-        }))
-    }
-
-    /// The batch that publishes `version` (body `len` bytes) was delivered.
-    pub fn delivered(&mut self, version: u64, len: u64) -> Option<Run> {
-        // A batch overtaken by a new epoch publishes nothing.
-        if version >= self.published.0 {
-            self.published = (version, len);
-        }
+    /// The invalidation sent with `version` was delivered; the text is now `current`
+    /// (`text`). Returns the next publication, if the text changed meanwhile.
+    pub fn delivered(&mut self, version: u64, current: u64, text: &str) -> Option<Run> {
+        let _ = version;
         self.in_flight = false;
-        let next = self.next.take()?;
-        self.in_flight = true;
-        Some(self.send(next))
+        (current > self.published.version).then(|| self.publish(current, text))
     }
 
-    /// Whether a change waits to be published.
+    /// Publish `text`, an extension of the published one, and drop what the published one
+    /// left behind.
+    fn publish(&mut self, version: u64, text: &str) -> Run {
+        let old = text.get(..self.published.text_len).unwrap_or("");
+        let from = changed_at(old, text).unwrap_or(0);
+        self.published = Shown::of(version, text);
+        self.in_flight = true;
+        self.send(from, version)
+    }
+
+    fn send(&self, from: u64, version: u64) -> Run {
+        let link = self
+            .link
+            .as_ref()
+            .expect("a publication is sent only with a link");
+        let (kernel, deliver) = (link.kernel.clone(), link.deliver.clone());
+        let inodes: Vec<u64> = self.inodes.keys().copied().collect();
+        Box::new(move || {
+            for ino in inodes {
+                kernel.drop_pages(ino, from);
+            }
+            kernel.after(Box::new(move || deliver(Delivery::Published { version })));
+        })
+    }
+
+    /// Whether a publication is on its way.
     pub fn publishing(&self) -> bool {
         self.in_flight
     }
 
-    /// Whether the kernel may hold pages of this text (an open made the link).
-    pub fn linked(&self) -> bool {
-        self.link.is_some()
-    }
-
-    /// The version and body length the kernel may be told.
-    pub fn published(&self) -> (u64, u64) {
+    /// What `stat` shows and reads serve.
+    pub fn published(&self) -> Shown {
         self.published
-    }
-
-    fn send(&self, batch: Batch) -> Run {
-        let link = self
-            .link
-            .as_ref()
-            .expect("a batch is sent only with a link");
-        let (kernel, publish) = (link.kernel.clone(), link.publish.clone());
-        let inodes: Vec<u64> = self.inodes.keys().copied().collect();
-        Box::new(move || {
-            if let Some(from) = batch.from {
-                for ino in inodes {
-                    kernel.drop_pages(ino, from);
-                }
-            }
-            kernel.after(Box::new(move || publish(batch.version, batch.len)));
-        })
-    }
-}
-
-/// The lower of two starts, where there are any.
-fn min_some(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 
@@ -250,132 +239,138 @@ mod tests {
         }
     }
 
+    /// A kernel queue that records, and delivers when told to.
     #[derive(Default)]
-    struct Recorder {
-        got: Mutex<Vec<String>>,
+    struct Queue {
+        dropped: Mutex<Vec<(u64, u64)>>,
         later: Mutex<Vec<Run>>,
+        delivered: Arc<Mutex<Vec<Delivery>>>,
     }
 
-    impl PageKernel for Recorder {
+    impl PageKernel for Queue {
         fn drop_pages(&self, ino: u64, from: u64) {
-            self.got
-                .lock()
-                .unwrap()
-                .push(format!("drop {ino} from {from}"));
+            self.dropped.lock().unwrap().push((ino, from));
         }
         fn after(&self, then: Box<dyn FnOnce() + Send>) {
             self.later.lock().unwrap().push(then);
         }
     }
 
-    /// What was published, in order.
-    type Published = Arc<Mutex<Vec<(u64, u64)>>>;
+    impl Queue {
+        /// Deliver everything queued; what came back.
+        fn deliver(&self) -> Vec<Delivery> {
+            for then in std::mem::take(&mut *self.later.lock().unwrap()) {
+                then();
+            }
+            std::mem::take(&mut *self.delivered.lock().unwrap())
+        }
 
-    fn setup() -> (KernelPages, Arc<Recorder>, Published) {
-        let k = Arc::new(Recorder::default());
-        let published = Arc::new(Mutex::new(Vec::new()));
-        let p = published.clone();
-        let publish: Publish = Arc::new(move |v, l| p.lock().unwrap().push((v, l)));
-        let mut pages = KernelPages::default();
+        fn take_dropped(&self) -> Vec<(u64, u64)> {
+            std::mem::take(&mut *self.dropped.lock().unwrap())
+        }
+    }
+
+    fn open(p: &mut KernelPages, k: &Arc<Queue>, ino: u64, owned: bool) -> bool {
+        let got = k.delivered.clone();
+        let deliver: Deliver = Arc::new(move |d| got.lock().unwrap().push(d));
+        let (keep, run) = p.open(ino, owned, k.clone(), deliver);
+        if let Some(run) = run {
+            run();
+        }
+        keep
+    }
+
+    /// An inode opened once and its drop delivered: the state of a followed inode.
+    fn followed(text: &str) -> (KernelPages, Arc<Queue>) {
+        let k = Arc::new(Queue::default());
+        let mut p = KernelPages::default();
         assert!(
-            !pages.open(7, k.clone(), publish.clone()),
-            "first open drops"
+            p.changed(1, text, true).is_none(),
+            "no link yet: shown at once"
         );
-        (pages, k, published)
+        assert!(!open(&mut p, &k, 7, true), "the first open drops");
+        for d in k.deliver() {
+            if let Delivery::Dropped { ino, epoch } = d {
+                p.dropped(ino, epoch);
+            }
+        }
+        k.take_dropped();
+        (p, k)
     }
 
     #[test]
     fn without_an_open_a_change_is_published_at_once() {
         let mut p = KernelPages::default();
-        assert!(p.changed(1, 10, Some(0)).is_none());
-        assert_eq!(p.published(), (1, 10));
+        assert!(p.changed(1, "abc", true).is_none());
+        assert_eq!(p.published(), Shown::of(1, "abc"));
     }
 
     #[test]
-    fn a_size_is_published_only_after_the_stale_page_is_dropped() {
-        let (mut p, k, published) = setup();
-        p.changed(1, 100, Some(0)).unwrap()();
-        k.later.lock().unwrap().pop().unwrap()();
-        assert_eq!(published.lock().unwrap().pop(), Some((1, 100)));
-        p.delivered(1, 100);
-        k.got.lock().unwrap().clear();
-        // A read returned the body short at 100; then 50 bytes were appended.
-        p.served(4096, 100);
-        p.changed(2, 150, Some(100)).unwrap()();
-        assert_eq!(*k.got.lock().unwrap(), ["drop 7 from 100"]);
-        assert_eq!(p.published(), (1, 100), "not before the kernel dropped it");
-        k.later.lock().unwrap().pop().unwrap()();
-        assert_eq!(published.lock().unwrap().pop(), Some((2, 150)));
-        assert!(p.delivered(2, 150).is_none());
-        assert_eq!(p.published(), (2, 150));
-        // Nothing read short since: nothing to drop, only the publication.
-        k.got.lock().unwrap().clear();
-        p.changed(3, 170, Some(150)).unwrap()();
-        assert!(k.got.lock().unwrap().is_empty());
-    }
-
-    #[test]
-    fn changes_while_a_batch_is_on_its_way_are_merged_into_one() {
-        let (mut p, k, _) = setup();
-        p.served(10, 0);
-        p.changed(1, 100, Some(0)).unwrap()();
-        p.served(4096, 100);
-        assert!(p.changed(2, 150, Some(100)).is_none());
-        p.served(8192, 150);
-        assert!(
-            p.changed(3, 170, Some(150)).is_none(),
-            "merged into the one waiting"
+    fn a_publication_drops_the_page_the_old_end_left_behind() {
+        let (mut p, k) = followed("one\n");
+        p.changed(2, "one\n\ntwo", true).unwrap()();
+        assert_eq!(
+            p.published(),
+            Shown::of(2, "one\n\ntwo"),
+            "reads serve it now"
         );
-        let next = p.delivered(1, 100).unwrap();
-        k.got.lock().unwrap().clear();
+        assert_eq!(k.take_dropped(), [(7, 4)], "from the old end");
+        assert!(p.publishing());
+        // The text goes on meanwhile: published once the first is delivered.
+        assert!(p.changed(3, "one\n\ntwo three", true).is_none());
+        assert_eq!(p.published().version, 2);
+        assert_eq!(k.deliver(), [Delivery::Published { version: 2 }]);
+        let next = p.delivered(2, 3, "one\n\ntwo three").unwrap();
         next();
-        assert_eq!(*k.got.lock().unwrap(), ["drop 7 from 100"]);
-        assert_eq!(p.published(), (1, 100));
-        assert!(p.delivered(3, 170).is_none());
-        assert_eq!(p.published(), (3, 170));
+        assert_eq!(p.published(), Shown::of(3, "one\n\ntwo three"));
+        // "one\n\ntwo" had no final newline: its body's last byte, one podfs added, is
+        // now a space.
+        assert_eq!(k.take_dropped(), [(7, 8)]);
+        k.deliver();
+        assert!(p.delivered(3, 3, "one\n\ntwo three").is_none());
+        assert!(!p.publishing());
     }
 
     #[test]
     fn a_new_epoch_is_shown_at_once_and_drops_every_page() {
-        let (mut p, k, _) = setup();
-        p.changed(1, 100, Some(0)).unwrap()();
-        assert!(
-            p.changed(2, 150, Some(100)).is_none(),
-            "waits behind the first"
+        let (mut p, k) = followed("a long text\n");
+        assert!(open(&mut p, &k, 7, true), "followed: kept");
+        p.changed(2, "short", false).unwrap()();
+        assert_eq!(p.published(), Shown::of(2, "short"));
+        assert_eq!(k.take_dropped(), [(7, 0)]);
+        assert!(!open(&mut p, &k, 7, true), "a new epoch: dropped");
+        assert!(!open(&mut p, &k, 7, true), "until that drop is delivered");
+        assert_eq!(
+            k.take_dropped(),
+            [(7, 0)],
+            "one drop asked for, not one per open"
         );
-        k.got.lock().unwrap().clear();
-        p.changed(3, 30, None).unwrap()();
-        assert_eq!(*k.got.lock().unwrap(), ["drop 7 from 0"]);
-        assert_eq!(p.published(), (3, 30), "shown at once");
-        assert!(p.delivered(1, 100).is_none(), "what waited is moot");
-        assert_eq!(p.published(), (3, 30), "an older delivery changes nothing");
-        assert!(p.changed(4, 40, Some(30)).is_some(), "a batch of its own");
+        for d in k.deliver() {
+            if let Delivery::Dropped { ino, epoch } = d {
+                p.dropped(ino, epoch);
+            }
+        }
+        assert!(open(&mut p, &k, 7, true));
     }
 
     #[test]
-    fn an_inode_is_kept_only_after_a_drop_in_the_same_epoch() {
-        let (mut p, k, _) = setup();
-        let publish: Publish = Arc::new(|_, _| {});
-        assert!(p.open(7, k.clone(), publish.clone()));
+    fn an_inode_is_kept_only_after_a_drop_delivered_in_the_same_epoch() {
+        let (mut p, k) = followed("x\n");
+        assert!(open(&mut p, &k, 7, true));
+        assert!(!open(&mut p, &k, 8, true), "each inode on its own");
         assert!(
-            !p.open(8, k.clone(), publish.clone()),
-            "each inode on its own"
+            !open(&mut p, &k, 7, false),
+            "served by another watch since: dropped"
         );
-        p.changed(1, 10, Some(0)).unwrap()();
-        assert!(
-            p.open(7, k.clone(), publish.clone()),
-            "an append keeps them"
-        );
-        p.delivered(1, 10);
-        p.changed(2, 10, None).unwrap()();
-        assert!(
-            !p.open(7, k.clone(), publish.clone()),
-            "a rewrite drops them"
-        );
-        assert!(p.open(7, k.clone(), publish.clone()));
-        let mut dropped = k.got.lock().unwrap().clone();
-        dropped.sort();
-        assert_eq!(dropped, ["drop 7 from 0", "drop 8 from 0"]);
+        // A drop of an epoch gone by confirms nothing.
+        p.changed(2, "y", false).unwrap()();
+        for d in k.deliver() {
+            if let Delivery::Dropped { ino, epoch } = d {
+                p.dropped(ino, epoch);
+            }
+        }
+        assert!(!open(&mut p, &k, 8, true));
+        assert!(k.take_dropped().contains(&(8, 0)), "asked for again");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::fs::body;
 use crate::fs::step::ready;
 use crate::parents::ParentView;
 use crate::watch::live::{Notify, Topic};
-use crate::watch::pages::Publish;
+use crate::watch::pages::Deliver;
 use crate::watch::{Lease, Watch};
 
 use super::{Caller, ChildFile, Context, ControlFile, OpenFile, Opening, Pages, Step};
@@ -43,6 +43,8 @@ impl ControlFile for Log {
             return Step::watch(&w, cx.bound(false));
         };
         if !now && !s.log_ready() {
+            // Unlocked first: a lease's clone locks the state.
+            drop(s);
             return Step::published(&w, cx.bound(false));
         }
         ready!(s.check());
@@ -53,27 +55,34 @@ impl ControlFile for Log {
 
     fn open(&self, cx: &Context, at: Opening<'_>) -> Step<Arc<dyn OpenFile>> {
         let w = ready!(cx.watch_of(at.record));
-        let (seen, keep) = {
+        let (seen, keep, drop) = {
             let Some(mut s) = w.state_if_ready(at.round.now()) else {
                 return Step::watch(&w, cx.bound(true));
             };
             if !at.round.now() && !s.log_ready() {
+                drop(s);
                 return Step::published(&w, cx.bound(true));
             }
             if let Some(e) = s.unreadable() {
                 return Step::Ready(Err(e));
             }
             let weak = Arc::downgrade(w.entry());
-            let publish: Publish = Arc::new(move |version, len| {
+            let deliver: Deliver = Arc::new(move |d| {
                 if let Some(w) = weak.upgrade() {
-                    w.pages_delivered(version, len);
+                    w.pages_delivered(d);
                 }
             });
-            let keep = s.keep_pages(at.ino, cx.page_kernel(), publish);
-            (s.version(Topic::Text), keep)
+            let owned = cx.own_log(at.ino, w.id());
+            let (keep, drop) = s.keep_pages(at.ino, owned, cx.page_kernel(), deliver);
+            (s.version(Topic::Text), keep, drop)
         };
+        // With the state unlocked: without a kernel, what follows a drop runs at once.
+        if let Some(drop) = drop {
+            drop();
+        }
         Step::Ready(Ok(Arc::new(Open {
             watch: w,
+            ino: at.ino,
             seen: AtomicU64::new(seen),
             pages: if keep { Pages::Keep } else { Pages::Drop },
         })))
@@ -83,18 +92,26 @@ impl ControlFile for Log {
 /// An open `log`.
 struct Open {
     watch: Lease,
+    ino: u64,
     seen: AtomicU64,
     pages: Pages,
 }
 
 impl OpenFile for Open {
-    fn read(&self, _cx: &Context, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
-        let mut s = self.watch.state();
+    /// The published text ([`crate::watch::pages`]). A descriptor of a child removed
+    /// since, whose name (and so inode) another child's watch serves now, reads `ENOENT`:
+    /// its old text would fill the pages the new child's readers are served from.
+    fn read(&self, cx: &Context, offset: u64, size: u32, out: &mut Vec<u8>) -> Result<()> {
+        if !cx.serves_log(self.ino, self.watch.id()) {
+            return Err(crate::error::Error::NotFound(
+                "the child was removed and its name is another's now".into(),
+            ));
+        }
+        let s = self.watch.state();
         s.check()?;
-        s.log_served(offset.saturating_add(u64::from(size)));
         self.seen.store(s.version(Topic::Text), Ordering::Relaxed);
-        if let Some(h) = s.history() {
-            body::text_slice(h.text(), offset, size, out);
+        if let Some(text) = s.log_text() {
+            body::text_slice(text, offset, size, out);
         }
         Ok(())
     }

@@ -258,6 +258,9 @@ pub(crate) struct Context {
     kernel: Arc<KernelQueue>,
     inodes: Arc<Inodes>,
     outputs: output::OpenOutputs,
+    /// `log` inode → the watch serving it. A child removed and another listed under its
+    /// name share the inode, and with it the kernel's pages, but not the watch.
+    log_owners: parking_lot::Mutex<std::collections::HashMap<u64, u64>>,
     /// The user the mount belongs to.
     owner: u32,
     /// The longest a request may wait here: shorter than the kernel's own request
@@ -284,6 +287,7 @@ impl Context {
             kernel,
             inodes,
             outputs: output::OpenOutputs::default(),
+            log_owners: Default::default(),
             owner: access.owner,
             limit: access.limit,
         }
@@ -360,6 +364,17 @@ impl Context {
     /// The kernel may hold `cursor`'s attributes for the attribute TTL: drop them whenever
     /// the value changes length (the size is all that depends on the value). Queued, never
     /// sent from the request thread: this may run inside a request on the cursor file.
+    /// A watch opens `log` inode `ino`: it serves it from now on. Returns whether it did
+    /// already (no other watch served it since).
+    fn own_log(&self, ino: u64, watch: u64) -> bool {
+        self.log_owners.lock().insert(ino, watch) == Some(watch)
+    }
+
+    /// Whether `watch` is the one serving `log` inode `ino`.
+    fn serves_log(&self, ino: u64, watch: u64) -> bool {
+        self.log_owners.lock().get(&ino).is_none_or(|w| *w == watch)
+    }
+
     /// Where `log`'s page invalidations go: the kernel queue, never the request thread
     /// (the kernel may hold a page's lock while it waits for a read there).
     fn page_kernel(&self) -> Arc<dyn PageKernel> {
