@@ -33,11 +33,8 @@ pub fn cursor(value: u64) -> Vec<u8> {
 
 /// The length of `text` as a body: a text without a final newline gets one.
 pub fn text_len(text: &str) -> u64 {
-    if text.is_empty() {
-        0
-    } else {
-        text.len() as u64 + u64::from(!text.ends_with('\n'))
-    }
+    // One rule for every file: `log`'s page cache (`watch::pages`) counts with it too.
+    crate::watch::pages::body_len(text)
 }
 
 /// `text` as a body ([`text_len`] bytes).

@@ -494,9 +494,9 @@ impl LiveState {
     pub fn pages_delivered(&mut self, d: Delivery) -> Vec<Due> {
         self.changing(|st| match d {
             Delivery::Dropped { ino, epoch } => st.pages.dropped(ino, epoch),
-            Delivery::Published { version } => {
+            Delivery::Published => {
                 let text = st.history.as_ref().map_or("", History::text);
-                if let Some(run) = st.pages.delivered(version, st.text_version, text) {
+                if let Some(run) = st.pages.delivered(st.text_version, text) {
                     st.runs.push(run);
                 }
             }

@@ -51,8 +51,8 @@ pub trait PageKernel: Send + Sync {
 /// What the kernel queue reports back, on the thread that runs what follows a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
-    /// The invalidation sent with the publication of `version` was delivered.
-    Published { version: u64 },
+    /// The invalidation sent with the last publication was delivered.
+    Published,
     /// Every page of `ino` was dropped, in `epoch`.
     Dropped { ino: u64, epoch: u64 },
 }
@@ -151,7 +151,7 @@ impl KernelPages {
             self.epoch += 1;
             self.published = Shown::of(version, text);
             self.in_flight = true;
-            return Some(self.send(0, version));
+            return Some(self.send(0));
         }
         if self.in_flight {
             // Published once what is on its way has been delivered.
@@ -160,10 +160,9 @@ impl KernelPages {
         Some(self.publish(version, text))
     }
 
-    /// The invalidation sent with `version` was delivered; the text is now `current`
-    /// (`text`). Returns the next publication, if the text changed meanwhile.
-    pub fn delivered(&mut self, version: u64, current: u64, text: &str) -> Option<Run> {
-        let _ = version;
+    /// The invalidation sent with the last publication was delivered; the text is now
+    /// `current` (`text`). Returns the next publication, if the text changed meanwhile.
+    pub fn delivered(&mut self, current: u64, text: &str) -> Option<Run> {
         self.in_flight = false;
         (current > self.published.version).then(|| self.publish(current, text))
     }
@@ -175,10 +174,10 @@ impl KernelPages {
         let from = changed_at(old, text).unwrap_or(0);
         self.published = Shown::of(version, text);
         self.in_flight = true;
-        self.send(from, version)
+        self.send(from)
     }
 
-    fn send(&self, from: u64, version: u64) -> Run {
+    fn send(&self, from: u64) -> Run {
         let link = self
             .link
             .as_ref()
@@ -189,7 +188,7 @@ impl KernelPages {
             for ino in inodes {
                 kernel.drop_pages(ino, from);
             }
-            kernel.after(Box::new(move || deliver(Delivery::Published { version })));
+            kernel.after(Box::new(move || deliver(Delivery::Published)));
         })
     }
 
@@ -319,15 +318,15 @@ mod tests {
         // The text goes on meanwhile: published once the first is delivered.
         assert!(p.changed(3, "one\n\ntwo three", true).is_none());
         assert_eq!(p.published().version, 2);
-        assert_eq!(k.deliver(), [Delivery::Published { version: 2 }]);
-        let next = p.delivered(2, 3, "one\n\ntwo three").unwrap();
+        assert_eq!(k.deliver(), [Delivery::Published]);
+        let next = p.delivered(3, "one\n\ntwo three").unwrap();
         next();
         assert_eq!(p.published(), Shown::of(3, "one\n\ntwo three"));
         // "one\n\ntwo" had no final newline: its body's last byte, one podfs added, is
         // now a space.
         assert_eq!(k.take_dropped(), [(7, 8)]);
         k.deliver();
-        assert!(p.delivered(3, 3, "one\n\ntwo three").is_none());
+        assert!(p.delivered(3, "one\n\ntwo three").is_none());
         assert!(!p.publishing());
     }
 

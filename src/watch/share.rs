@@ -47,11 +47,6 @@ impl Share {
             None => f(live.and_then(|t| t.get(self.start..self.end)).unwrap_or("")),
         }
     }
-
-    /// How many bytes of text it holds.
-    pub fn text_len(&self) -> usize {
-        self.end - self.start
-    }
 }
 
 /// The shares a watch has lent out of its text.
@@ -107,7 +102,6 @@ mod tests {
         shares.keep(&grown);
         assert_eq!(a.with_text(Some("something else"), str::to_owned), "world");
         assert_eq!(a.with_text(None, str::to_owned), "world");
-        assert_eq!(a.text_len(), 5);
         assert_eq!(Share::empty().with_text(Some("x"), str::to_owned), "");
     }
 
